@@ -1,0 +1,272 @@
+//! Photo methods: `/api/photo/get-replace-token` and `/api/photo/upload`.
+
+use super::{ApiRequest, Params};
+use crate::app::AppState;
+use crate::domain::{PhotoId, ReplaceToken, unix_now};
+use crate::envelope::Success;
+use crate::error::ApiError;
+use crate::store::{NewPhoto, NewVersion, TokenGrant};
+use crate::upload::{self, UploadError};
+
+/// `valid_minutes`: default and bounds, from 23's documentation.
+const VALID_MINUTES: IntegerRule = IntegerRule {
+    name: "valid_minutes",
+    default: 180,
+    min: 15,
+    max: 1440,
+};
+/// `max_uploads`: default and bounds.
+const MAX_UPLOADS: IntegerRule = IntegerRule {
+    name: "max_uploads",
+    default: 1,
+    min: 1,
+    max: 100,
+};
+
+/// An optional integer parameter that is clamped into its range.
+struct IntegerRule {
+    name: &'static str,
+    default: u32,
+    min: u32,
+    max: u32,
+}
+
+impl IntegerRule {
+    /// Absent or empty: the default. An integer (any sign, any size): clamped
+    /// into `min..=max`. Anything else (`1.5`, `ten`, ` 5`): `invalid_input`.
+    fn apply(&self, value: Option<&str>) -> Result<u32, ApiError> {
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            return Ok(self.default);
+        };
+        let (negative, digits) = match value.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, value.strip_prefix('+').unwrap_or(value)),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::InvalidInput(format!(
+                "{} must be an integer",
+                self.name
+            )));
+        }
+        if negative {
+            return Ok(self.min);
+        }
+        // More significant digits than any u32 has: certainly above the maximum.
+        let significant = digits.trim_start_matches('0');
+        let n: u64 = if significant.len() > 10 {
+            u64::MAX
+        } else {
+            significant.parse().unwrap_or(0)
+        };
+        Ok(n.clamp(u64::from(self.min), u64::from(self.max)) as u32)
+    }
+}
+
+/// `return_url`: absent or empty means none. Otherwise an absolute `http` or
+/// `https` URL with a host, no credentials, no whitespace or control
+/// characters, within the length limit, and on an allowed host when the
+/// operator configured a list. The URL is kept exactly as given.
+fn parse_return_url(value: Option<&str>, state: &AppState) -> Result<Option<String>, ApiError> {
+    let Some(raw) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let invalid = |why: &str| Err(ApiError::InvalidInput(format!("return_url {why}")));
+    let config = &state.config.callback;
+    if raw.len() > config.max_return_url_bytes {
+        return invalid(&format!(
+            "is longer than {} bytes",
+            config.max_return_url_bytes
+        ));
+    }
+    // The URL parser would silently drop tabs and newlines; refuse them.
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return invalid("contains whitespace or control characters");
+    }
+    let Ok(url) = url::Url::parse(raw) else {
+        return invalid("is not an absolute URL");
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return invalid("must be an http or https URL");
+    }
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return invalid("has no host");
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return invalid("must not contain credentials");
+    }
+    if !config.allowed_hosts.is_empty()
+        && !config
+            .allowed_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(host))
+    {
+        return invalid("names a host that is not allowed");
+    }
+    Ok(Some(raw.to_owned()))
+}
+
+fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
+    match params.single(name)? {
+        None | Some("") | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(_) => Err(ApiError::InvalidInput(format!("{name} must be 0 or 1"))),
+    }
+}
+
+/// `/api/photo/get-replace-token`.
+#[tracing::instrument(skip_all, fields(photo_id))]
+pub async fn get_replace_token(
+    state: &AppState,
+    request: &ApiRequest,
+) -> Result<Success, ApiError> {
+    let params = &request.params;
+    let photo_id = params
+        .single("photo_id")?
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::InvalidInput("photo_id is required".into()))?;
+    tracing::Span::current().record("photo_id", photo_id);
+    let return_url = parse_return_url(params.single("return_url")?, state)?;
+    let background_return = flag(params, "background_return_p")?;
+    let valid_minutes = VALID_MINUTES.apply(params.single("valid_minutes")?)?;
+    let max_uploads = MAX_UPLOADS.apply(params.single("max_uploads")?)?;
+    let photo_id: PhotoId = photo_id.parse().map_err(|_| ApiError::NoSuchPhoto)?;
+    if state.state.photo(photo_id).await?.is_none() {
+        return Err(ApiError::NoSuchPhoto);
+    }
+    let issued_at = unix_now();
+    let grant = TokenGrant {
+        token: ReplaceToken::generate(),
+        photo_id,
+        max_uploads,
+        issued_at,
+        valid_until: issued_at + u64::from(valid_minutes) * 60,
+        return_url,
+        background_return,
+        issued_to: request.caller.consumer_key.clone().unwrap_or_default(),
+    };
+    state.state.issue_token(grant.clone()).await?;
+    tracing::info!(token = ?grant.token, max_uploads, valid_minutes, "replace token issued");
+    Ok(Success {
+        message: "The replace token is ready to use".to_owned(),
+        object_name: "replacetoken",
+        fields: vec![
+            ("replace_token".into(), grant.token.to_string()),
+            ("photo_id".into(), photo_id.to_string()),
+            ("max_uploads".into(), max_uploads.to_string()),
+            ("valid_minutes".into(), valid_minutes.to_string()),
+            ("valid_until".into(), grant.valid_until.to_string()),
+            ("return_url".into(), grant.return_url.unwrap_or_default()),
+        ],
+    })
+}
+
+/// 23 strips all HTML tags from titles; this also bounds their length.
+fn clean_title(raw: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in raw.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            c if !in_tag && !c.is_control() => out.push(c),
+            _ => {}
+        }
+    }
+    out.trim().chars().take(255).collect()
+}
+
+/// How a failed multipart receive is reported.
+pub fn upload_error(error: UploadError) -> ApiError {
+    match error {
+        UploadError::Malformed(why) | UploadError::TooLarge(why) => ApiError::InvalidInput(why),
+        UploadError::Interrupted(why) => ApiError::ErrorProcessingUpload(why),
+        UploadError::Storage(why) => ApiError::StorageFailed(why),
+    }
+}
+
+/// `/api/photo/upload`: a signed multipart upload that creates a photo.
+#[tracing::instrument(skip_all)]
+pub async fn upload(state: &AppState, request: &mut ApiRequest) -> Result<Success, ApiError> {
+    let Some((body, boundary)) = request.multipart.take() else {
+        return Err(ApiError::NoFile);
+    };
+    let limits = state.multipart_limits();
+    let stream = upload::body_stream(body, limits.idle_timeout);
+    let received = upload::receive(stream, &boundary, &limits, &*state.objects)
+        .await
+        .map_err(upload_error)?;
+    request.params.extend(received.fields.iter().cloned());
+    let Some(file) = received.file else {
+        return Err(ApiError::NoFile);
+    };
+    let title = received
+        .fields
+        .iter()
+        .find(|(n, _)| n == "title")
+        .map(|(_, v)| clean_title(v));
+    let new = NewPhoto {
+        tree_id: state.config.site.tree_id.clone(),
+        title: title.filter(|t| !t.is_empty()),
+        first_version: NewVersion {
+            object_key: file.stored.key.to_string(),
+            size: file.stored.size,
+            content_type: file.content_type,
+            sha256: file.stored.sha256,
+            original_filename: file.filename,
+            created_at: unix_now(),
+        },
+    };
+    let photo = match state.state.create_photo(new).await {
+        Ok(photo) => photo,
+        Err(e) => {
+            upload::delete_quietly(&*state.objects, &file.stored.key).await;
+            return Err(e.into());
+        }
+    };
+    tracing::info!(photo_id = %photo.photo_id, size = file.stored.size, "photo created");
+    Ok(Success {
+        message: "The file was successfully uploaded".to_owned(),
+        object_name: "upload",
+        fields: vec![
+            ("photo_id".into(), photo.photo_id.to_string()),
+            ("tree_id".into(), photo.tree_id.clone()),
+            ("token".into(), photo.token.as_str().to_owned()),
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_are_clamped_and_non_integers_refused() {
+        let cases = [
+            (None, Ok(180)),
+            (Some(""), Ok(180)),
+            (Some("60"), Ok(60)),
+            (Some("1"), Ok(15)),
+            (Some("-5"), Ok(15)),
+            (Some("0"), Ok(15)),
+            (Some("100000"), Ok(1440)),
+            (Some("99999999999999999999999999"), Ok(1440)),
+            (Some("+30"), Ok(30)),
+            (Some("1.5"), Err(())),
+            (Some("ten"), Err(())),
+            (Some(" 5"), Err(())),
+            (Some("-"), Err(())),
+        ];
+        for (input, expected) in cases {
+            let got = VALID_MINUTES.apply(input).map_err(|_| ());
+            assert_eq!(got, expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn titles_lose_tags_and_control_characters() {
+        assert_eq!(
+            clean_title(" <b>Hello</b> <script>x</script>world\u{7} "),
+            "Hello xworld"
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Assembling the application from its configuration: the stores, the
+//! authenticator, the listener; and running it until told to stop.
+//!
+//! `main` and the integration tests build the very same [`App`], so the tests
+//! exercise what production runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::credentials::{self, Credential, Provenance};
+use crate::auth::{Authenticator, Credentials};
+use crate::config::Config;
+use crate::storage::ObjectStore;
+use crate::storage::fs::FsObjectStore;
+use crate::store::StateStore;
+use crate::store::embedded::EmbeddedStore;
+use crate::upload::MultipartLimits;
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the state store: {0}")]
+    State(crate::store::StoreError),
+    #[error("cannot open the object store: {0}")]
+    Objects(std::io::Error),
+    #[error("cannot read or create the generated credentials: {0}")]
+    Credentials(std::io::Error),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Everything a request handler needs, shared by all connections.
+pub struct AppState {
+    pub config: Config,
+    pub auth: Authenticator,
+    pub state: Arc<dyn StateStore>,
+    pub objects: Arc<dyn ObjectStore>,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    pub fn multipart_limits(&self) -> MultipartLimits {
+        let limits = &self.config.limits;
+        MultipartLimits {
+            max_file_bytes: limits.max_upload_bytes,
+            max_fields: limits.max_fields,
+            max_field_bytes: limits.max_field_bytes,
+            idle_timeout: Duration::from_secs(self.config.server.body_idle_timeout_secs),
+        }
+    }
+
+    /// True from the moment a shutdown begins; `/readyz` then fails so the
+    /// load balancer stops sending new requests.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// A built application, bound to its address but not yet serving.
+pub struct App {
+    state: Arc<AppState>,
+    listener: TcpListener,
+    generated: Option<(Credential, Provenance)>,
+    embedded: Option<Arc<EmbeddedStore>>,
+}
+
+impl App {
+    /// Opens the stores named by `config` and binds the listener.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        if config.state.redis_url.is_some() || config.storage.bucket.is_some() {
+            return Err(StartError::Unsupported(
+                "state.redis_url and storage.bucket are not supported by this build yet".into(),
+            ));
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let embedded = Arc::new(EmbeddedStore::open(&config.data_dir).map_err(StartError::State)?);
+        let state: Arc<dyn StateStore> = embedded.clone();
+        let objects: Arc<dyn ObjectStore> = Arc::new(
+            FsObjectStore::open(&config.data_dir.join("objects")).map_err(StartError::Objects)?,
+        );
+
+        let mut configured = config.credentials.clone();
+        let generated = if configured.is_empty() {
+            let (credential, provenance) =
+                credentials::load_or_generate(&config.data_dir).map_err(StartError::Credentials)?;
+            configured.push(credential.clone());
+            Some((credential, provenance))
+        } else {
+            None
+        };
+        let auth = Authenticator::new(
+            Credentials::new(configured),
+            config.auth.timestamp_window_secs,
+            state.clone(),
+        );
+
+        let listener = TcpListener::bind(&config.server.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                address: config.server.listen.clone(),
+                source,
+            })?;
+        let state = Arc::new(AppState {
+            config,
+            auth,
+            state,
+            objects,
+            shutting_down: AtomicBool::new(false),
+        });
+        Ok(App {
+            state,
+            listener,
+            generated,
+            embedded: Some(embedded),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The credential set generated for the embedded default (`None` when
+    /// credentials are configured), and whether it was created just now.
+    pub fn generated_credential(&self) -> Option<&(Credential, Provenance)> {
+        self.generated.as_ref()
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains (see [`crate::server`]).
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let maintenance = self
+            .embedded
+            .clone()
+            .map(|store| tokio::spawn(embedded_maintenance(store)));
+        let state = Arc::clone(&self.state);
+        crate::server::serve(self.listener, Arc::clone(&self.state), async move {
+            shutdown.await;
+            state.shutting_down.store(true, Ordering::Relaxed);
+        })
+        .await;
+        if let Some(task) = maintenance {
+            task.abort();
+        }
+    }
+
+    /// Serves in a background task; for tests and embedding.
+    pub fn spawn(self) -> RunningApp {
+        let address = self.local_addr();
+        let state = Arc::clone(&self.state);
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(self.run_until(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+        RunningApp {
+            address,
+            state,
+            stop,
+            task,
+        }
+    }
+}
+
+/// An application serving in the background.
+pub struct RunningApp {
+    pub address: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningApp {
+    /// Begins a graceful shutdown and waits for it to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// How often the embedded store drops expired nonces and tokens.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+async fn embedded_maintenance(store: Arc<EmbeddedStore>) {
+    let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
+    loop {
+        ticks.tick().await;
+        match store.purge_expired(crate::domain::unix_now()).await {
+            Ok((0, 0)) => {}
+            Ok((nonces, tokens)) => tracing::debug!(nonces, tokens, "purged expired state"),
+            Err(e) => tracing::warn!(error = %e, "purging expired state failed"),
+        }
+    }
+}

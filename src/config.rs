@@ -1,0 +1,569 @@
+//! Configuration: one TOML file, environment overrides, defaults, validation.
+//!
+//! Every key has a default, so an empty file (or none) is a valid
+//! configuration: the embedded default. Environment variables named
+//! `UPLOAD_RECEIVER__<SECTION>__<KEY>` (or `UPLOAD_RECEIVER__<KEY>` for
+//! top-level keys) override the file; their values are read as TOML values
+//! when they parse as one (`60`, `true`, `["10.0.0.0/8"]`) and as plain
+//! strings otherwise. Errors always name the offending key.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+use crate::auth::credentials::Credential;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "UPLOAD_RECEIVER__";
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("configuration key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration. See the README's configuration table and
+/// `deploy/config.example.toml` for every key with its default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Embedded state, local files and generated credentials live here.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub site: SiteConfig,
+    pub auth: AuthConfig,
+    pub callback: CallbackConfig,
+    pub state: StateConfig,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+    pub credentials: Vec<Credential>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            server: ServerConfig::default(),
+            site: SiteConfig::default(),
+            auth: AuthConfig::default(),
+            callback: CallbackConfig::default(),
+            state: StateConfig::default(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+            credentials: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `HOST:PORT` to listen on.
+    pub listen: String,
+    /// Peers whose `X-Forwarded-Proto`/`X-Forwarded-Host`/`X-Forwarded-For`
+    /// headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// A connection must deliver a complete request head within this time.
+    pub header_read_timeout_secs: u64,
+    /// A request body that delivers nothing for this long is abandoned.
+    pub body_idle_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub shutdown_drain_secs: u64,
+    /// Open connections beyond this wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".to_owned(),
+            trusted_proxies: Vec::new(),
+            header_read_timeout_secs: 10,
+            body_idle_timeout_secs: 30,
+            shutdown_drain_secs: 30,
+            max_connections: 4096,
+        }
+    }
+}
+
+/// The site the receiver speaks for: the `domain` of callbacks and the JSON
+/// `site` object.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    pub domain: String,
+    #[serde(deserialize_with = "string_or_number")]
+    pub site_id: String,
+    pub site_name: String,
+    pub product_key: String,
+    /// The `tree_id` given to photos created here.
+    #[serde(deserialize_with = "string_or_number")]
+    pub tree_id: String,
+    /// Domains granted by `/api/crossdomain.xml` to Flash clients
+    /// (`*.example.com` style); empty grants nothing.
+    pub crossdomain_allow: Vec<String>,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        SiteConfig {
+            domain: "localhost".to_owned(),
+            site_id: "1".to_owned(),
+            site_name: "upload-receiver".to_owned(),
+            product_key: "tube".to_owned(),
+            tree_id: "1".to_owned(),
+            crossdomain_allow: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `oauth_timestamp` may differ from the server clock by this much.
+    pub timestamp_window_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            timestamp_window_secs: 300,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackConfig {
+    /// Empty: any host in `return_url`, background callbacks to public
+    /// addresses only. Otherwise only these hosts, at any address.
+    pub allowed_hosts: Vec<String>,
+    /// Upper bound of one background callback, connect to last byte.
+    pub timeout_secs: u64,
+    /// Longest accepted `return_url`.
+    pub max_return_url_bytes: usize,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        CallbackConfig {
+            allowed_hosts: Vec::new(),
+            timeout_secs: 10,
+            max_return_url_bytes: 2048,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Set: Redis holds the state. Absent: the embedded store in `data_dir`.
+    pub redis_url: Option<String>,
+    pub redis_timeout_secs: u64,
+    pub key_prefix: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            redis_url: None,
+            redis_timeout_secs: 2,
+            key_prefix: "ur:".to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Set: S3 holds the files. Absent: files under `data_dir/objects`.
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub force_path_style: bool,
+    pub timeout_secs: u64,
+    pub part_size: u64,
+    pub sweep_interval_secs: u64,
+    pub sweep_min_age_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            bucket: None,
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            force_path_style: false,
+            timeout_secs: 60,
+            part_size: 8 * MIB,
+            sweep_interval_secs: 3600,
+            sweep_min_age_secs: 86400,
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest file accepted by an upload, replace or redeem.
+    pub max_upload_bytes: u64,
+    /// Largest form-urlencoded request body.
+    pub max_form_bytes: u64,
+    /// Most non-file fields in one multipart body.
+    pub max_fields: usize,
+    /// Largest single non-file field in a multipart body.
+    pub max_field_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_upload_bytes: 8 * 1024 * MIB,
+            max_form_bytes: 64 * 1024,
+            max_fields: 100,
+            max_field_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `upload_receiver=debug`;
+    /// `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Accepts `site_id = 123` as well as `site_id = "123"`: ids look numeric,
+/// and environment overrides turn digits into TOML integers.
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        S(String),
+        N(i64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::S(s) => s,
+        Either::N(n) => n.to_string(),
+    })
+}
+
+impl Config {
+    /// Reads `path` (if given), applies the process environment, validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let display_path = path.map(Path::to_owned).unwrap_or_default();
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: display_path,
+                    message: e.to_string(),
+                })?;
+        apply_env_overrides(&mut table, env)?;
+        Config::from_table(table)
+    }
+
+    /// Deserializes and validates a TOML table.
+    pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Key {
+                    key,
+                    message: e.into_inner().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: ranges, formats, uniqueness.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::key("data_dir", "must not be empty"));
+        }
+        let listen = &self.server.listen;
+        match listen.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => return Err(ConfigError::key("server.listen", "must be HOST:PORT")),
+        }
+        for (key, value) in [
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            (
+                "server.body_idle_timeout_secs",
+                self.server.body_idle_timeout_secs,
+            ),
+            (
+                "auth.timestamp_window_secs",
+                self.auth.timestamp_window_secs,
+            ),
+            ("callback.timeout_secs", self.callback.timeout_secs),
+            ("state.redis_timeout_secs", self.state.redis_timeout_secs),
+            ("storage.timeout_secs", self.storage.timeout_secs),
+            ("limits.max_upload_bytes", self.limits.max_upload_bytes),
+            ("limits.max_form_bytes", self.limits.max_form_bytes),
+            ("limits.max_field_bytes", self.limits.max_field_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be at least 1"));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::key(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.auth.timestamp_window_secs > 86_400 {
+            return Err(ConfigError::key(
+                "auth.timestamp_window_secs",
+                "must be at most 86400",
+            ));
+        }
+        if self.site.domain.trim().is_empty() {
+            return Err(ConfigError::key("site.domain", "must not be empty"));
+        }
+        if !(5 * MIB..=5 * 1024 * MIB).contains(&self.storage.part_size) {
+            return Err(ConfigError::key(
+                "storage.part_size",
+                "must be between 5 MiB (5242880) and 5 GiB, as S3 requires",
+            ));
+        }
+        for (i, domain) in self.site.crossdomain_allow.iter().enumerate() {
+            let valid = !domain.is_empty()
+                && domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*' | b':'));
+            if !valid {
+                return Err(ConfigError::key(
+                    &format!("site.crossdomain_allow[{i}]"),
+                    format!("{domain:?} is not a domain pattern"),
+                ));
+            }
+        }
+        for (i, host) in self.callback.allowed_hosts.iter().enumerate() {
+            if host.is_empty() || url::Host::parse(host).is_err() {
+                return Err(ConfigError::key(
+                    &format!("callback.allowed_hosts[{i}]"),
+                    format!("{host:?} is not a host name or address"),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.credentials.iter().enumerate() {
+            let key = |field: &str| format!("credentials[{i}].{field}");
+            for (field, value) in [
+                ("consumer_key", c.consumer_key.as_str()),
+                ("consumer_secret", c.consumer_secret.expose()),
+                ("access_token", c.access_token.as_str()),
+                ("access_token_secret", c.access_token_secret.expose()),
+            ] {
+                if value.is_empty() {
+                    return Err(ConfigError::key(&key(field), "must not be empty"));
+                }
+            }
+            if !seen.insert((&c.consumer_key, &c.access_token)) {
+                return Err(ConfigError::key(
+                    &key("access_token"),
+                    "the same consumer_key and access_token appear twice",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the embedded state store is in use (no Redis configured).
+    pub fn uses_embedded_state(&self) -> bool {
+        self.state.redis_url.is_none()
+    }
+}
+
+/// Applies `UPLOAD_RECEIVER__…` variables on top of the file's table.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::key(&name, "empty section or key name"));
+        }
+        let value = parse_env_value(&raw);
+        let (last, sections) = path.split_last().expect("split yields at least one part");
+        let mut node = &mut *table;
+        for section in sections {
+            let entry = node
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = entry.as_table_mut().ok_or_else(|| {
+                ConfigError::key(&path.join("."), format!("`{section}` is not a section"))
+            })?;
+        }
+        node.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+/// `60` → integer, `true` → boolean, `["a"]` → array, anything else → string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_with_env(Some(&path), env)
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.auth.timestamp_window_secs, 300);
+        assert_eq!(c.storage.part_size, 8 * MIB);
+        assert!(c.uses_embedded_state());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = load(
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("UPLOAD_RECEIVER__SERVER__LISTEN", "0.0.0.0:9000"),
+                (
+                    "UPLOAD_RECEIVER__SERVER__TRUSTED_PROXIES",
+                    "[\"10.0.0.0/8\"]",
+                ),
+                ("UPLOAD_RECEIVER__SITE__SITE_ID", "4242"),
+                ("UPLOAD_RECEIVER__DATA_DIR", "/var/lib/ur"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9000");
+        assert_eq!(
+            c.server.trusted_proxies,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(c.site.site_id, "4242");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/ur"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_in_the_error() {
+        let err = load("[server]\nlisen = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server") && err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_in_the_error() {
+        let err = load("[server]\nheader_read_timeout_secs = \"ten\"\n", &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("server.header_read_timeout_secs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_bad_key() {
+        for (text, key) in [
+            ("[server]\nlisten = \"nope\"\n", "server.listen"),
+            ("[storage]\npart_size = 1024\n", "storage.part_size"),
+            (
+                "[server]\nbody_idle_timeout_secs = 0\n",
+                "server.body_idle_timeout_secs",
+            ),
+            (
+                "[callback]\nallowed_hosts = [\"a b\"]\n",
+                "callback.allowed_hosts[0]",
+            ),
+            (
+                "[[credentials]]\nconsumer_key = \"\"\nconsumer_secret = \"s\"\naccess_token = \"t\"\naccess_token_secret = \"u\"\npermission = \"write\"\n",
+                "credentials[0].consumer_key",
+            ),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_permission_is_refused() {
+        let text = "[[credentials]]\nconsumer_key = \"k\"\nconsumer_secret = \"s\"\naccess_token = \"t\"\naccess_token_secret = \"u\"\npermission = \"root\"\n";
+        let err = load(text, &[]).unwrap_err().to_string();
+        assert!(err.contains("credentials[0].permission"), "{err}");
+    }
+}

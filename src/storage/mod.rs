@@ -1,0 +1,175 @@
+//! Object storage for file bytes: the [`ObjectStore`] seam.
+//!
+//! An object store takes a byte stream under a key the receiver built and
+//! reports what it stored: key, size and SHA-256 (computed while the bytes
+//! pass, never by reading the object back). On any error, or if the `put`
+//! future is dropped part-way (the client went away), nothing partial remains
+//! under the key: the local-files store writes to a temporary file that is
+//! removed, an S3 store aborts its multipart upload.
+
+pub mod fs;
+
+use std::fmt;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use sha2::{Digest, Sha256};
+
+use crate::domain::random_bytes;
+
+/// A stream of file bytes. Errors come from the source (client gone, limit
+/// exceeded, idle timeout) and abort the `put` that consumes the stream.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// A key in the object store, always built by the receiver: lowercase
+/// letters, digits, `-` and `/`-separated segments, no `.` or `..`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    /// A fresh, unguessable key for a new file: `media/<32 hex>`.
+    pub fn new_media() -> Self {
+        ObjectKey(format!("media/{}", hex::encode(random_bytes::<16>())))
+    }
+
+    /// Checks a key read back from the state store.
+    pub fn parse(s: &str) -> Result<Self, BadObjectKey> {
+        let well_formed = !s.is_empty()
+            && s.len() <= 512
+            && s.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        if well_formed {
+            Ok(ObjectKey(s.to_owned()))
+        } else {
+            Err(BadObjectKey)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a well-formed object key")]
+pub struct BadObjectKey;
+
+/// What a successful `put` stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: ObjectKey,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the stored bytes.
+    pub sha256: String,
+}
+
+/// Why a `put` failed. `Source` errors come from the incoming stream (the
+/// client's fault or a limit); `Backend` errors are the store's own.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("reading the upload failed: {0}")]
+    Source(std::io::Error),
+    #[error("object store: {0}")]
+    Backend(String),
+}
+
+/// Where file bytes go. Chosen once at start-up, shared as `Arc<dyn ObjectStore>`.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Streams `body` under `key` and returns the size and SHA-256 stored.
+    /// The object becomes visible under `key` only when complete. On error
+    /// or drop, nothing remains under `key` and no temporary data lingers.
+    /// `content_type` is recorded where the backend supports it.
+    async fn put(
+        &self,
+        key: &ObjectKey,
+        content_type: &str,
+        body: ByteStream,
+    ) -> Result<StoredObject, StorageError>;
+
+    /// The stored bytes of `key`, as a stream; `Ok(None)` when absent.
+    async fn get(&self, key: &ObjectKey) -> Result<Option<ByteStream>, StorageError>;
+
+    /// Removes `key`; removing an absent key succeeds.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+
+    /// Succeeds when the store can take uploads (for `/readyz`).
+    async fn ping(&self) -> Result<(), StorageError>;
+}
+
+/// Running size and SHA-256 of the bytes that pass through a `put`; every
+/// backend uses this one digest so they report identical checksums.
+#[derive(Default)]
+pub struct Digesting {
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Digesting {
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn finish(self, key: ObjectKey) -> StoredObject {
+        StoredObject {
+            key,
+            size: self.size,
+            sha256: hex::encode(self.hasher.finalize()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_keys_are_well_formed_and_unique() {
+        let a = ObjectKey::new_media();
+        assert_eq!(ObjectKey::parse(a.as_str()), Ok(a.clone()));
+        assert_ne!(a, ObjectKey::new_media());
+    }
+
+    #[test]
+    fn keys_with_dots_slashes_or_uppercase_are_refused() {
+        for bad in [
+            "",
+            "../x",
+            "media/../x",
+            "/abs",
+            "media//x",
+            "Media/x",
+            "media/x.jpg",
+            "a\\b",
+        ] {
+            assert_eq!(ObjectKey::parse(bad), Err(BadObjectKey), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn digest_of_nothing_is_the_empty_sha256() {
+        let stored = Digesting::default().finish(ObjectKey::new_media());
+        assert_eq!(stored.size, 0);
+        assert_eq!(
+            stored.sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! Shared state: photos, replace tokens and their upload slots, OAuth nonces.
+//!
+//! [`StateStore`] speaks in domain operations, never in keys, so each backend
+//! can make every operation atomic on its own: the embedded store runs each in
+//! one redb write transaction; a Redis store runs each as one Lua script. The
+//! backend is chosen once at start-up and shared as `Arc<dyn StateStore>`.
+//!
+//! # Slot accounting
+//! A token grants `max_uploads` uploads. An upload first *reserves* a slot
+//! (before any byte is stored), then either *commits* it together with the new
+//! photo version or *refunds* it. A reservation carries a lease: if the
+//! instance holding it dies, the slot returns to the token when the lease
+//! runs out, so a crash never loses a slot for good. An upload that outlives
+//! its lease renews it. At every instant
+//! `committed + live reservations <= max_uploads`, whatever the concurrency.
+
+pub mod embedded;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{PhotoId, PhotoSecret, ReplaceToken};
+
+/// A failure of the backend itself (I/O, corruption, unreachable server).
+/// Domain outcomes (unknown token, used up, …) are not errors of this type.
+#[derive(Debug, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StoreError(pub String);
+
+impl StoreError {
+    pub fn new(cause: impl fmt::Display) -> Self {
+        StoreError(cause.to_string())
+    }
+}
+
+/// One stored version of a photo's file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhotoVersion {
+    /// 1 for the original upload, then 2, 3, … for each replacement.
+    pub number: u32,
+    /// The object store key; built by the receiver, never from client input.
+    pub object_key: String,
+    pub size: u64,
+    pub content_type: String,
+    /// Lowercase hex SHA-256 of the stored bytes.
+    pub sha256: String,
+    /// The file name the client gave, for display only; never used in a key.
+    pub original_filename: Option<String>,
+    pub created_at: u64,
+}
+
+/// A version about to be recorded: what the object store reported, plus
+/// what the client said of the file. The store assigns the number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewVersion {
+    pub object_key: String,
+    pub size: u64,
+    pub content_type: String,
+    pub sha256: String,
+    pub original_filename: Option<String>,
+    pub created_at: u64,
+}
+
+impl NewVersion {
+    fn numbered(self, number: u32) -> PhotoVersion {
+        PhotoVersion {
+            number,
+            object_key: self.object_key,
+            size: self.size,
+            content_type: self.content_type,
+            sha256: self.sha256,
+            original_filename: self.original_filename,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A photo (or video) and every version it has had.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Photo {
+    pub photo_id: PhotoId,
+    pub tree_id: String,
+    /// The photo's secret `token` (23's `photo_id` + `token` access scheme).
+    pub token: PhotoSecret,
+    pub title: Option<String>,
+    pub created_at: u64,
+    /// Oldest first; never empty. The last one is the current version.
+    pub versions: Vec<PhotoVersion>,
+}
+
+impl Photo {
+    pub fn current_version(&self) -> &PhotoVersion {
+        self.versions
+            .last()
+            .expect("a photo always has at least its first version")
+    }
+}
+
+/// What `create_photo` needs; the store assigns the id and secret token.
+#[derive(Clone, Debug)]
+pub struct NewPhoto {
+    pub tree_id: String,
+    pub title: Option<String>,
+    pub first_version: NewVersion,
+}
+
+/// The terms of a replace token, fixed when it is issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenGrant {
+    pub token: ReplaceToken,
+    pub photo_id: PhotoId,
+    pub max_uploads: u32,
+    pub issued_at: u64,
+    /// Unix seconds; the token is refused from this second on.
+    pub valid_until: u64,
+    pub return_url: Option<String>,
+    pub background_return: bool,
+    /// The consumer key that asked for it, for the audit trail.
+    pub issued_to: String,
+}
+
+/// A reserved upload slot, to be committed or refunded exactly once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub grant: TokenGrant,
+    /// Identifies this reservation among the token's live ones.
+    pub id: String,
+    pub lease_until: u64,
+}
+
+/// Why a slot could not be reserved.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    #[error("unknown replace token")]
+    Unknown,
+    #[error("the replace token has expired")]
+    Expired,
+    #[error("the replace token has no uploads left")]
+    UsedUp,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a reservation could not be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The lease ran out and the slot went back to the token (and perhaps to
+    /// another upload); the version was not recorded.
+    #[error("the upload slot's lease ran out before the upload completed")]
+    LeaseLost,
+    #[error("the photo no longer exists")]
+    NoSuchPhoto,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The identity of one signed request, for replay protection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NonceKey {
+    pub consumer_key: String,
+    pub token: String,
+    pub nonce: String,
+    pub timestamp: u64,
+}
+
+/// Shared state. Every method is atomic on its own: concurrent calls from any
+/// number of tasks or instances see each other's effects whole or not at all.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Creates a photo with a new id, a new secret token and its first
+    /// version. Ids increase and are never reused.
+    async fn create_photo(&self, new: NewPhoto) -> Result<Photo, StoreError>;
+
+    /// The photo with this id, or `None`.
+    async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError>;
+
+    /// Stores a newly issued token. The caller has checked that the photo
+    /// exists (photos are never deleted, so the check cannot go stale).
+    /// The token is kept at least until `valid_until`, and after that while
+    /// a reservation of it is live.
+    async fn issue_token(&self, grant: TokenGrant) -> Result<(), StoreError>;
+
+    /// The grant of a token, if it is known (expired or not), with the number
+    /// of committed uploads. For inspection; redeems go through
+    /// [`StateStore::reserve_slot`].
+    async fn token(&self, token: &ReplaceToken) -> Result<Option<(TokenGrant, u32)>, StoreError>;
+
+    /// Reserves one upload slot of `token` at time `now`, leased until
+    /// `now + lease_secs`. Refuses an unknown token (`Unknown`), one whose
+    /// `valid_until <= now` (`Expired`), and one whose committed uploads plus
+    /// live reservations already reach `max_uploads` (`UsedUp`). Expired
+    /// leases of other reservations count as free slots.
+    async fn reserve_slot(
+        &self,
+        token: &ReplaceToken,
+        now: u64,
+        lease_secs: u64,
+    ) -> Result<Reservation, ReserveError>;
+
+    /// Extends a live reservation's lease to `now + lease_secs`. Returns
+    /// `false` when the reservation is no longer live (its lease ran out, or
+    /// it was committed or refunded).
+    async fn renew_reservation(
+        &self,
+        reservation: &Reservation,
+        now: u64,
+        lease_secs: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the slot back. Refunding a reservation that is no longer live is
+    /// a no-op, so a refund can never free a slot twice.
+    async fn refund_slot(&self, reservation: &Reservation) -> Result<(), StoreError>;
+
+    /// Consumes the reserved slot and appends `version` to the token's photo,
+    /// making it the current version. Fails with `LeaseLost` (recording
+    /// nothing) when the reservation is no longer live.
+    async fn commit_version(
+        &self,
+        reservation: &Reservation,
+        version: NewVersion,
+        now: u64,
+    ) -> Result<Photo, CommitError>;
+
+    /// Appends `version` to a photo directly (the signed `/api/photo/replace`).
+    /// `Ok(None)` when there is no such photo.
+    async fn add_version(
+        &self,
+        photo_id: PhotoId,
+        version: NewVersion,
+    ) -> Result<Option<Photo>, StoreError>;
+
+    /// Records a nonce; `true` the first time this exact key is seen, `false`
+    /// on every later call until `expires_at` has passed.
+    async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64)
+    -> Result<bool, StoreError>;
+
+    /// Succeeds when the store can serve requests (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
