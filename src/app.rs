@@ -163,6 +163,8 @@ impl App {
         .await;
         if let Some(task) = maintenance {
             task.abort();
+            // Awaiting the aborted task drops its handle on the store now.
+            let _ = task.await;
         }
     }
 

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::auth::credentials::Credential;
 
@@ -42,7 +42,7 @@ impl ConfigError {
 
 /// The whole configuration. See the README's configuration table and
 /// `deploy/config.example.toml` for every key with its default.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Embedded state, local files and generated credentials live here.
@@ -75,13 +75,14 @@ impl Default for Config {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// `HOST:PORT` to listen on.
     pub listen: String,
     /// Peers whose `X-Forwarded-Proto`/`X-Forwarded-Host`/`X-Forwarded-For`
-    /// headers are believed.
+    /// headers are believed: CIDRs, or bare addresses (one host).
+    #[serde(deserialize_with = "networks")]
     pub trusted_proxies: Vec<IpNet>,
     /// A connection must deliver a complete request head within this time.
     pub header_read_timeout_secs: u64,
@@ -108,7 +109,7 @@ impl Default for ServerConfig {
 
 /// The site the receiver speaks for: the `domain` of callbacks and the JSON
 /// `site` object.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SiteConfig {
     pub domain: String,
@@ -137,7 +138,7 @@ impl Default for SiteConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// `oauth_timestamp` may differ from the server clock by this much.
@@ -152,7 +153,7 @@ impl Default for AuthConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallbackConfig {
     /// Empty: any host in `return_url`, background callbacks to public
@@ -174,7 +175,7 @@ impl Default for CallbackConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// Set: Redis holds the state. Absent: the embedded store in `data_dir`.
@@ -193,7 +194,7 @@ impl Default for StateConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Set: S3 holds the files. Absent: files under `data_dir/objects`.
@@ -224,7 +225,7 @@ impl Default for StorageConfig {
 
 const MIB: u64 = 1024 * 1024;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest file accepted by an upload, replace or redeem.
@@ -248,7 +249,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -256,7 +257,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -289,6 +290,20 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
     })
 }
 
+/// `["10.0.0.0/8", "192.0.2.7"]`: a bare address is a one-host network.
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("{s:?} is neither a CIDR nor an IP address"))
+                })
+        })
+        .collect()
+}
+
 impl Config {
     /// Reads `path` (if given), applies the process environment, validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -314,7 +329,8 @@ impl Config {
                     path: display_path,
                     message: e.to_string(),
                 })?;
-        apply_env_overrides(&mut table, env)?;
+        let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize");
+        apply_env_overrides(&mut table, &defaults, env)?;
         Config::from_table(table)
     }
 
@@ -365,6 +381,15 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be at least 1"));
             }
+        }
+        if self.limits.max_fields == 0 {
+            return Err(ConfigError::key("limits.max_fields", "must be at least 1"));
+        }
+        if self.callback.max_return_url_bytes < 16 {
+            return Err(ConfigError::key(
+                "callback.max_return_url_bytes",
+                "must be at least 16",
+            ));
         }
         if self.server.max_connections == 0 {
             return Err(ConfigError::key(
@@ -436,9 +461,12 @@ impl Config {
     }
 }
 
-/// Applies `UPLOAD_RECEIVER__…` variables on top of the file's table.
+/// Applies `UPLOAD_RECEIVER__…` variables on top of the file's table. A key
+/// whose default is a string takes the value verbatim (so `site_name=2024`
+/// stays a string); any other key reads it as a TOML value when it parses.
 fn apply_env_overrides(
     table: &mut toml::Table,
+    defaults: &toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     for (name, raw) in env {
@@ -449,7 +477,12 @@ fn apply_env_overrides(
         if path.iter().any(String::is_empty) {
             return Err(ConfigError::key(&name, "empty section or key name"));
         }
-        let value = parse_env_value(&raw);
+        let default_is_string = lookup(defaults, &path).is_some_and(toml::Value::is_str);
+        let value = if default_is_string {
+            toml::Value::String(raw)
+        } else {
+            parse_env_value(&raw)
+        };
         let (last, sections) = path.split_last().expect("split yields at least one part");
         let mut node = &mut *table;
         for section in sections {
@@ -463,6 +496,15 @@ fn apply_env_overrides(
         node.insert(last.clone(), value);
     }
     Ok(())
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (last, sections) = path.split_last()?;
+    let mut node = table;
+    for section in sections {
+        node = node.get(section)?.as_table()?;
+    }
+    node.get(last)
 }
 
 /// `60` → integer, `true` → boolean, `["a"]` → array, anything else → string.
@@ -506,6 +548,8 @@ mod tests {
                     "[\"10.0.0.0/8\"]",
                 ),
                 ("UPLOAD_RECEIVER__SITE__SITE_ID", "4242"),
+                ("UPLOAD_RECEIVER__SITE__SITE_NAME", "2024"),
+                ("UPLOAD_RECEIVER__SERVER__HEADER_READ_TIMEOUT_SECS", "7"),
                 ("UPLOAD_RECEIVER__DATA_DIR", "/var/lib/ur"),
                 ("UNRELATED", "x"),
             ],
@@ -517,7 +561,29 @@ mod tests {
             vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
         );
         assert_eq!(c.site.site_id, "4242");
+        assert_eq!(c.site.site_name, "2024");
+        assert_eq!(c.server.header_read_timeout_secs, 7);
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/ur"));
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_bare_addresses() {
+        let c = load(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\"]\n",
+            &[],
+        )
+        .unwrap();
+        let hosts: Vec<String> = c
+            .server
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(hosts, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+        let err = load("[server]\ntrusted_proxies = [\"nope\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.trusted_proxies"), "{err}");
     }
 
     #[test]

@@ -82,6 +82,16 @@ fn parse_return_url(value: Option<&str>, state: &AppState) -> Result<Option<Stri
     if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return invalid("contains whitespace or control characters");
     }
+    // The URL parser forgives `http:///host` and backslashes, as browsers
+    // do; a return URL must say exactly what it means, so refuse them.
+    let authority_follows = ["http://", "https://"].iter().any(|prefix| {
+        raw.get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+            && !raw[prefix.len()..].starts_with('/')
+    });
+    if !authority_follows || raw.contains('\\') {
+        return invalid("must be an absolute http:// or https:// URL");
+    }
     let Ok(url) = url::Url::parse(raw) else {
         return invalid("is not an absolute URL");
     };

@@ -292,6 +292,138 @@ mod tests {
         ));
     }
 
+    const CONSUMER_SECRET_23: &str = "u5pHMUpV8wB7LxwieAnrexE8CkzoZTVs6G626KKqfPVqFp0TxT";
+
+    fn base_23(method: &str, uri: &str, params: &[(&str, &str)]) -> String {
+        base_string(method, uri, &normalized_parameters(params.iter().copied()))
+    }
+
+    /// 23's OAuth page, step 1 (request token). The printed base string
+    /// carries another nonce and timestamp than the printed header; the
+    /// printed signature belongs to the header's values.
+    #[test]
+    fn the_23_request_token_example_verifies() {
+        let common = [
+            ("oauth_callback", "http://my.example.com/callback"),
+            ("oauth_consumer_key", "571156-cuQla8tP5tzjf70znIwS"),
+            ("oauth_signature_method", "HMAC-SHA1"),
+            ("oauth_version", "1.0"),
+        ];
+        let uri = "http://api.visualplatform.net/oauth/request_token";
+        let mut printed = common.to_vec();
+        printed.extend([
+            ("oauth_nonce", "eb6cf9e826b6a99e6c4998bb9605f994"),
+            ("oauth_timestamp", "1267547723"),
+        ]);
+        assert_eq!(
+            base_23("GET", uri, &printed),
+            "GET&http%3A%2F%2Fapi.visualplatform.net%2Foauth%2Frequest_token&oauth_callback%3Dhttp%253A%252\
+             F%252Fmy.example.com%252Fcallback%26oauth_consumer_key%3D571156-cuQla8tP5tzjf70znIwS%26oauth_n\
+             once%3Deb6cf9e826b6a99e6c4998bb9605f994%26oauth_signature_method%3DHMAC-SHA1%26oauth_timestamp\
+             %3D1267547723%26oauth_version%3D1.0"
+        );
+        let mut header = common.to_vec();
+        header.extend([
+            ("oauth_nonce", "48e12d7291d99b0416f3bb30a9d2ea72"),
+            ("oauth_timestamp", "1267547746"),
+        ]);
+        assert!(verify(
+            &base_23("GET", uri, &header),
+            CONSUMER_SECRET_23,
+            "",
+            "ozL65XeaXv4LHnJ6y3Q8H/5tERI="
+        ));
+    }
+
+    /// 23's OAuth page, step 3 (access token, signed with the request token secret).
+    #[test]
+    fn the_23_access_token_example_verifies() {
+        let base = base_23(
+            "GET",
+            "http://api.visualplatform.net/oauth/access_token",
+            &[
+                ("oauth_consumer_key", "571156-cuQla8tP5tzjf70znIwS"),
+                ("oauth_nonce", "936dff7fa3d5674b1eb5c217ce6701b3"),
+                ("oauth_signature_method", "HMAC-SHA1"),
+                ("oauth_timestamp", "1267547767"),
+                ("oauth_token", "12-8vr9EplGHHR8Ciem8SLu"),
+                ("oauth_verifier", "z3pjUoZU6KN8B5n4V2Fy"),
+                ("oauth_version", "1.0"),
+            ],
+        );
+        assert_eq!(
+            base,
+            "GET&http%3A%2F%2Fapi.visualplatform.net%2Foauth%2Faccess_token&oauth_consumer_key%3D571156-cuQ\
+             la8tP5tzjf70znIwS%26oauth_nonce%3D936dff7fa3d5674b1eb5c217ce6701b3%26oauth_signature_method%3D\
+             HMAC-SHA1%26oauth_timestamp%3D1267547767%26oauth_token%3D12-8vr9EplGHHR8Ciem8SLu%26oauth_verif\
+             ier%3Dz3pjUoZU6KN8B5n4V2Fy%26oauth_version%3D1.0"
+        );
+        let request_token_secret = "qQptayCQG1ZQYbS73FE6WdNz4wKjYJqcvLzI9DjGD1UKP9wruL";
+        assert!(verify(
+            &base,
+            CONSUMER_SECRET_23,
+            request_token_secret,
+            "vFb0a6CGy6rtXeuEfZlhOHvjhjk="
+        ));
+    }
+
+    /// 23's OAuth page, step 4 (an API call with a form body).
+    #[test]
+    fn the_23_api_call_example_verifies() {
+        let base = base_23(
+            "POST",
+            &base_string_uri("http", "v.23video.com", "/api/photo/list"),
+            &[
+                ("format", "xml"),
+                ("oauth_consumer_key", "571156-cuQla8tP5tzjf70znIwS"),
+                ("oauth_nonce", "a666b90c2339a866c8ed405e3e2821c3"),
+                ("oauth_signature_method", "HMAC-SHA1"),
+                ("oauth_timestamp", "1267547771"),
+                ("oauth_token", "3-gnS3NKP74AzcJsvbFi3Z"),
+                ("oauth_version", "1.0"),
+            ],
+        );
+        assert_eq!(
+            base,
+            "POST&http%3A%2F%2Fv.23video.com%2Fapi%2Fphoto%2Flist&format%3Dxml%26oauth_consumer_key%3D57115\
+             6-cuQla8tP5tzjf70znIwS%26oauth_nonce%3Da666b90c2339a866c8ed405e3e2821c3%26oauth_signature_meth\
+             od%3DHMAC-SHA1%26oauth_timestamp%3D1267547771%26oauth_token%3D3-gnS3NKP74AzcJsvbFi3Z%26oauth_v\
+             ersion%3D1.0"
+        );
+        let access_token_secret = "83x7n5rR2eT1IV0zLNptvxxy1R3WFptGozka38tDtLZmSDYboW";
+        assert!(verify(
+            &base,
+            CONSUMER_SECRET_23,
+            access_token_secret,
+            "R6etDqoM8JLzuXK+3BiVeXCEqRQ="
+        ));
+    }
+
+    /// The vector requests-oauthlib produced (TESTING.md): a POST whose
+    /// query and form body are both signed, the port kept.
+    #[test]
+    fn the_oauthlib_reference_vector_verifies() {
+        let base = base_23(
+            "POST",
+            &base_string_uri("http", "127.0.0.1:8088", "/upload"),
+            &[
+                ("a", "1"),
+                ("b", "x y"),
+                ("resumableChunkNumber", "1"),
+                ("oauth_consumer_key", "ck_consumer_key"),
+                ("oauth_token", "tk_token"),
+                ("oauth_nonce", "abc123nonce"),
+                ("oauth_timestamp", "1700000000"),
+                ("oauth_signature_method", "HMAC-SHA1"),
+                ("oauth_version", "1.0"),
+            ],
+        );
+        assert_eq!(
+            sign(&base, "cs_consumer_secret", "ts_token_secret"),
+            "SnRHjYqvWmFRT1Lb8v2vsMmpivk="
+        );
+    }
+
     #[test]
     fn default_ports_are_dropped_and_others_kept() {
         assert_eq!(base_string_uri("https", "Host:443", "/a"), "https://host/a");

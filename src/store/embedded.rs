@@ -114,7 +114,21 @@ where
 /// The embedded state store.
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    writer: std::sync::mpsc::Sender<Box<dyn Job>>,
+    /// `None` only while dropping.
+    writer: Option<std::sync::mpsc::Sender<Box<dyn Job>>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedStore {
+    /// Closes the queue and waits for the writer to finish its last batch,
+    /// so the database file is unlocked when the store is gone (a restart
+    /// in the same process can reopen it at once).
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl EmbeddedStore {
@@ -137,11 +151,15 @@ impl EmbeddedStore {
         }
         let (writer, queue) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let writer_db = Arc::clone(&db);
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("embedded-store-writer".into())
             .spawn(move || run_writer(&writer_db, &queue))
             .map_err(store_error)?;
-        Ok(EmbeddedStore { db, writer })
+        Ok(EmbeddedStore {
+            db,
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+        })
     }
 
     /// Runs `op` in the writer's next batch and waits for the durable commit.
@@ -152,6 +170,8 @@ impl EmbeddedStore {
     {
         let (reply, answer) = oneshot::channel();
         self.writer
+            .as_ref()
+            .expect("the writer is present until drop")
             .send(Box::new(WriteJob { op, reply }))
             .map_err(|_| StoreError::new("the embedded store's writer has stopped"))?;
         answer

@@ -1,0 +1,351 @@
+//! `spawn_app()`: the same `App` as `main`, on port 0, with its own data
+//! directory; and an OAuth client built on an independent implementation
+//! (the `oauth1-request` crate), never on the service's own signer.
+
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use oauth1_request as oauth;
+use upload_receiver::App;
+use upload_receiver::RunningApp;
+use upload_receiver::auth::{Credential, Permission, Secret};
+use upload_receiver::config::Config;
+
+/// A running receiver with a temporary data directory.
+pub struct TestApp {
+    pub base_url: String,
+    pub running: Option<RunningApp>,
+    /// The `write` credential set the tests sign with.
+    pub writer: Credential,
+    pub config: Config,
+    data_dir: std::sync::Arc<tempfile::TempDir>,
+    pub http: reqwest::Client,
+}
+
+pub fn credential(name: &str, permission: Permission) -> Credential {
+    Credential {
+        consumer_key: format!("ck-{name}"),
+        consumer_secret: Secret::new(format!("cs-{name}-secret")),
+        access_token: format!("at-{name}"),
+        access_token_secret: Secret::new(format!("ts-{name}-secret")),
+        permission,
+    }
+}
+
+/// A configuration for tests: port 0, the given data directory, and three
+/// credential sets (`read`, `write`, `super`).
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    config.server.listen = "127.0.0.1:0".to_owned();
+    config.site.domain = "videos.example.com".to_owned();
+    config.credentials = vec![
+        credential("reader", Permission::Read),
+        credential("writer", Permission::Write),
+        credential("super", Permission::Super),
+    ];
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns an app after `adjust` has changed the test configuration.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("a temporary directory");
+    let mut config = test_config(data_dir.path());
+    adjust(&mut config);
+    start(config, std::sync::Arc::new(data_dir)).await
+}
+
+async fn start(config: Config, data_dir: std::sync::Arc<tempfile::TempDir>) -> TestApp {
+    let app = App::build(config.clone()).await.expect("the app builds");
+    let writer = config
+        .credentials
+        .iter()
+        .find(|c| c.permission == Permission::Write)
+        .cloned()
+        .or_else(|| app.generated_credential().map(|(c, _)| c.clone()))
+        .expect("a write credential set");
+    let running = app.spawn();
+    TestApp {
+        base_url: format!("http://{}", running.address),
+        running: Some(running),
+        writer,
+        config,
+        data_dir,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+    }
+}
+
+/// Where the OAuth parameters travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// `Authorization: OAuth ...`, API parameters in the query (GET).
+    Header,
+    /// Everything in the query string (GET).
+    Query,
+    /// Everything in a form-urlencoded POST body.
+    Form,
+    /// `Authorization` header, API parameters in a form-urlencoded POST body.
+    HeaderWithForm,
+}
+
+pub const ALL_PLACEMENTS: [Placement; 4] = [
+    Placement::Header,
+    Placement::Query,
+    Placement::Form,
+    Placement::HeaderWithForm,
+];
+
+/// Options for signing a request differently from the default.
+#[derive(Clone, Default)]
+pub struct Signing {
+    pub timestamp: Option<u64>,
+    pub nonce: Option<String>,
+}
+
+pub fn token_of(c: &Credential) -> oauth::Token<String, String> {
+    oauth::Token::from_parts(
+        c.consumer_key.clone(),
+        c.consumer_secret.expose().to_owned(),
+        c.access_token.clone(),
+        c.access_token_secret.expose().to_owned(),
+    )
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl TestApp {
+    /// A non-owning copy for use on another thread: the same address,
+    /// credentials and client, no control over the running app.
+    pub fn handle_of(app: &TestApp) -> TestApp {
+        TestApp {
+            base_url: app.base_url.clone(),
+            running: None,
+            writer: app.writer.clone(),
+            config: app.config.clone(),
+            data_dir: app.data_dir.clone(),
+            http: app.http.clone(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.path().to_owned()
+    }
+
+    /// A request signed with `credential` by the independent OAuth library.
+    pub fn signed_request(
+        &self,
+        credential: &Credential,
+        path: &str,
+        params: &[(&str, &str)],
+        placement: Placement,
+        signing: &Signing,
+    ) -> reqwest::RequestBuilder {
+        self.signed_request_via(&self.base_url, credential, path, params, placement, signing)
+    }
+
+    /// As [`TestApp::signed_request`], but signed for the URL a client saw
+    /// at `public_base` (a load balancer's address) while sent to the app.
+    pub fn signed_request_via(
+        &self,
+        public_base: &str,
+        credential: &Credential,
+        path: &str,
+        params: &[(&str, &str)],
+        placement: Placement,
+        signing: &Signing,
+    ) -> reqwest::RequestBuilder {
+        let signed_uri = format!("{public_base}{path}");
+        let sent_uri = self.url(path);
+        let list = oauth::ParameterList::new(params.to_vec());
+        let mut builder = oauth::Builder::with_token(token_of(credential), oauth::HMAC_SHA1);
+        if let Some(ts) = signing.timestamp {
+            builder.timestamp(NonZeroU64::new(ts));
+        }
+        if let Some(nonce) = &signing.nonce {
+            builder.nonce(nonce.as_str());
+        }
+        match placement {
+            Placement::Header => {
+                let authorization = builder.authorize("GET", &signed_uri, &list);
+                self.http
+                    .get(oauth::to_query(sent_uri, &list))
+                    .header("authorization", authorization)
+            }
+            // The library computes the signature (in its header form); for
+            // these placements its parameters then travel in the query or body.
+            Placement::Query => {
+                let oauth_params = header_to_pairs(&builder.authorize("GET", &signed_uri, &list));
+                let url = oauth::to_query(sent_uri, &list);
+                let separator = if url.contains('?') { '&' } else { '?' };
+                self.http.get(format!("{url}{separator}{oauth_params}"))
+            }
+            Placement::Form => {
+                let oauth_params = header_to_pairs(&builder.authorize("POST", &signed_uri, &list));
+                let form = oauth::to_form(&list);
+                let separator = if form.is_empty() { "" } else { "&" };
+                self.http
+                    .post(&sent_uri)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(format!("{form}{separator}{oauth_params}"))
+            }
+            Placement::HeaderWithForm => {
+                let authorization = builder.authorize("POST", &signed_uri, &list);
+                self.http
+                    .post(&sent_uri)
+                    .header("authorization", authorization)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(oauth::to_form(&list))
+            }
+        }
+    }
+
+    /// Calls an API method signed by the `write` set, header placement.
+    pub async fn call(&self, path: &str, params: &[(&str, &str)]) -> String {
+        self.call_as(&self.writer.clone(), path, params, Placement::Header)
+            .await
+    }
+
+    pub async fn call_as(
+        &self,
+        credential: &Credential,
+        path: &str,
+        params: &[(&str, &str)],
+        placement: Placement,
+    ) -> String {
+        let response = self
+            .signed_request(credential, path, params, placement, &Signing::default())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "API answers are HTTP 200");
+        response.text().await.unwrap()
+    }
+
+    /// A multipart POST signed in its `Authorization` header (multipart
+    /// fields are not part of the signature).
+    pub fn signed_multipart(
+        &self,
+        credential: &Credential,
+        path: &str,
+        form: reqwest::multipart::Form,
+    ) -> reqwest::RequestBuilder {
+        let uri = self.url(path);
+        let builder = oauth::Builder::with_token(token_of(credential), oauth::HMAC_SHA1);
+        let authorization = builder.authorize("POST", &uri, &());
+        self.http
+            .post(&uri)
+            .header("authorization", authorization)
+            .multipart(form)
+    }
+
+    /// Uploads `bytes` as a new photo and returns the `photo_id`.
+    pub async fn upload_photo(&self, bytes: Vec<u8>) -> String {
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name("photo.jpg")
+            .mime_str("image/jpeg")
+            .unwrap();
+        let form = reqwest::multipart::Form::new()
+            .text("title", "A photo")
+            .part("file", part);
+        let body = self
+            .signed_multipart(&self.writer.clone(), "/api/photo/upload", form)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        xml_field(&body, "photo_id").unwrap_or_else(|| panic!("upload failed: {body}"))
+    }
+
+    /// Stops the app gracefully and starts it again on the same data
+    /// directory (on a new port).
+    pub async fn restart(mut self) -> TestApp {
+        self.running.take().expect("running").shutdown().await;
+        let mut config = self.config.clone();
+        config.server.listen = "127.0.0.1:0".to_owned();
+        start(config, self.data_dir).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+/// `OAuth a="1",b="2"` → `a=1&b=2` (values stay percent-encoded).
+fn header_to_pairs(authorization: &str) -> String {
+    authorization
+        .trim_start_matches("OAuth ")
+        .replace('"', "")
+        .replace(',', "&")
+}
+
+/// The text of `<name>...</name>` in an XML answer, unescaped.
+pub fn xml_field(body: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find(&format!("</{name}>"))? + start;
+    Some(xml_unescape(&body[start..end]))
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&#10;", "\n")
+        .replace("&#13;", "\r")
+        .replace("&#9;", "\t")
+        .replace("&amp;", "&")
+}
+
+/// The value of attribute `name` on the `<response>` element.
+pub fn xml_attribute(body: &str, name: &str) -> Option<String> {
+    let response = &body[body.find("<response")?..];
+    let head = &response[..response.find('>')?];
+    let key = format!(" {name}=\"");
+    let start = head.find(&key)? + key.len();
+    let end = head[start..].find('"')? + start;
+    Some(xml_unescape(&head[start..end]))
+}
+
+/// Asserts an XML error answer with `code`, returning its message.
+#[track_caller]
+pub fn assert_error(body: &str, code: &str) -> String {
+    assert_eq!(
+        xml_attribute(body, "status").as_deref(),
+        Some("error"),
+        "{body}"
+    );
+    assert_eq!(xml_attribute(body, "code").as_deref(), Some(code), "{body}");
+    xml_attribute(body, "message").unwrap_or_default()
+}
+
+#[track_caller]
+pub fn assert_ok(body: &str) {
+    assert_eq!(
+        xml_attribute(body, "status").as_deref(),
+        Some("ok"),
+        "{body}"
+    );
+}

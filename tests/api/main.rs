@@ -1,0 +1,12 @@
+//! Black-box tests of the service over HTTP: the real `App` on port 0 with
+//! its own data directory, called by independent clients.
+
+mod common;
+
+mod authentication;
+mod get_replace_token;
+mod independent_clients;
+mod response_formats;
+mod restart;
+mod server;
+mod uploads;
