@@ -13,6 +13,11 @@ if ! "$venv/bin/python3" -c 'import requests_oauthlib' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/support/requirements.txt
 fi
+if ! ruby -roauth -e "exit 0" 2>/dev/null; then
+  echo "== installing ruby and ruby-oauth (Debian packages)"
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q ruby ruby-oauth >/dev/null
+fi
+
 export UPLOAD_RECEIVER_TEST_PYTHON="$PWD/$venv/bin/python3"
 
 echo "== cargo test"

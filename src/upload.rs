@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, TryStreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use http_body_util::BodyExt;
 
 use crate::storage::{ByteStream, ObjectKey, ObjectStore, StorageError, StoredObject};
@@ -92,6 +92,99 @@ where
     })
 }
 
+/// Puts back the CRLF that RFC 2046 requires before each delimiter when a
+/// client leaves it out.
+///
+/// 23's Ruby sample client builds its multipart body by hand and writes
+/// `value--BOUNDARY` where `value\r\n--BOUNDARY` belongs; the original
+/// service accepted such bodies. A `--BOUNDARY` that is not at the start of
+/// the body and not preceded by CRLF gets one inserted; a well-formed body
+/// passes through unchanged (its delimiters all follow a CRLF), and so does
+/// content, unless it contains the boundary string itself, which no
+/// well-behaved client allows.
+pub fn repair_bare_delimiters<S>(
+    body: S,
+    boundary: &str,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let delimiter = format!("--{boundary}").into_bytes();
+    let state = DelimiterRepair {
+        delimiter,
+        held: Vec::new(),
+        last_two: [0; 2],
+        emitted: 0,
+    };
+    futures_util::stream::unfold(
+        (Box::pin(body), Some(state)),
+        |(mut body, state)| async move {
+            let mut state = state?;
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    let out = state.push(&chunk);
+                    Some((Ok(out), (body, Some(state))))
+                }
+                Some(Err(e)) => Some((Err(e), (body, None))),
+                None => {
+                    let rest = Bytes::from(std::mem::take(&mut state.held));
+                    Some((Ok(rest), (body, None)))
+                }
+            }
+        },
+    )
+    .try_filter(|chunk| std::future::ready(!chunk.is_empty()))
+}
+
+struct DelimiterRepair {
+    delimiter: Vec<u8>,
+    /// The tail of the data seen so far that could be the start of a
+    /// delimiter split across chunks; shorter than the delimiter.
+    held: Vec<u8>,
+    /// The last two bytes already passed on.
+    last_two: [u8; 2],
+    /// How many bytes of the original body were passed on.
+    emitted: u64,
+}
+
+impl DelimiterRepair {
+    fn push(&mut self, chunk: &[u8]) -> Bytes {
+        let mut data = std::mem::take(&mut self.held);
+        data.extend_from_slice(chunk);
+        let keep = (self.delimiter.len() - 1).min(data.len());
+        let ready = data.len() - keep;
+        let mut out = Vec::with_capacity(ready + 16);
+        let mut copied = 0;
+        for at in memchr::memmem::find_iter(&data, &self.delimiter) {
+            if at >= ready {
+                break;
+            }
+            let before = |back: usize| -> u8 {
+                if at >= back {
+                    data[at - back]
+                } else {
+                    self.last_two[2 - (back - at)]
+                }
+            };
+            let at_body_start = self.emitted == 0 && at == 0;
+            if !at_body_start && !(before(2) == b'\r' && before(1) == b'\n') {
+                out.extend_from_slice(&data[copied..at]);
+                out.extend_from_slice(b"\r\n");
+                copied = at;
+            }
+        }
+        out.extend_from_slice(&data[copied..ready]);
+        self.emitted += ready as u64;
+        match ready {
+            0 => {}
+            1 => self.last_two = [self.last_two[1], data[0]],
+            _ => self.last_two = [data[ready - 2], data[ready - 1]],
+        }
+        self.held = data.split_off(ready);
+        Bytes::from(out)
+    }
+}
+
 /// Receives a multipart body: stores its `file` part in `store` as it
 /// arrives and collects the other fields. On any error, an object already
 /// stored is deleted again, so a failed request leaves nothing behind.
@@ -136,6 +229,7 @@ where
     let size_limit = multer::SizeLimit::new()
         .per_field(limits.max_field_bytes)
         .for_field(FILE_FIELD, limits.max_file_bytes);
+    let body = repair_bare_delimiters(body, boundary);
     let mut multipart = multer::Multipart::with_constraints(
         body,
         boundary,
@@ -243,6 +337,47 @@ pub fn clean_filename(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn repaired(chunks: &[&[u8]], boundary: &str) -> Vec<u8> {
+        let owned: Vec<Result<Bytes, std::io::Error>> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let stream = repair_bare_delimiters(futures_util::stream::iter(owned), boundary);
+        let parts: Vec<Bytes> = stream.try_collect().await.unwrap();
+        parts.concat()
+    }
+
+    #[tokio::test]
+    async fn well_formed_bodies_pass_through_unchanged_in_any_chunking() {
+        let body = b"--XY\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv--X\r\n--XY--\r\n";
+        for split in 0..body.len() {
+            let (a, b) = body.split_at(split);
+            assert_eq!(
+                repaired(&[a, b], "XY").await,
+                body.to_vec(),
+                "split at {split}"
+            );
+        }
+        let bytewise: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(repaired(&bytewise, "XY").await, body.to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_missing_crlf_before_a_delimiter_is_put_back_in_any_chunking() {
+        let bare = b"--XY\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nvalue--XY\r\nrest\n--XY--\r\n\r\n";
+        let fixed = b"--XY\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nvalue\r\n--XY\r\nrest\n\r\n--XY--\r\n\r\n";
+        for split in 0..bare.len() {
+            let (a, b) = bare.split_at(split);
+            assert_eq!(
+                repaired(&[a, b], "XY").await,
+                fixed.to_vec(),
+                "split at {split}"
+            );
+        }
+        let bytewise: Vec<&[u8]> = bare.chunks(1).collect();
+        assert_eq!(repaired(&bytewise, "XY").await, fixed.to_vec());
+    }
 
     #[test]
     fn filenames_lose_paths_and_control_characters() {
