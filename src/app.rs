@@ -25,10 +25,7 @@ use crate::upload::MultipartLimits;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create the data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error("cannot open the state store: {0}")]
     State(crate::store::StoreError),
     #[error("cannot open the object store: {0}")]
@@ -36,10 +33,7 @@ pub enum StartError {
     #[error("cannot read or create the generated credentials: {0}")]
     Credentials(std::io::Error),
     #[error("cannot listen on {address}: {source}")]
-    Listen {
-        address: String,
-        source: std::io::Error,
-    },
+    Listen { address: String, source: std::io::Error },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -87,15 +81,12 @@ impl App {
                 "state.redis_url and storage.bucket are not supported by this build yet".into(),
             ));
         }
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let embedded = Arc::new(EmbeddedStore::open(&config.data_dir).map_err(StartError::State)?);
         let state: Arc<dyn StateStore> = embedded.clone();
-        let objects: Arc<dyn ObjectStore> = Arc::new(
-            FsObjectStore::open(&config.data_dir.join("objects")).map_err(StartError::Objects)?,
-        );
+        let objects: Arc<dyn ObjectStore> =
+            Arc::new(FsObjectStore::open(&config.data_dir.join("objects")).map_err(StartError::Objects)?);
 
         let mut configured = config.credentials.clone();
         let generated = if configured.is_empty() {
@@ -114,29 +105,14 @@ impl App {
 
         let listener = TcpListener::bind(&config.server.listen)
             .await
-            .map_err(|source| StartError::Listen {
-                address: config.server.listen.clone(),
-                source,
-            })?;
-        let state = Arc::new(AppState {
-            config,
-            auth,
-            state,
-            objects,
-            shutting_down: AtomicBool::new(false),
-        });
-        Ok(App {
-            state,
-            listener,
-            generated,
-            embedded: Some(embedded),
-        })
+            .map_err(|source| StartError::Listen { address: config.server.listen.clone(), source })?;
+        let state =
+            Arc::new(AppState { config, auth, state, objects, shutting_down: AtomicBool::new(false) });
+        Ok(App { state, listener, generated, embedded: Some(embedded) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     /// The credential set generated for the embedded default (`None` when
@@ -151,10 +127,7 @@ impl App {
 
     /// Serves until `shutdown` completes, then drains (see [`crate::server`]).
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send) {
-        let maintenance = self
-            .embedded
-            .clone()
-            .map(|store| tokio::spawn(embedded_maintenance(store)));
+        let maintenance = self.embedded.clone().map(|store| tokio::spawn(embedded_maintenance(store)));
         let state = Arc::clone(&self.state);
         crate::server::serve(self.listener, Arc::clone(&self.state), async move {
             shutdown.await;
@@ -176,12 +149,7 @@ impl App {
         let task = tokio::spawn(self.run_until(async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
-        RunningApp {
-            address,
-            state,
-            stop,
-            task,
-        }
+        RunningApp { address, state, stop, task }
     }
 }
 

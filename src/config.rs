@@ -21,10 +21,7 @@ pub const ENV_PREFIX: &str = "UPLOAD_RECEIVER__";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("configuration file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("configuration key `{key}`: {message}")]
@@ -33,10 +30,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn key(key: &str, message: impl Into<String>) -> Self {
-        ConfigError::Key {
-            key: key.to_owned(),
-            message: message.into(),
-        }
+        ConfigError::Key { key: key.to_owned(), message: message.into() }
     }
 }
 
@@ -147,9 +141,7 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig {
-            timestamp_window_secs: 300,
-        }
+        AuthConfig { timestamp_window_secs: 300 }
     }
 }
 
@@ -167,11 +159,7 @@ pub struct CallbackConfig {
 
 impl Default for CallbackConfig {
     fn default() -> Self {
-        CallbackConfig {
-            allowed_hosts: Vec::new(),
-            timeout_secs: 10,
-            max_return_url_bytes: 2048,
-        }
+        CallbackConfig { allowed_hosts: Vec::new(), timeout_secs: 10, max_return_url_bytes: 2048 }
     }
 }
 
@@ -186,11 +174,7 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig {
-            redis_url: None,
-            redis_timeout_secs: 2,
-            key_prefix: "ur:".to_owned(),
-        }
+        StateConfig { redis_url: None, redis_timeout_secs: 2, key_prefix: "ur:".to_owned() }
     }
 }
 
@@ -268,10 +252,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Human,
-            filter: "info".to_owned(),
-        }
+        LogConfig { format: LogFormat::Human, filter: "info".to_owned() }
     }
 }
 
@@ -297,9 +278,7 @@ fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
         .map(|s| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    serde::de::Error::custom(format!("{s:?} is neither a CIDR nor an IP address"))
-                })
+                .map_err(|_| serde::de::Error::custom(format!("{s:?} is neither a CIDR nor an IP address")))
         })
         .collect()
 }
@@ -316,19 +295,15 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let text = match path {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?,
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?,
             None => String::new(),
         };
         let display_path = path.map(Path::to_owned).unwrap_or_default();
-        let mut table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                    path: display_path,
-                    message: e.to_string(),
-                })?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: display_path,
+            message: e.to_string(),
+        })?;
         let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize");
         apply_env_overrides(&mut table, &defaults, env)?;
         Config::from_table(table)
@@ -336,14 +311,10 @@ impl Config {
 
     /// Deserializes and validates a TOML table.
     pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                ConfigError::Key {
-                    key,
-                    message: e.into_inner().to_string(),
-                }
-            })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Key { key, message: e.into_inner().to_string() }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -359,18 +330,9 @@ impl Config {
             _ => return Err(ConfigError::key("server.listen", "must be HOST:PORT")),
         }
         for (key, value) in [
-            (
-                "server.header_read_timeout_secs",
-                self.server.header_read_timeout_secs,
-            ),
-            (
-                "server.body_idle_timeout_secs",
-                self.server.body_idle_timeout_secs,
-            ),
-            (
-                "auth.timestamp_window_secs",
-                self.auth.timestamp_window_secs,
-            ),
+            ("server.header_read_timeout_secs", self.server.header_read_timeout_secs),
+            ("server.body_idle_timeout_secs", self.server.body_idle_timeout_secs),
+            ("auth.timestamp_window_secs", self.auth.timestamp_window_secs),
             ("callback.timeout_secs", self.callback.timeout_secs),
             ("state.redis_timeout_secs", self.state.redis_timeout_secs),
             ("storage.timeout_secs", self.storage.timeout_secs),
@@ -386,22 +348,13 @@ impl Config {
             return Err(ConfigError::key("limits.max_fields", "must be at least 1"));
         }
         if self.callback.max_return_url_bytes < 16 {
-            return Err(ConfigError::key(
-                "callback.max_return_url_bytes",
-                "must be at least 16",
-            ));
+            return Err(ConfigError::key("callback.max_return_url_bytes", "must be at least 16"));
         }
         if self.server.max_connections == 0 {
-            return Err(ConfigError::key(
-                "server.max_connections",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::key("server.max_connections", "must be at least 1"));
         }
         if self.auth.timestamp_window_secs > 86_400 {
-            return Err(ConfigError::key(
-                "auth.timestamp_window_secs",
-                "must be at most 86400",
-            ));
+            return Err(ConfigError::key("auth.timestamp_window_secs", "must be at most 86400"));
         }
         if self.site.domain.trim().is_empty() {
             return Err(ConfigError::key("site.domain", "must not be empty"));
@@ -478,20 +431,14 @@ fn apply_env_overrides(
             return Err(ConfigError::key(&name, "empty section or key name"));
         }
         let default_is_string = lookup(defaults, &path).is_some_and(toml::Value::is_str);
-        let value = if default_is_string {
-            toml::Value::String(raw)
-        } else {
-            parse_env_value(&raw)
-        };
+        let value = if default_is_string { toml::Value::String(raw) } else { parse_env_value(&raw) };
         let (last, sections) = path.split_last().expect("split yields at least one part");
         let mut node = &mut *table;
         for section in sections {
-            let entry = node
-                .entry(section.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            node = entry.as_table_mut().ok_or_else(|| {
-                ConfigError::key(&path.join("."), format!("`{section}` is not a section"))
-            })?;
+            let entry = node.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = entry
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::key(&path.join("."), format!("`{section}` is not a section")))?;
         }
         node.insert(last.clone(), value);
     }
@@ -543,10 +490,7 @@ mod tests {
             "[server]\nlisten = \"127.0.0.1:1\"\n",
             &[
                 ("UPLOAD_RECEIVER__SERVER__LISTEN", "0.0.0.0:9000"),
-                (
-                    "UPLOAD_RECEIVER__SERVER__TRUSTED_PROXIES",
-                    "[\"10.0.0.0/8\"]",
-                ),
+                ("UPLOAD_RECEIVER__SERVER__TRUSTED_PROXIES", "[\"10.0.0.0/8\"]"),
                 ("UPLOAD_RECEIVER__SITE__SITE_ID", "4242"),
                 ("UPLOAD_RECEIVER__SITE__SITE_NAME", "2024"),
                 ("UPLOAD_RECEIVER__SERVER__HEADER_READ_TIMEOUT_SECS", "7"),
@@ -556,10 +500,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.listen, "0.0.0.0:9000");
-        assert_eq!(
-            c.server.trusted_proxies,
-            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
-        );
+        assert_eq!(c.server.trusted_proxies, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
         assert_eq!(c.site.site_id, "4242");
         assert_eq!(c.site.site_name, "2024");
         assert_eq!(c.server.header_read_timeout_secs, 7);
@@ -568,39 +509,23 @@ mod tests {
 
     #[test]
     fn trusted_proxies_take_cidrs_and_bare_addresses() {
-        let c = load(
-            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\"]\n",
-            &[],
-        )
-        .unwrap();
-        let hosts: Vec<String> = c
-            .server
-            .trusted_proxies
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let c = load("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\"]\n", &[]).unwrap();
+        let hosts: Vec<String> = c.server.trusted_proxies.iter().map(ToString::to_string).collect();
         assert_eq!(hosts, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
-        let err = load("[server]\ntrusted_proxies = [\"nope\"]\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = load("[server]\ntrusted_proxies = [\"nope\"]\n", &[]).unwrap_err().to_string();
         assert!(err.contains("server.trusted_proxies"), "{err}");
     }
 
     #[test]
     fn an_unknown_key_is_named_in_the_error() {
-        let err = load("[server]\nlisen = \"x\"\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = load("[server]\nlisen = \"x\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("server") && err.contains("lisen"), "{err}");
     }
 
     #[test]
     fn a_value_of_the_wrong_type_is_named_in_the_error() {
         let err = load("[server]\nheader_read_timeout_secs = \"ten\"\n", &[]).unwrap_err();
-        assert!(
-            err.to_string().contains("server.header_read_timeout_secs"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("server.header_read_timeout_secs"), "{err}");
     }
 
     #[test]
@@ -608,14 +533,8 @@ mod tests {
         for (text, key) in [
             ("[server]\nlisten = \"nope\"\n", "server.listen"),
             ("[storage]\npart_size = 1024\n", "storage.part_size"),
-            (
-                "[server]\nbody_idle_timeout_secs = 0\n",
-                "server.body_idle_timeout_secs",
-            ),
-            (
-                "[callback]\nallowed_hosts = [\"a b\"]\n",
-                "callback.allowed_hosts[0]",
-            ),
+            ("[server]\nbody_idle_timeout_secs = 0\n", "server.body_idle_timeout_secs"),
+            ("[callback]\nallowed_hosts = [\"a b\"]\n", "callback.allowed_hosts[0]"),
             (
                 "[[credentials]]\nconsumer_key = \"\"\nconsumer_secret = \"s\"\naccess_token = \"t\"\naccess_token_secret = \"u\"\npermission = \"write\"\n",
                 "credentials[0].consumer_key",

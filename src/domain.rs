@@ -112,14 +112,9 @@ impl FromStr for ReplaceToken {
     type Err = BadReplaceToken;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let well_formed = s.len() == Self::LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if well_formed {
-            Ok(ReplaceToken(s.to_owned()))
-        } else {
-            Err(BadReplaceToken)
-        }
+        let well_formed =
+            s.len() == Self::LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if well_formed { Ok(ReplaceToken(s.to_owned())) } else { Err(BadReplaceToken) }
     }
 }
 
@@ -161,10 +156,7 @@ impl fmt::Debug for PhotoSecret {
 
 /// Seconds since the Unix epoch, the unit of every stored time.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -174,16 +166,7 @@ mod tests {
     #[test]
     fn photo_ids_are_positive_plain_decimals() {
         assert_eq!("123456".parse(), Ok(PhotoId(123456)));
-        for bad in [
-            "",
-            "0",
-            "+1",
-            "-1",
-            "1.0",
-            " 1",
-            "abc",
-            "99999999999999999999",
-        ] {
+        for bad in ["", "0", "+1", "-1", "1.0", " 1", "abc", "99999999999999999999"] {
             assert_eq!(bad.parse::<PhotoId>(), Err(BadPhotoId), "{bad:?}");
         }
     }
@@ -199,22 +182,10 @@ mod tests {
 
     #[test]
     fn replace_tokens_reject_uppercase_and_wrong_lengths() {
-        assert!(
-            "022fe6e3fb42758d6147c539727c5358af3524b1"
-                .parse::<ReplaceToken>()
-                .is_ok()
-        );
-        assert!(
-            "022FE6E3FB42758D6147C539727C5358AF3524B1"
-                .parse::<ReplaceToken>()
-                .is_err()
-        );
+        assert!("022fe6e3fb42758d6147c539727c5358af3524b1".parse::<ReplaceToken>().is_ok());
+        assert!("022FE6E3FB42758D6147C539727C5358AF3524B1".parse::<ReplaceToken>().is_err());
         assert!("022fe6e3".parse::<ReplaceToken>().is_err());
-        assert!(
-            "g22fe6e3fb42758d6147c539727c5358af3524b1"
-                .parse::<ReplaceToken>()
-                .is_err()
-        );
+        assert!("g22fe6e3fb42758d6147c539727c5358af3524b1".parse::<ReplaceToken>().is_err());
     }
 
     #[test]

@@ -42,18 +42,13 @@ pub fn is_safe_identifier(s: &str) -> bool {
 impl Format {
     /// Reads `format`, `varname`, `callback` and `raw`. An unusable value
     /// gives the format to report the error in, plus the error itself.
-    pub fn from_params<'a>(
-        mut param: impl FnMut(&str) -> Option<&'a str>,
-    ) -> (Format, Option<ApiError>) {
+    pub fn from_params<'a>(mut param: impl FnMut(&str) -> Option<&'a str>) -> (Format, Option<ApiError>) {
         let json = match param("format") {
             None | Some("") => false,
             Some(f) if f.eq_ignore_ascii_case("xml") => false,
             Some(f) if f.eq_ignore_ascii_case("json") => true,
             Some(_) => {
-                return (
-                    Format::Xml,
-                    Some(ApiError::InvalidInput("format must be xml or json".into())),
-                );
+                return (Format::Xml, Some(ApiError::InvalidInput("format must be xml or json".into())));
             }
         };
         if !json {
@@ -62,8 +57,7 @@ impl Format {
         let default = Format::JsonVar("visual".to_owned());
         if let Some(callback) = param("callback").filter(|c| !c.is_empty()) {
             if !is_safe_identifier(callback) {
-                let error =
-                    ApiError::InvalidInput("callback must be a JavaScript identifier".into());
+                let error = ApiError::InvalidInput("callback must be a JavaScript identifier".into());
                 return (default, Some(error));
             }
             return (Format::Jsonp(callback.to_owned()), None);
@@ -73,12 +67,9 @@ impl Format {
         }
         match param("varname").filter(|v| !v.is_empty()) {
             Some(name) if is_safe_identifier(name) => (Format::JsonVar(name.to_owned()), None),
-            Some(_) => (
-                default,
-                Some(ApiError::InvalidInput(
-                    "varname must be a JavaScript identifier".into(),
-                )),
-            ),
+            Some(_) => {
+                (default, Some(ApiError::InvalidInput("varname must be a JavaScript identifier".into())))
+            }
             None => (default, None),
         }
     }
@@ -274,10 +265,7 @@ mod tests {
     #[test]
     fn format_selection_follows_23s_parameters() {
         assert_eq!(Format::from_params(params(&[])).0, Format::Xml);
-        assert_eq!(
-            Format::from_params(params(&[("format", "json")])).0,
-            Format::JsonVar("visual".into())
-        );
+        assert_eq!(Format::from_params(params(&[("format", "json")])).0, Format::JsonVar("visual".into()));
         assert_eq!(
             Format::from_params(params(&[("format", "json"), ("varname", "tags")])).0,
             Format::JsonVar("tags".into())
@@ -286,10 +274,7 @@ mod tests {
             Format::from_params(params(&[("format", "json"), ("callback", "updateTags")])).0,
             Format::Jsonp("updateTags".into())
         );
-        assert_eq!(
-            Format::from_params(params(&[("format", "json"), ("raw", "")])).0,
-            Format::JsonRaw
-        );
+        assert_eq!(Format::from_params(params(&[("format", "json"), ("raw", "")])).0, Format::JsonRaw);
     }
 
     #[test]
@@ -298,18 +283,14 @@ mod tests {
             assert!(!is_safe_identifier(bad), "{bad:?}");
         }
         assert!(is_safe_identifier("jQuery_1.cb$"));
-        let (format, error) =
-            Format::from_params(params(&[("format", "json"), ("callback", "alert(1)")]));
+        let (format, error) = Format::from_params(params(&[("format", "json"), ("callback", "alert(1)")]));
         assert_eq!(format, Format::JsonVar("visual".into()));
         assert_eq!(error.unwrap().code(), "invalid_input");
     }
 
     #[test]
     fn xml_escaping_covers_markup_quotes_and_controls() {
-        assert_eq!(
-            xml_escape("<a href=\"x\">&'\u{1}\n"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&apos;&#10;"
-        );
+        assert_eq!(xml_escape("<a href=\"x\">&'\u{1}\n"), "&lt;a href=&quot;x&quot;&gt;&amp;&apos;&#10;");
     }
 
     #[test]

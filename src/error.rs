@@ -42,9 +42,7 @@ impl ApiError {
             ApiError::InvalidInput(_) => "invalid_input",
             ApiError::NoSuchPhoto => "no_such_photo",
             ApiError::NoFile => "no_file",
-            ApiError::ErrorProcessingUpload(_) | ApiError::StorageFailed(_) => {
-                "error_processing_upload"
-            }
+            ApiError::ErrorProcessingUpload(_) | ApiError::StorageFailed(_) => "error_processing_upload",
             ApiError::Unavailable(_) => "service_unavailable",
         }
     }
@@ -65,8 +63,7 @@ impl ApiError {
                 format!("An error occurred while processing the uploaded file: {detail}.")
             }
             ApiError::StorageFailed(_) => {
-                "An error occurred while processing the uploaded file: it could not be stored."
-                    .to_owned()
+                "An error occurred while processing the uploaded file: it could not be stored.".to_owned()
             }
             ApiError::Unavailable(_) => {
                 "The service is temporarily unavailable; please try again.".to_owned()

@@ -14,11 +14,7 @@ use upload_receiver::config::{Config, LogFormat};
 use upload_receiver::domain::{ALPHANUMERIC, random_string, unix_now};
 
 #[derive(Parser)]
-#[command(
-    name = "upload-receiver",
-    version,
-    about = "Receives browser uploads for the 23 Video API"
-)]
+#[command(name = "upload-receiver", version, about = "Receives browser uploads for the 23 Video API")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -49,21 +45,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(Config::load(config.as_deref())?),
-        Command::Sign {
-            config,
-            method,
-            url,
-        } => sign(&Config::load(config.as_deref())?, &method, &url),
+        Command::Sign { config, method, url } => sign(&Config::load(config.as_deref())?, &method, &url),
     }
 }
 
 fn init_logging(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
     // Logs go to stderr; stdout carries only the start-up banner.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -99,10 +88,7 @@ fn print_generated_credential(
 ) {
     let path = credentials::generated_credentials_path(&config.data_dir);
     if *provenance == Provenance::LoadedFromDataDir {
-        println!(
-            "  credentials: the generated `write` set in {}",
-            path.display()
-        );
+        println!("  credentials: the generated `write` set in {}", path.display());
         return;
     }
     println!(
@@ -110,19 +96,11 @@ fn print_generated_credential(
         path.display()
     );
     println!("  consumer_key        = {}", credential.consumer_key);
-    println!(
-        "  consumer_secret     = {}",
-        credential.consumer_secret.expose()
-    );
+    println!("  consumer_secret     = {}", credential.consumer_secret.expose());
     println!("  access_token        = {}", credential.access_token);
-    println!(
-        "  access_token_secret = {}",
-        credential.access_token_secret.expose()
-    );
+    println!("  access_token_secret = {}", credential.access_token_secret.expose());
     println!("\nTry a signed call (the `sign` command signs with this set):\n");
-    println!(
-        "  curl -s \"$(cargo run -q --release -- sign 'http://{address}/api/echo?hello=world')\"\n"
-    );
+    println!("  curl -s \"$(cargo run -q --release -- sign 'http://{address}/api/echo?hello=world')\"\n");
     println!("or from Python with requests-oauthlib:\n");
     println!(
         "  python3 -c \"import requests, requests_oauthlib as o; print(requests.get('http://{address}/api/echo?hello=world', auth=o.OAuth1('{}', '{}', '{}', '{}')).text)\"\n",
@@ -134,11 +112,7 @@ fn print_generated_credential(
 }
 
 fn sign(config: &Config, method: &str, url: &url::Url) -> anyhow::Result<()> {
-    let credential = match config
-        .credentials
-        .iter()
-        .find(|c| c.permission >= Permission::Write)
-    {
+    let credential = match config.credentials.iter().find(|c| c.permission >= Permission::Write) {
         Some(credential) => credential.clone(),
         None if config.credentials.is_empty() => {
             let path = credentials::generated_credentials_path(&config.data_dir);
@@ -156,10 +130,7 @@ fn sign(config: &Config, method: &str, url: &url::Url) -> anyhow::Result<()> {
         method,
         url,
         (&credential.consumer_key, &credential.access_token),
-        (
-            credential.consumer_secret.expose(),
-            credential.access_token_secret.expose(),
-        ),
+        (credential.consumer_secret.expose(), credential.access_token_secret.expose()),
         unix_now(),
         &nonce,
     );
@@ -172,9 +143,8 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler cannot fail on Unix");
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on Unix");
         tokio::select! {
             _ = interrupt => tracing::info!("SIGINT received"),
             _ = terminate.recv() => tracing::info!("SIGTERM received"),

@@ -19,11 +19,7 @@ use crate::app::AppState;
 /// Accepts and serves connections until `shutdown` completes; then stops
 /// accepting, lets open requests finish for up to `shutdown_drain_secs`, and
 /// cuts whatever is left (their uploads are cleaned up as their tasks drop).
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()> + Send,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()> + Send) {
     let server = &state.config.server;
     let slots = Arc::new(Semaphore::new(server.max_connections));
     let mut builder = http1::Builder::new();
@@ -56,8 +52,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
-        let service =
-            service_fn(move |request| crate::api::handle(Arc::clone(&state), request, peer));
+        let service = service_fn(move |request| crate::api::handle(Arc::clone(&state), request, peer));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         connections.spawn(async move {
             if let Err(e) = connection.await {

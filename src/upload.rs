@@ -110,29 +110,21 @@ where
     S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
     let delimiter = format!("--{boundary}").into_bytes();
-    let state = DelimiterRepair {
-        delimiter,
-        held: Vec::new(),
-        last_two: [0; 2],
-        emitted: 0,
-    };
-    futures_util::stream::unfold(
-        (Box::pin(body), Some(state)),
-        |(mut body, state)| async move {
-            let mut state = state?;
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    let out = state.push(&chunk);
-                    Some((Ok(out), (body, Some(state))))
-                }
-                Some(Err(e)) => Some((Err(e), (body, None))),
-                None => {
-                    let rest = Bytes::from(std::mem::take(&mut state.held));
-                    Some((Ok(rest), (body, None)))
-                }
+    let state = DelimiterRepair { delimiter, held: Vec::new(), last_two: [0; 2], emitted: 0 };
+    futures_util::stream::unfold((Box::pin(body), Some(state)), |(mut body, state)| async move {
+        let mut state = state?;
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                let out = state.push(&chunk);
+                Some((Ok(out), (body, Some(state))))
             }
-        },
-    )
+            Some(Err(e)) => Some((Err(e), (body, None))),
+            None => {
+                let rest = Bytes::from(std::mem::take(&mut state.held));
+                Some((Ok(rest), (body, None)))
+            }
+        }
+    })
     .try_filter(|chunk| std::future::ready(!chunk.is_empty()))
 }
 
@@ -160,11 +152,7 @@ impl DelimiterRepair {
                 break;
             }
             let before = |back: usize| -> u8 {
-                if at >= back {
-                    data[at - back]
-                } else {
-                    self.last_two[2 - (back - at)]
-                }
+                if at >= back { data[at - back] } else { self.last_two[2 - (back - at)] }
             };
             let at_body_start = self.emitted == 0 && at == 0;
             if !at_body_start && !(before(2) == b'\r' && before(1) == b'\n') {
@@ -238,9 +226,7 @@ where
     while let Some(field) = multipart.next_field().await.map_err(classify)? {
         let name = field.name().unwrap_or_default().to_owned();
         if name.is_empty() {
-            return Err(UploadError::Malformed(
-                "a multipart part has no field name".into(),
-            ));
+            return Err(UploadError::Malformed("a multipart part has no field name".into()));
         }
         if name == FILE_FIELD {
             if received.file.is_some() {
@@ -253,24 +239,14 @@ where
             let filename = field.file_name().map(clean_filename);
             let key = ObjectKey::new_media();
             let bytes: ByteStream = Box::pin(field.map_err(std::io::Error::other));
-            let stored = store
-                .put(&key, &content_type, bytes)
-                .await
-                .map_err(|e| match e {
-                    StorageError::Source(source) => classify_io(&source),
-                    StorageError::Backend(message) => UploadError::Storage(message),
-                })?;
-            received.file = Some(ReceivedFile {
-                stored,
-                content_type,
-                filename,
-            });
+            let stored = store.put(&key, &content_type, bytes).await.map_err(|e| match e {
+                StorageError::Source(source) => classify_io(&source),
+                StorageError::Backend(message) => UploadError::Storage(message),
+            })?;
+            received.file = Some(ReceivedFile { stored, content_type, filename });
         } else {
             if received.fields.len() >= limits.max_fields {
-                return Err(UploadError::TooLarge(format!(
-                    "more than {} form fields",
-                    limits.max_fields
-                )));
+                return Err(UploadError::TooLarge(format!("more than {} form fields", limits.max_fields)));
             }
             let bytes = field.bytes().await.map_err(classify)?;
             let value = String::from_utf8(bytes.to_vec())
@@ -288,9 +264,9 @@ fn classify(error: multer::Error) -> UploadError {
             "field {:?} exceeds the limit of {limit} bytes",
             field_name.unwrap_or_default()
         )),
-        multer::Error::StreamSizeExceeded { limit } => UploadError::TooLarge(format!(
-            "the request body exceeds the limit of {limit} bytes"
-        )),
+        multer::Error::StreamSizeExceeded { limit } => {
+            UploadError::TooLarge(format!("the request body exceeds the limit of {limit} bytes"))
+        }
         multer::Error::StreamReadFailed(source) => match source.downcast::<std::io::Error>() {
             Ok(io) => classify_io(&io),
             Err(other) => UploadError::Interrupted(other.to_string()),
@@ -304,24 +280,18 @@ fn classify_io(error: &std::io::Error) -> UploadError {
     if error.kind() == std::io::ErrorKind::TimedOut {
         return UploadError::Interrupted(error.to_string());
     }
-    let inner = error
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<multer::Error>());
+    let inner = error.get_ref().and_then(|e| e.downcast_ref::<multer::Error>());
     match inner {
         Some(multer::Error::FieldSizeExceeded { limit, .. }) => {
             UploadError::TooLarge(format!("the file exceeds the limit of {limit} bytes"))
         }
-        Some(multer::Error::StreamReadFailed(source)) => {
-            match source.downcast_ref::<std::io::Error>() {
-                Some(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                    UploadError::Interrupted(io.to_string())
-                }
-                _ => UploadError::Interrupted(source.to_string()),
-            }
+        Some(multer::Error::StreamReadFailed(source)) => match source.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => UploadError::Interrupted(io.to_string()),
+            _ => UploadError::Interrupted(source.to_string()),
+        },
+        Some(multer::Error::StreamSizeExceeded { limit }) => {
+            UploadError::TooLarge(format!("the request body exceeds the limit of {limit} bytes"))
         }
-        Some(multer::Error::StreamSizeExceeded { limit }) => UploadError::TooLarge(format!(
-            "the request body exceeds the limit of {limit} bytes"
-        )),
         Some(other) => UploadError::Malformed(format!("malformed multipart body: {other}")),
         None => UploadError::Interrupted(error.to_string()),
     }
@@ -339,10 +309,8 @@ mod tests {
     use super::*;
 
     async fn repaired(chunks: &[&[u8]], boundary: &str) -> Vec<u8> {
-        let owned: Vec<Result<Bytes, std::io::Error>> = chunks
-            .iter()
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
+        let owned: Vec<Result<Bytes, std::io::Error>> =
+            chunks.iter().map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         let stream = repair_bare_delimiters(futures_util::stream::iter(owned), boundary);
         let parts: Vec<Bytes> = stream.try_collect().await.unwrap();
         parts.concat()
@@ -353,11 +321,7 @@ mod tests {
         let body = b"--XY\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv--X\r\n--XY--\r\n";
         for split in 0..body.len() {
             let (a, b) = body.split_at(split);
-            assert_eq!(
-                repaired(&[a, b], "XY").await,
-                body.to_vec(),
-                "split at {split}"
-            );
+            assert_eq!(repaired(&[a, b], "XY").await, body.to_vec(), "split at {split}");
         }
         let bytewise: Vec<&[u8]> = body.chunks(1).collect();
         assert_eq!(repaired(&bytewise, "XY").await, body.to_vec());
@@ -365,15 +329,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_crlf_before_a_delimiter_is_put_back_in_any_chunking() {
-        let bare = b"--XY\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nvalue--XY\r\nrest\n--XY--\r\n\r\n";
+        let bare =
+            b"--XY\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nvalue--XY\r\nrest\n--XY--\r\n\r\n";
         let fixed = b"--XY\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nvalue\r\n--XY\r\nrest\n\r\n--XY--\r\n\r\n";
         for split in 0..bare.len() {
             let (a, b) = bare.split_at(split);
-            assert_eq!(
-                repaired(&[a, b], "XY").await,
-                fixed.to_vec(),
-                "split at {split}"
-            );
+            assert_eq!(repaired(&[a, b], "XY").await, fixed.to_vec(), "split at {split}");
         }
         let bytewise: Vec<&[u8]> = bare.chunks(1).collect();
         assert_eq!(repaired(&bytewise, "XY").await, fixed.to_vec());

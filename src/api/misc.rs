@@ -21,11 +21,7 @@ pub fn echo(request: &ApiRequest) -> Result<Success, ApiError> {
         .filter(|(name, _)| !name.starts_with("oauth_"))
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
-    Ok(Success {
-        message: "Echo".to_owned(),
-        object_name: "echo",
-        fields,
-    })
+    Ok(Success { message: "Echo".to_owned(), object_name: "echo", fields })
 }
 
 /// How long `/readyz` waits for each backend.
@@ -45,27 +41,20 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
         (Ok(Ok(())), Ok(Ok(()))) => plain(StatusCode::OK, "ready\n"),
         (state_result, _) if !matches!(state_result, Ok(Ok(()))) => {
             tracing::warn!(result = ?state_result, "readiness: state store not reachable");
-            plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: state store unreachable\n",
-            )
+            plain(StatusCode::SERVICE_UNAVAILABLE, "not ready: state store unreachable\n")
         }
         (_, objects_result) => {
             tracing::warn!(result = ?objects_result, "readiness: object store not reachable");
-            plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: object store unreachable\n",
-            )
+            plain(StatusCode::SERVICE_UNAVAILABLE, "not ready: object store unreachable\n")
         }
     }
 }
 
 fn xml(body: String) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/x-cross-domain-policy"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/x-cross-domain-policy"));
     response
 }
 
@@ -84,10 +73,7 @@ pub fn crossdomain_root() -> Response<Body> {
 pub fn crossdomain_api(domains: &[String]) -> Response<Body> {
     let mut body = POLICY_HEAD.to_owned();
     for domain in domains {
-        body.push_str(&format!(
-            "  <allow-access-from domain=\"{}\"/>\n",
-            xml_escape(domain)
-        ));
+        body.push_str(&format!("  <allow-access-from domain=\"{}\"/>\n", xml_escape(domain)));
     }
     body.push_str("</cross-domain-policy>\n");
     xml(body)

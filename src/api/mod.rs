@@ -102,11 +102,7 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| hex::encode(random_bytes::<12>()))
 }
 
-async fn route(
-    state: &Arc<AppState>,
-    request: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
+async fn route(state: &Arc<AppState>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let Some(endpoint) = Endpoint::from_path(request.uri().path()) else {
         return plain(StatusCode::NOT_FOUND, "no such endpoint\n");
     };
@@ -118,14 +114,8 @@ async fn route(
     };
     if !allowed {
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        let allow = if is_api {
-            "GET, HEAD, POST"
-        } else {
-            "GET, HEAD"
-        };
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        let allow = if is_api { "GET, HEAD, POST" } else { "GET, HEAD" };
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         return response;
     }
     match endpoint {
@@ -141,10 +131,9 @@ async fn route(
 pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
@@ -155,24 +144,15 @@ pub struct Params(Vec<(String, String)>);
 impl Params {
     /// The first value of `name`.
     pub fn first(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// The value of `name`, refusing a parameter given twice.
     pub fn single(&self, name: &str) -> Result<Option<&str>, ApiError> {
-        let mut values = self
-            .0
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str());
+        let mut values = self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str());
         let first = values.next();
         if values.next().is_some() {
-            return Err(ApiError::InvalidInput(format!(
-                "{name} is given more than once"
-            )));
+            return Err(ApiError::InvalidInput(format!("{name} is given more than once")));
         }
         Ok(first)
     }
@@ -204,19 +184,9 @@ struct ClientView {
 }
 
 impl ClientView {
-    fn of(
-        headers: &HeaderMap,
-        uri: &http::Uri,
-        peer: SocketAddr,
-        trusted: &[ipnet::IpNet],
-    ) -> Self {
+    fn of(headers: &HeaderMap, uri: &http::Uri, peer: SocketAddr, trusted: &[ipnet::IpNet]) -> Self {
         let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-        let header_text = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-        };
+        let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let mut view = ClientView {
             scheme: uri.scheme_str().unwrap_or("http").to_owned(),
             authority: header_text("host")
@@ -230,14 +200,8 @@ impl ClientView {
         }
         // A proxy appends to these lists; the leftmost entry is what the
         // client itself used.
-        let first_item = |name: &str| {
-            header_text(name)
-                .and_then(|v| v.split(',').next())
-                .map(str::trim)
-        };
-        if let Some(proto) =
-            first_item("x-forwarded-proto").filter(|p| matches!(*p, "http" | "https"))
-        {
+        let first_item = |name: &str| header_text(name).and_then(|v| v.split(',').next()).map(str::trim);
+        if let Some(proto) = first_item("x-forwarded-proto").filter(|p| matches!(*p, "http" | "https")) {
             view.scheme = proto.to_owned();
         }
         if let Some(host) = first_item("x-forwarded-host").filter(|h| !h.is_empty()) {
@@ -245,16 +209,8 @@ impl ClientView {
         }
         // The client is the rightmost address not added by a trusted proxy.
         if let Some(chain) = header_text("x-forwarded-for") {
-            let hops: Vec<IpAddr> = chain
-                .split(',')
-                .filter_map(|s| s.trim().parse().ok())
-                .collect();
-            if let Some(client) = hops
-                .iter()
-                .rev()
-                .find(|ip| !is_trusted(ip))
-                .or(hops.first())
-            {
+            let hops: Vec<IpAddr> = chain.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+            if let Some(client) = hops.iter().rev().find(|ip| !is_trusted(ip)).or(hops.first()) {
                 view.address = *client;
             }
         }
@@ -273,27 +229,17 @@ fn body_kind(method: &Method, headers: &HeaderMap) -> Result<BodyKind, ApiError>
     if method != Method::POST {
         return Ok(BodyKind::None);
     }
-    let Some(content_type) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return Ok(BodyKind::None);
     };
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     match essence.as_str() {
         "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
-        "multipart/form-data" => multer::parse_boundary(content_type)
-            .map(BodyKind::Multipart)
-            .map_err(|_| {
-                ApiError::InvalidInput(
-                    "the multipart/form-data content type has no usable boundary".into(),
-                )
-            }),
+        "multipart/form-data" => {
+            multer::parse_boundary(content_type).map(BodyKind::Multipart).map_err(|_| {
+                ApiError::InvalidInput("the multipart/form-data content type has no usable boundary".into())
+            })
+        }
         _ => Ok(BodyKind::None),
     }
 }
@@ -308,10 +254,8 @@ async fn read_form(
 ) -> Result<Vec<(String, String)>, ApiError> {
     let limit = state.config.limits.max_form_bytes;
     let too_large = || ApiError::InvalidInput(format!("the form body exceeds {limit} bytes"));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
@@ -319,9 +263,8 @@ async fn read_form(
     let mut stream = std::pin::pin!(crate::upload::body_stream(body, idle));
     let mut collected = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::InvalidInput(format!("the request body could not be read: {e}"))
-        })?;
+        let chunk =
+            chunk.map_err(|e| ApiError::InvalidInput(format!("the request body could not be read: {e}")))?;
         if (collected.len() + chunk.len()) as u64 > limit {
             return Err(too_large());
         }
@@ -343,17 +286,8 @@ async fn api_call(
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
-    let query = parts
-        .uri
-        .query()
-        .map(|q| parse_urlencoded(q.as_bytes()))
-        .unwrap_or_default();
-    let view = ClientView::of(
-        &parts.headers,
-        &parts.uri,
-        peer,
-        &state.config.server.trusted_proxies,
-    );
+    let query = parts.uri.query().map(|q| parse_urlencoded(q.as_bytes())).unwrap_or_default();
+    let view = ClientView::of(&parts.headers, &parts.uri, peer, &state.config.server.trusted_proxies);
 
     let mut params = Params(query.clone());
     let mut caller = Caller::anonymous();
@@ -373,15 +307,10 @@ async fn api_call(
             raw_query: parts.uri.query(),
             query: &query,
             form: &form,
-            authorization: parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok()),
+            authorization: parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
         };
         caller = state.auth.authenticate(&signed, unix_now()).await?;
-        let required = endpoint
-            .required_permission()
-            .expect("only API endpoints reach api_call");
+        let required = endpoint.required_permission().expect("only API endpoints reach api_call");
         if caller.permission < required {
             return Err(ApiError::PermissionDenied { required });
         }
@@ -413,11 +342,7 @@ fn render(
     outcome: Result<Success, ApiError>,
 ) -> Response<Body> {
     let (format, format_error) = Format::from_params(|name| params.first(name));
-    let ctx = envelope::Context {
-        permission,
-        site: &state.config.site,
-        endpoint,
-    };
+    let ctx = envelope::Context { permission, site: &state.config.site, endpoint };
     let body = match format_error.map_or(outcome, Err) {
         Ok(success) => envelope::render_success(&format, &ctx, &success),
         Err(error) => {
@@ -427,14 +352,8 @@ fn render(
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
-    );
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     // Signed answers carry tokens and must never be cached by a proxy.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
@@ -453,12 +372,7 @@ mod tests {
             );
         }
         let trusted: Vec<ipnet::IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
-        ClientView::of(
-            &map,
-            &"/api/echo".parse().unwrap(),
-            peer.parse().unwrap(),
-            &trusted,
-        )
+        ClientView::of(&map, &"/api/echo".parse().unwrap(), peer.parse().unwrap(), &trusted)
     }
 
     #[test]
@@ -470,25 +384,16 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
         ];
         let untrusted = view(&headers, "198.51.100.1:5000", &["10.0.0.0/8"]);
-        assert_eq!(
-            (untrusted.scheme.as_str(), untrusted.authority.as_str()),
-            ("http", "internal:8080")
-        );
+        assert_eq!((untrusted.scheme.as_str(), untrusted.authority.as_str()), ("http", "internal:8080"));
         assert_eq!(untrusted.address, "198.51.100.1".parse::<IpAddr>().unwrap());
         let trusted = view(&headers, "10.1.2.3:5000", &["10.0.0.0/8"]);
-        assert_eq!(
-            (trusted.scheme.as_str(), trusted.authority.as_str()),
-            ("https", "videos.example.com")
-        );
+        assert_eq!((trusted.scheme.as_str(), trusted.authority.as_str()), ("https", "videos.example.com"));
         assert_eq!(trusted.address, "203.0.113.9".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn the_client_address_skips_trusted_hops_from_the_right() {
-        let headers = [
-            ("host", "h"),
-            ("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.5"),
-        ];
+        let headers = [("host", "h"), ("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.5")];
         let v = view(&headers, "10.1.2.3:5000", &["10.0.0.0/8"]);
         assert_eq!(v.address, "203.0.113.9".parse::<IpAddr>().unwrap());
     }

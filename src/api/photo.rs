@@ -5,23 +5,13 @@ use crate::app::AppState;
 use crate::domain::{PhotoId, ReplaceToken, unix_now};
 use crate::envelope::Success;
 use crate::error::ApiError;
-use crate::store::{NewPhoto, NewVersion, TokenGrant};
+use crate::store::{NewPhoto, TokenGrant, VersionFile};
 use crate::upload::{self, UploadError};
 
 /// `valid_minutes`: default and bounds, from 23's documentation.
-const VALID_MINUTES: IntegerRule = IntegerRule {
-    name: "valid_minutes",
-    default: 180,
-    min: 15,
-    max: 1440,
-};
+const VALID_MINUTES: IntegerRule = IntegerRule { name: "valid_minutes", default: 180, min: 15, max: 1440 };
 /// `max_uploads`: default and bounds.
-const MAX_UPLOADS: IntegerRule = IntegerRule {
-    name: "max_uploads",
-    default: 1,
-    min: 1,
-    max: 100,
-};
+const MAX_UPLOADS: IntegerRule = IntegerRule { name: "max_uploads", default: 1, min: 1, max: 100 };
 
 /// An optional integer parameter that is clamped into its range.
 struct IntegerRule {
@@ -43,21 +33,14 @@ impl IntegerRule {
             None => (false, value.strip_prefix('+').unwrap_or(value)),
         };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ApiError::InvalidInput(format!(
-                "{} must be an integer",
-                self.name
-            )));
+            return Err(ApiError::InvalidInput(format!("{} must be an integer", self.name)));
         }
         if negative {
             return Ok(self.min);
         }
         // More significant digits than any u32 has: certainly above the maximum.
         let significant = digits.trim_start_matches('0');
-        let n: u64 = if significant.len() > 10 {
-            u64::MAX
-        } else {
-            significant.parse().unwrap_or(0)
-        };
+        let n: u64 = if significant.len() > 10 { u64::MAX } else { significant.parse().unwrap_or(0) };
         Ok(n.clamp(u64::from(self.min), u64::from(self.max)) as u32)
     }
 }
@@ -73,10 +56,7 @@ fn parse_return_url(value: Option<&str>, state: &AppState) -> Result<Option<Stri
     let invalid = |why: &str| Err(ApiError::InvalidInput(format!("return_url {why}")));
     let config = &state.config.callback;
     if raw.len() > config.max_return_url_bytes {
-        return invalid(&format!(
-            "is longer than {} bytes",
-            config.max_return_url_bytes
-        ));
+        return invalid(&format!("is longer than {} bytes", config.max_return_url_bytes));
     }
     // The URL parser would silently drop tabs and newlines; refuse them.
     if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
@@ -85,8 +65,7 @@ fn parse_return_url(value: Option<&str>, state: &AppState) -> Result<Option<Stri
     // The URL parser forgives `http:///host` and backslashes, as browsers
     // do; a return URL must say exactly what it means, so refuse them.
     let authority_follows = ["http://", "https://"].iter().any(|prefix| {
-        raw.get(..prefix.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+        raw.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix))
             && !raw[prefix.len()..].starts_with('/')
     });
     if !authority_follows || raw.contains('\\') {
@@ -105,10 +84,7 @@ fn parse_return_url(value: Option<&str>, state: &AppState) -> Result<Option<Stri
         return invalid("must not contain credentials");
     }
     if !config.allowed_hosts.is_empty()
-        && !config
-            .allowed_hosts
-            .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(host))
+        && !config.allowed_hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(host))
     {
         return invalid("names a host that is not allowed");
     }
@@ -125,10 +101,7 @@ fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
 
 /// `/api/photo/get-replace-token`.
 #[tracing::instrument(skip_all, fields(photo_id))]
-pub async fn get_replace_token(
-    state: &AppState,
-    request: &ApiRequest,
-) -> Result<Success, ApiError> {
+pub async fn get_replace_token(state: &AppState, request: &ApiRequest) -> Result<Success, ApiError> {
     let params = &request.params;
     let photo_id = params
         .single("photo_id")?
@@ -202,22 +175,17 @@ pub async fn upload(state: &AppState, request: &mut ApiRequest) -> Result<Succes
     };
     let limits = state.multipart_limits();
     let stream = upload::body_stream(body, limits.idle_timeout);
-    let received = upload::receive(stream, &boundary, &limits, &*state.objects)
-        .await
-        .map_err(upload_error)?;
+    let received =
+        upload::receive(stream, &boundary, &limits, &*state.objects).await.map_err(upload_error)?;
     request.params.extend(received.fields.iter().cloned());
     let Some(file) = received.file else {
         return Err(ApiError::NoFile);
     };
-    let title = received
-        .fields
-        .iter()
-        .find(|(n, _)| n == "title")
-        .map(|(_, v)| clean_title(v));
+    let title = received.fields.iter().find(|(n, _)| n == "title").map(|(_, v)| clean_title(v));
     let new = NewPhoto {
         tree_id: state.config.site.tree_id.clone(),
         title: title.filter(|t| !t.is_empty()),
-        first_version: NewVersion {
+        first_version: VersionFile {
             object_key: file.stored.key.to_string(),
             size: file.stored.size,
             content_type: file.content_type,
@@ -274,9 +242,6 @@ mod tests {
 
     #[test]
     fn titles_lose_tags_and_control_characters() {
-        assert_eq!(
-            clean_title(" <b>Hello</b> <script>x</script>world\u{7} "),
-            "Hello xworld"
-        );
+        assert_eq!(clean_title(" <b>Hello</b> <script>x</script>world\u{7} "), "Hello xworld");
     }
 }

@@ -100,17 +100,14 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn new(list: impl IntoIterator<Item = Credential>) -> Self {
-        let by_keys = list
-            .into_iter()
-            .map(|c| ((c.consumer_key.clone(), c.access_token.clone()), c))
-            .collect();
+        let by_keys =
+            list.into_iter().map(|c| ((c.consumer_key.clone(), c.access_token.clone()), c)).collect();
         Credentials { by_keys }
     }
 
     /// The set whose consumer key and access token both match.
     pub fn find(&self, consumer_key: &str, access_token: &str) -> Option<&Credential> {
-        self.by_keys
-            .get(&(consumer_key.to_owned(), access_token.to_owned()))
+        self.by_keys.get(&(consumer_key.to_owned(), access_token.to_owned()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,10 +139,7 @@ pub fn load_or_generate(data_dir: &Path) -> std::io::Result<(Credential, Provena
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let file: CredentialsFile = toml::from_str(&text).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
             })?;
             let credential = file.credentials.into_iter().next().ok_or_else(|| {
                 std::io::Error::new(
@@ -157,10 +151,8 @@ pub fn load_or_generate(data_dir: &Path) -> std::io::Result<(Credential, Provena
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let credential = Credential::generate();
-            let text = toml::to_string(&CredentialsFile {
-                credentials: vec![credential.clone()],
-            })
-            .map_err(std::io::Error::other)?;
+            let text = toml::to_string(&CredentialsFile { credentials: vec![credential.clone()] })
+                .map_err(std::io::Error::other)?;
             write_private_file(&path, text.as_bytes())?;
             Ok((credential, Provenance::GeneratedNow))
         }
@@ -210,18 +202,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (first, p1) = load_or_generate(dir.path()).unwrap();
         let (again, p2) = load_or_generate(dir.path()).unwrap();
-        assert_eq!(
-            (p1, p2),
-            (Provenance::GeneratedNow, Provenance::LoadedFromDataDir)
-        );
+        assert_eq!((p1, p2), (Provenance::GeneratedNow, Provenance::LoadedFromDataDir));
         assert_eq!(first, again);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(generated_credentials_path(dir.path()))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode =
+                std::fs::metadata(generated_credentials_path(dir.path())).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

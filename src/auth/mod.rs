@@ -56,10 +56,7 @@ pub struct Caller {
 
 impl Caller {
     pub fn anonymous() -> Self {
-        Caller {
-            permission: Permission::Anonymous,
-            consumer_key: None,
-        }
+        Caller { permission: Permission::Anonymous, consumer_key: None }
     }
 }
 
@@ -79,19 +76,11 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(credentials: Credentials, window_secs: u64, store: Arc<dyn StateStore>) -> Self {
-        Authenticator {
-            credentials,
-            window_secs,
-            store,
-        }
+        Authenticator { credentials, window_secs, store }
     }
 
     /// The caller of `request` at time `now` (Unix seconds).
-    pub async fn authenticate(
-        &self,
-        request: &SignedRequest<'_>,
-        now: u64,
-    ) -> Result<Caller, ApiError> {
+    pub async fn authenticate(&self, request: &SignedRequest<'_>, now: u64) -> Result<Caller, ApiError> {
         let header = match request.authorization {
             Some(value) if signature::is_oauth_header(value) => {
                 signature::parse_authorization_header(value).map_err(|e| refuse(&e.to_string()))?
@@ -117,9 +106,7 @@ impl Authenticator {
         }
         let timestamp = parse_timestamp(oauth.required("oauth_timestamp")?)?;
         if timestamp.abs_diff(now) > self.window_secs {
-            return Err(refuse(
-                "oauth_timestamp is outside the accepted window; check the client's clock",
-            ));
+            return Err(refuse("oauth_timestamp is outside the accepted window; check the client's clock"));
         }
         let token = oauth.get("oauth_token").unwrap_or("");
 
@@ -130,11 +117,9 @@ impl Authenticator {
             Some(c) => (c.consumer_secret.expose(), c.access_token_secret.expose()),
             None => ("unknown-consumer", "unknown-token"),
         };
-        let verified = base_strings(request, &header)
-            .iter()
-            .fold(false, |ok, base| {
-                signature::verify(base, consumer_secret, token_secret, signature_value) | ok
-            });
+        let verified = base_strings(request, &header).iter().fold(false, |ok, base| {
+            signature::verify(base, consumer_secret, token_secret, signature_value) | ok
+        });
         let credential = match credential {
             Some(c) if verified => c,
             Some(_) => return Err(refuse("the signature does not match the request")),
@@ -149,25 +134,18 @@ impl Authenticator {
         };
         // The nonce must stay recorded for as long as its timestamp is
         // accepted: until `timestamp + window` has passed.
-        let first_use = self
-            .store
-            .first_use_of_nonce(&key, timestamp + self.window_secs + 1)
-            .await?;
+        let first_use = self.store.first_use_of_nonce(&key, timestamp + self.window_secs + 1).await?;
         if !first_use {
             return Err(refuse("this oauth_nonce was already used"));
         }
-        Ok(Caller {
-            permission: credential.permission,
-            consumer_key: Some(credential.consumer_key.clone()),
-        })
+        Ok(Caller { permission: credential.permission, consumer_key: Some(credential.consumer_key.clone()) })
     }
 }
 
 /// `oauth_timestamp`: exactly ten ASCII digits (Unix seconds until 2286).
 fn parse_timestamp(s: &str) -> Result<u64, ApiError> {
     if s.len() == 10 && s.bytes().all(|b| b.is_ascii_digit()) {
-        s.parse()
-            .map_err(|_| refuse("oauth_timestamp is malformed"))
+        s.parse().map_err(|_| refuse("oauth_timestamp is malformed"))
     } else {
         Err(refuse("oauth_timestamp must be ten digits of Unix time"))
     }
@@ -204,9 +182,7 @@ impl<'a> OAuthParams<'a> {
     }
 
     fn required(&self, name: &str) -> Result<&'a str, ApiError> {
-        self.get(name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| refuse(&format!("{name} is missing")))
+        self.get(name).filter(|v| !v.is_empty()).ok_or_else(|| refuse(&format!("{name} is missing")))
     }
 }
 
@@ -214,16 +190,8 @@ impl<'a> OAuthParams<'a> {
 /// the RFC's, then the tolerated variants (see the module docs).
 fn base_strings(request: &SignedRequest<'_>, header: &[(String, String)]) -> Vec<String> {
     let build = |uri: &str, query: &[(String, String)]| {
-        let params = header
-            .iter()
-            .chain(query)
-            .chain(request.form)
-            .map(|(n, v)| (n.as_str(), v.as_str()));
-        signature::base_string(
-            request.method,
-            uri,
-            &signature::normalized_parameters(params),
-        )
+        let params = header.iter().chain(query).chain(request.form).map(|(n, v)| (n.as_str(), v.as_str()));
+        signature::base_string(request.method, uri, &signature::normalized_parameters(params))
     };
     let uri = signature::base_string_uri(request.scheme, request.authority, request.path);
     let mut candidates = vec![build(&uri, request.query)];
@@ -248,11 +216,7 @@ fn decode_query_keeping_plus(raw: &str) -> Vec<(String, String)> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
+            let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
             (decode(name), decode(value))
         })
         .collect()

@@ -13,11 +13,7 @@ use sha1::Sha1;
 type HmacSha1 = Hmac<Sha1>;
 
 /// Everything but RFC 3986's unreserved characters (ALPHA, DIGIT, `-._~`).
-const OAUTH_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const OAUTH_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// RFC 5849 §3.6 percent-encoding (uppercase hex, unreserved set kept).
 pub fn encode(s: &str) -> String {
@@ -29,9 +25,7 @@ pub fn encode(s: &str) -> String {
 pub enum HeaderError {
     #[error("malformed OAuth Authorization header near {0:?}")]
     Malformed(String),
-    #[error(
-        "a parameter value in the OAuth Authorization header is not valid percent-encoded UTF-8"
-    )]
+    #[error("a parameter value in the OAuth Authorization header is not valid percent-encoded UTF-8")]
     BadEncoding,
 }
 
@@ -39,10 +33,7 @@ pub enum HeaderError {
 pub fn is_oauth_header(value: &str) -> bool {
     value.len() >= 5
         && value[..5].eq_ignore_ascii_case("oauth")
-        && value[5..]
-            .chars()
-            .next()
-            .is_none_or(|c| c == ' ' || c == '\t')
+        && value[5..].chars().next().is_none_or(|c| c == ' ' || c == '\t')
 }
 
 /// Parses `OAuth realm="x", oauth_consumer_key="k", ...` (RFC 5849 §3.5.1)
@@ -59,9 +50,7 @@ pub fn parse_authorization_header(value: &str) -> Result<Vec<(String, String)>, 
         if item.is_empty() {
             continue;
         }
-        let (name, quoted) = item
-            .split_once('=')
-            .ok_or_else(|| HeaderError::Malformed(truncate(item)))?;
+        let (name, quoted) = item.split_once('=').ok_or_else(|| HeaderError::Malformed(truncate(item)))?;
         let name = name.trim();
         let quoted = quoted.trim();
         let inner = quoted
@@ -134,12 +123,7 @@ pub fn normalized_parameters<'a>(params: impl IntoIterator<Item = (&'a str, &'a 
 
 /// The signature base string (RFC 5849 §3.4.1.1).
 pub fn base_string(method: &str, base_uri: &str, normalized_params: &str) -> String {
-    format!(
-        "{}&{}&{}",
-        encode(&method.to_ascii_uppercase()),
-        encode(base_uri),
-        encode(normalized_params)
-    )
+    format!("{}&{}&{}", encode(&method.to_ascii_uppercase()), encode(base_uri), encode(normalized_params))
 }
 
 fn keyed_mac(consumer_secret: &str, token_secret: &str) -> HmacSha1 {
@@ -156,12 +140,7 @@ pub fn sign(base_string: &str, consumer_secret: &str, token_secret: &str) -> Str
 
 /// Whether `signature` (base64, as sent) is the HMAC-SHA1 of `base_string`.
 /// The comparison is constant-time; a signature that is not base64 fails.
-pub fn verify(
-    base_string: &str,
-    consumer_secret: &str,
-    token_secret: &str,
-    signature: &str,
-) -> bool {
+pub fn verify(base_string: &str, consumer_secret: &str, token_secret: &str, signature: &str) -> bool {
     let Ok(claimed) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
         return false;
     };
@@ -203,14 +182,8 @@ pub fn signed_url(
         &base_string_uri(url.scheme(), &authority, url.path()),
         &normalized_parameters(params.iter().map(|(n, v)| (n.as_str(), v.as_str()))),
     );
-    params.push((
-        "oauth_signature".to_owned(),
-        sign(&base, secrets.0, secrets.1),
-    ));
-    let query: Vec<String> = params
-        .iter()
-        .map(|(n, v)| format!("{}={}", encode(n), encode(v)))
-        .collect();
+    params.push(("oauth_signature".to_owned(), sign(&base, secrets.0, secrets.1)));
+    let query: Vec<String> = params.iter().map(|(n, v)| format!("{}={}", encode(n), encode(v))).collect();
     let mut signed = url.clone();
     signed.set_query(Some(&query.join("&")));
     signed.to_string()
@@ -246,9 +219,7 @@ mod tests {
         let uri = base_string_uri("HTTP", "EXAMPLE.COM:80", "/request");
         assert_eq!(uri, "http://example.com/request");
         let base = base_string("post", &uri, &normalized);
-        assert!(
-            base.starts_with("POST&http%3A%2F%2Fexample.com%2Frequest&a2%3Dr%2520b%26a3%3D2%2520q")
-        );
+        assert!(base.starts_with("POST&http%3A%2F%2Fexample.com%2Frequest&a2%3Dr%2520b%26a3%3D2%2520q"));
     }
 
     /// RFC 5849 §1.2: the photos example, token credentials request.
@@ -268,28 +239,10 @@ mod tests {
             &base_string_uri("http", "photos.example.net", "/photos"),
             &normalized_parameters(params),
         );
-        assert_eq!(
-            sign(&base, "kd94hf93k423kf44", "pfkkdhi9sl3r4s00"),
-            "MdpQcU8iPSUjWoN/UDMsK2sui9I="
-        );
-        assert!(verify(
-            &base,
-            "kd94hf93k423kf44",
-            "pfkkdhi9sl3r4s00",
-            "MdpQcU8iPSUjWoN/UDMsK2sui9I="
-        ));
-        assert!(!verify(
-            &base,
-            "kd94hf93k423kf44",
-            "wrong",
-            "MdpQcU8iPSUjWoN/UDMsK2sui9I="
-        ));
-        assert!(!verify(
-            &base,
-            "kd94hf93k423kf44",
-            "pfkkdhi9sl3r4s00",
-            "not base64!"
-        ));
+        assert_eq!(sign(&base, "kd94hf93k423kf44", "pfkkdhi9sl3r4s00"), "MdpQcU8iPSUjWoN/UDMsK2sui9I=");
+        assert!(verify(&base, "kd94hf93k423kf44", "pfkkdhi9sl3r4s00", "MdpQcU8iPSUjWoN/UDMsK2sui9I="));
+        assert!(!verify(&base, "kd94hf93k423kf44", "wrong", "MdpQcU8iPSUjWoN/UDMsK2sui9I="));
+        assert!(!verify(&base, "kd94hf93k423kf44", "pfkkdhi9sl3r4s00", "not base64!"));
     }
 
     const CONSUMER_SECRET_23: &str = "u5pHMUpV8wB7LxwieAnrexE8CkzoZTVs6G626KKqfPVqFp0TxT";
@@ -311,10 +264,8 @@ mod tests {
         ];
         let uri = "http://api.visualplatform.net/oauth/request_token";
         let mut printed = common.to_vec();
-        printed.extend([
-            ("oauth_nonce", "eb6cf9e826b6a99e6c4998bb9605f994"),
-            ("oauth_timestamp", "1267547723"),
-        ]);
+        printed
+            .extend([("oauth_nonce", "eb6cf9e826b6a99e6c4998bb9605f994"), ("oauth_timestamp", "1267547723")]);
         assert_eq!(
             base_23("GET", uri, &printed),
             "GET&http%3A%2F%2Fapi.visualplatform.net%2Foauth%2Frequest_token&oauth_callback%3Dhttp%253A%252\
@@ -323,10 +274,8 @@ mod tests {
              %3D1267547723%26oauth_version%3D1.0"
         );
         let mut header = common.to_vec();
-        header.extend([
-            ("oauth_nonce", "48e12d7291d99b0416f3bb30a9d2ea72"),
-            ("oauth_timestamp", "1267547746"),
-        ]);
+        header
+            .extend([("oauth_nonce", "48e12d7291d99b0416f3bb30a9d2ea72"), ("oauth_timestamp", "1267547746")]);
         assert!(verify(
             &base_23("GET", uri, &header),
             CONSUMER_SECRET_23,
@@ -359,12 +308,7 @@ mod tests {
              ier%3Dz3pjUoZU6KN8B5n4V2Fy%26oauth_version%3D1.0"
         );
         let request_token_secret = "qQptayCQG1ZQYbS73FE6WdNz4wKjYJqcvLzI9DjGD1UKP9wruL";
-        assert!(verify(
-            &base,
-            CONSUMER_SECRET_23,
-            request_token_secret,
-            "vFb0a6CGy6rtXeuEfZlhOHvjhjk="
-        ));
+        assert!(verify(&base, CONSUMER_SECRET_23, request_token_secret, "vFb0a6CGy6rtXeuEfZlhOHvjhjk="));
     }
 
     /// 23's OAuth page, step 4 (an API call with a form body).
@@ -391,12 +335,7 @@ mod tests {
              ersion%3D1.0"
         );
         let access_token_secret = "83x7n5rR2eT1IV0zLNptvxxy1R3WFptGozka38tDtLZmSDYboW";
-        assert!(verify(
-            &base,
-            CONSUMER_SECRET_23,
-            access_token_secret,
-            "R6etDqoM8JLzuXK+3BiVeXCEqRQ="
-        ));
+        assert!(verify(&base, CONSUMER_SECRET_23, access_token_secret, "R6etDqoM8JLzuXK+3BiVeXCEqRQ="));
     }
 
     /// The vector requests-oauthlib produced (TESTING.md): a POST whose
@@ -418,23 +357,14 @@ mod tests {
                 ("oauth_version", "1.0"),
             ],
         );
-        assert_eq!(
-            sign(&base, "cs_consumer_secret", "ts_token_secret"),
-            "SnRHjYqvWmFRT1Lb8v2vsMmpivk="
-        );
+        assert_eq!(sign(&base, "cs_consumer_secret", "ts_token_secret"), "SnRHjYqvWmFRT1Lb8v2vsMmpivk=");
     }
 
     #[test]
     fn default_ports_are_dropped_and_others_kept() {
         assert_eq!(base_string_uri("https", "Host:443", "/a"), "https://host/a");
-        assert_eq!(
-            base_string_uri("http", "host:8080", "/a"),
-            "http://host:8080/a"
-        );
-        assert_eq!(
-            base_string_uri("https", "host:80", "/a"),
-            "https://host:80/a"
-        );
+        assert_eq!(base_string_uri("http", "host:8080", "/a"), "http://host:8080/a");
+        assert_eq!(base_string_uri("https", "host:80", "/a"), "https://host:80/a");
         assert_eq!(base_string_uri("http", "[::1]", ""), "http://[::1]/");
     }
 
@@ -452,10 +382,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             params,
-            vec![
-                ("oauth_consumer_key".into(), "k y".into()),
-                ("oauth_nonce".into(), "n".into())
-            ]
+            vec![("oauth_consumer_key".into(), "k y".into()), ("oauth_nonce".into(), "n".into())]
         );
         assert!(parse_authorization_header("OAuth oauth_nonce=n").is_err());
         assert!(parse_authorization_header("OAuth oauth_nonce=\"a\"b\"").is_err());

@@ -31,10 +31,7 @@ impl FsObjectStore {
         for entry in std::fs::read_dir(&tmp)? {
             let _ = std::fs::remove_file(entry?.path());
         }
-        Ok(FsObjectStore {
-            root: root.to_owned(),
-            tmp,
-        })
+        Ok(FsObjectStore { root: root.to_owned(), tmp })
     }
 
     fn path_of(&self, key: &ObjectKey) -> PathBuf {
@@ -68,14 +65,10 @@ impl ObjectStore for FsObjectStore {
     ) -> Result<StoredObject, StorageError> {
         let final_path = self.path_of(key);
         let mut guard = TempFileGuard {
-            path: self
-                .tmp
-                .join(format!("{}.part", hex::encode(random_bytes::<16>()))),
+            path: self.tmp.join(format!("{}.part", hex::encode(random_bytes::<16>()))),
             armed: true,
         };
-        let mut file = tokio::fs::File::create(&guard.path)
-            .await
-            .map_err(backend)?;
+        let mut file = tokio::fs::File::create(&guard.path).await.map_err(backend)?;
         let mut digest = Digesting::default();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(StorageError::Source)?;
@@ -87,19 +80,14 @@ impl ObjectStore for FsObjectStore {
         if let Some(parent) = final_path.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(backend)?;
         }
-        tokio::fs::rename(&guard.path, &final_path)
-            .await
-            .map_err(backend)?;
+        tokio::fs::rename(&guard.path, &final_path).await.map_err(backend)?;
         guard.armed = false;
         Ok(digest.finish(key.clone()))
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Option<ByteStream>, StorageError> {
         match tokio::fs::File::open(self.path_of(key)).await {
-            Ok(file) => Ok(Some(Box::pin(tokio_util::io::ReaderStream::with_capacity(
-                file,
-                256 * 1024,
-            )))),
+            Ok(file) => Ok(Some(Box::pin(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(backend(e)),
         }
@@ -115,9 +103,7 @@ impl ObjectStore for FsObjectStore {
 
     async fn ping(&self) -> Result<(), StorageError> {
         // Proves the directory is writable, not just present.
-        let probe = self
-            .tmp
-            .join(format!("ping-{}", hex::encode(random_bytes::<8>())));
+        let probe = self.tmp.join(format!("ping-{}", hex::encode(random_bytes::<8>())));
         tokio::fs::write(&probe, b"").await.map_err(backend)?;
         tokio::fs::remove_file(&probe).await.map_err(backend)
     }

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{
-    CommitError, NewPhoto, NewVersion, NonceKey, Photo, Reservation, ReserveError, StateStore,
-    StoreError, TokenGrant,
+    CommitError, NewPhoto, NonceKey, Photo, PhotoVersion, Reservation, ReserveError, StateStore, StoreError,
+    TokenGrant, VersionFile,
 };
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
 
@@ -55,9 +55,7 @@ struct LiveReservation {
 
 impl TokenState {
     fn live_reservation(&mut self, id: &str, now: u64) -> Option<&mut LiveReservation> {
-        self.reservations
-            .iter_mut()
-            .find(|r| r.id == id && r.lease_until > now)
+        self.reservations.iter_mut().find(|r| r.id == id && r.lease_until > now)
     }
 }
 
@@ -98,10 +96,7 @@ where
     fn apply(self: Box<Self>, txn: &WriteTransaction) -> (Finish, bool) {
         let reply = self.reply;
         match (self.op)(txn) {
-            Ok(value) => (
-                Box::new(move |committed| drop(reply.send(committed.map(|()| value)))),
-                false,
-            ),
+            Ok(value) => (Box::new(move |committed| drop(reply.send(committed.map(|()| value)))), false),
             Err(error) => (Box::new(move |_| drop(reply.send(Err(error)))), true),
         }
     }
@@ -155,11 +150,7 @@ impl EmbeddedStore {
             .name("embedded-store-writer".into())
             .spawn(move || run_writer(&writer_db, &queue))
             .map_err(store_error)?;
-        Ok(EmbeddedStore {
-            db,
-            writer: Some(writer),
-            writer_thread: Some(writer_thread),
-        })
+        Ok(EmbeddedStore { db, writer: Some(writer), writer_thread: Some(writer_thread) })
     }
 
     /// Runs `op` in the writer's next batch and waits for the durable commit.
@@ -174,9 +165,7 @@ impl EmbeddedStore {
             .expect("the writer is present until drop")
             .send(Box::new(WriteJob { op, reply }))
             .map_err(|_| StoreError::new("the embedded store's writer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| StoreError::new("the embedded store's writer dropped an operation"))?
+        answer.await.map_err(|_| StoreError::new("the embedded store's writer dropped an operation"))?
     }
 
     /// Runs a read-only closure on a fresh snapshot, off the async threads.
@@ -201,9 +190,7 @@ impl EmbeddedStore {
             let mut nonces_purged = 0;
             let mut index = txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
             let mut nonces = txn.open_table(NONCES).map_err(store_error)?;
-            let expired = index
-                .extract_from_if((0u64, "")..(now, ""), |_, _| true)
-                .map_err(store_error)?;
+            let expired = index.extract_from_if((0u64, "")..(now, ""), |_, _| true).map_err(store_error)?;
             for entry in expired {
                 let (key, _) = entry.map_err(store_error)?;
                 let (_, identity) = key.value();
@@ -295,27 +282,22 @@ fn get_photo(
 fn append_version(
     txn: &WriteTransaction,
     id: PhotoId,
-    version: NewVersion,
+    version: VersionFile,
 ) -> Result<Option<Photo>, StoreError> {
     let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
     let Some(mut photo) = get_photo(&photos, id)? else {
         return Ok(None);
     };
     let number = photo.current_version().number + 1;
-    photo.versions.push(version.numbered(number));
-    photos
-        .insert(id.0, encode(&photo).as_slice())
-        .map_err(store_error)?;
+    photo.versions.push(PhotoVersion { number, file: version });
+    photos.insert(id.0, encode(&photo).as_slice()).map_err(store_error)?;
     Ok(Some(photo))
 }
 
 fn nonce_identity(key: &NonceKey) -> String {
     // Newlines cannot occur in any of the parts: they are refused as OAuth
     // parameter values long before this point, so the join is unambiguous.
-    format!(
-        "{}\n{}\n{}\n{}",
-        key.consumer_key, key.token, key.nonce, key.timestamp
-    )
+    format!("{}\n{}\n{}\n{}", key.consumer_key, key.token, key.nonce, key.timestamp)
 }
 
 #[async_trait]
@@ -323,10 +305,7 @@ impl StateStore for EmbeddedStore {
     async fn create_photo(&self, new: NewPhoto) -> Result<Photo, StoreError> {
         self.write(move |txn| {
             let mut meta = txn.open_table(META).map_err(store_error)?;
-            let id = meta
-                .get(NEXT_PHOTO_ID)
-                .map_err(store_error)?
-                .map_or(1, |v| v.value());
+            let id = meta.get(NEXT_PHOTO_ID).map_err(store_error)?.map_or(1, |v| v.value());
             meta.insert(NEXT_PHOTO_ID, id + 1).map_err(store_error)?;
             let photo = Photo {
                 photo_id: PhotoId(id),
@@ -334,34 +313,25 @@ impl StateStore for EmbeddedStore {
                 token: PhotoSecret::generate(),
                 title: new.title,
                 created_at: new.first_version.created_at,
-                versions: vec![new.first_version.numbered(1)],
+                versions: vec![PhotoVersion { number: 1, file: new.first_version }],
             };
             let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
-            photos
-                .insert(id, encode(&photo).as_slice())
-                .map_err(store_error)?;
+            photos.insert(id, encode(&photo).as_slice()).map_err(store_error)?;
             Ok(photo)
         })
         .await
     }
 
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
-        self.read(move |txn| get_photo(&txn.open_table(PHOTOS).map_err(store_error)?, id))
-            .await
+        self.read(move |txn| get_photo(&txn.open_table(PHOTOS).map_err(store_error)?, id)).await
     }
 
     async fn issue_token(&self, grant: TokenGrant) -> Result<(), StoreError> {
         self.write(move |txn| {
             let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
             let key = grant.token.as_str().to_owned();
-            let state = TokenState {
-                grant,
-                committed: 0,
-                reservations: Vec::new(),
-            };
-            tokens
-                .insert(key.as_str(), encode(&state).as_slice())
-                .map_err(store_error)?;
+            let state = TokenState { grant, committed: 0, reservations: Vec::new() };
+            tokens.insert(key.as_str(), encode(&state).as_slice()).map_err(store_error)?;
             Ok(())
         })
         .await
@@ -392,25 +362,14 @@ impl StateStore for EmbeddedStore {
                 return Ok(Err(ReserveError::Expired));
             }
             state.reservations.retain(|r| r.lease_until > now);
-            if state.committed as usize + state.reservations.len()
-                >= state.grant.max_uploads as usize
-            {
+            if state.committed as usize + state.reservations.len() >= state.grant.max_uploads as usize {
                 return Ok(Err(ReserveError::UsedUp));
             }
             let id = hex::encode(random_bytes::<16>());
             let lease_until = now + lease_secs;
-            state.reservations.push(LiveReservation {
-                id: id.clone(),
-                lease_until,
-            });
-            tokens
-                .insert(token.as_str(), encode(&state).as_slice())
-                .map_err(store_error)?;
-            Ok(Ok(Reservation {
-                grant: state.grant,
-                id,
-                lease_until,
-            }))
+            state.reservations.push(LiveReservation { id: id.clone(), lease_until });
+            tokens.insert(token.as_str(), encode(&state).as_slice()).map_err(store_error)?;
+            Ok(Ok(Reservation { grant: state.grant, id, lease_until }))
         })
         .await?
     }
@@ -432,9 +391,7 @@ impl StateStore for EmbeddedStore {
                 return Ok(false);
             };
             live.lease_until = live.lease_until.max(now + lease_secs);
-            tokens
-                .insert(token.as_str(), encode(&state).as_slice())
-                .map_err(store_error)?;
+            tokens.insert(token.as_str(), encode(&state).as_slice()).map_err(store_error)?;
             Ok(true)
         })
         .await
@@ -451,9 +408,7 @@ impl StateStore for EmbeddedStore {
             let before = state.reservations.len();
             state.reservations.retain(|r| r.id != id);
             if state.reservations.len() != before {
-                tokens
-                    .insert(token.as_str(), encode(&state).as_slice())
-                    .map_err(store_error)?;
+                tokens.insert(token.as_str(), encode(&state).as_slice()).map_err(store_error)?;
             }
             Ok(())
         })
@@ -463,7 +418,7 @@ impl StateStore for EmbeddedStore {
     async fn commit_version(
         &self,
         reservation: &Reservation,
-        version: NewVersion,
+        version: VersionFile,
         now: u64,
     ) -> Result<Photo, CommitError> {
         let token = reservation.grant.token.clone();
@@ -484,9 +439,7 @@ impl StateStore for EmbeddedStore {
             };
             state.reservations.retain(|r| r.id != id);
             state.committed += 1;
-            tokens
-                .insert(token.as_str(), encode(&state).as_slice())
-                .map_err(store_error)?;
+            tokens.insert(token.as_str(), encode(&state).as_slice()).map_err(store_error)?;
             Ok(Ok(photo))
         })
         .await?
@@ -495,40 +448,26 @@ impl StateStore for EmbeddedStore {
     async fn add_version(
         &self,
         photo_id: PhotoId,
-        version: NewVersion,
+        version: VersionFile,
     ) -> Result<Option<Photo>, StoreError> {
-        self.write(move |txn| append_version(txn, photo_id, version))
-            .await
+        self.write(move |txn| append_version(txn, photo_id, version)).await
     }
 
-    async fn first_use_of_nonce(
-        &self,
-        key: &NonceKey,
-        expires_at: u64,
-    ) -> Result<bool, StoreError> {
+    async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError> {
         let identity = nonce_identity(key);
         self.write(move |txn| {
             let now = crate::domain::unix_now();
             let mut nonces = txn.open_table(NONCES).map_err(store_error)?;
-            let previous = nonces
-                .get(identity.as_str())
-                .map_err(store_error)?
-                .map(|v| v.value());
+            let previous = nonces.get(identity.as_str()).map_err(store_error)?.map(|v| v.value());
             if previous.is_some_and(|expiry| expiry > now) {
                 return Ok(false);
             }
             let mut index = txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
             if let Some(old_expiry) = previous {
-                index
-                    .remove((old_expiry, identity.as_str()))
-                    .map_err(store_error)?;
+                index.remove((old_expiry, identity.as_str())).map_err(store_error)?;
             }
-            nonces
-                .insert(identity.as_str(), expires_at)
-                .map_err(store_error)?;
-            index
-                .insert((expires_at, identity.as_str()), ())
-                .map_err(store_error)?;
+            nonces.insert(identity.as_str(), expires_at).map_err(store_error)?;
+            index.insert((expires_at, identity.as_str()), ()).map_err(store_error)?;
             Ok(true)
         })
         .await
@@ -537,8 +476,7 @@ impl StateStore for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         // A write round trip proves the writer thread is alive and the file
         // is writable, not just that a snapshot can be read.
-        self.write(|txn| txn.open_table(META).map(drop).map_err(store_error))
-            .await
+        self.write(|txn| txn.open_table(META).map(drop).map_err(store_error)).await
     }
 }
 
@@ -546,8 +484,8 @@ impl StateStore for EmbeddedStore {
 mod tests {
     use super::*;
 
-    fn version(key: &str) -> NewVersion {
-        NewVersion {
+    fn version(key: &str) -> VersionFile {
+        VersionFile {
             object_key: key.to_owned(),
             size: 3,
             content_type: "image/jpeg".to_owned(),
@@ -564,11 +502,7 @@ mod tests {
         let photo = {
             let store = EmbeddedStore::open(dir.path()).unwrap();
             let photo = store
-                .create_photo(NewPhoto {
-                    tree_id: "1".into(),
-                    title: None,
-                    first_version: version("a"),
-                })
+                .create_photo(NewPhoto { tree_id: "1".into(), title: None, first_version: version("a") })
                 .await
                 .unwrap();
             let grant = TokenGrant {
@@ -606,25 +540,10 @@ mod tests {
             timestamp: 1,
         };
         let now = crate::domain::unix_now();
-        assert!(
-            store
-                .first_use_of_nonce(&key("old"), now + 1)
-                .await
-                .unwrap()
-        );
-        assert!(
-            store
-                .first_use_of_nonce(&key("new"), now + 1000)
-                .await
-                .unwrap()
-        );
+        assert!(store.first_use_of_nonce(&key("old"), now + 1).await.unwrap());
+        assert!(store.first_use_of_nonce(&key("new"), now + 1000).await.unwrap());
         let (nonces, _) = store.purge_expired(now + 2).await.unwrap();
         assert_eq!(nonces, 1);
-        assert!(
-            !store
-                .first_use_of_nonce(&key("new"), now + 1000)
-                .await
-                .unwrap()
-        );
+        assert!(!store.first_use_of_nonce(&key("new"), now + 1000).await.unwrap());
     }
 }

@@ -35,11 +35,10 @@ impl StoreError {
     }
 }
 
-/// One stored version of a photo's file.
+/// The file behind a photo version: what the object store reported, plus
+/// what the client said of the file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PhotoVersion {
-    /// 1 for the original upload, then 2, 3, … for each replacement.
-    pub number: u32,
+pub struct VersionFile {
     /// The object store key; built by the receiver, never from client input.
     pub object_key: String,
     pub size: u64,
@@ -51,30 +50,13 @@ pub struct PhotoVersion {
     pub created_at: u64,
 }
 
-/// A version about to be recorded: what the object store reported, plus
-/// what the client said of the file. The store assigns the number.
+/// One version of a photo. The store assigns the number.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewVersion {
-    pub object_key: String,
-    pub size: u64,
-    pub content_type: String,
-    pub sha256: String,
-    pub original_filename: Option<String>,
-    pub created_at: u64,
-}
-
-impl NewVersion {
-    fn numbered(self, number: u32) -> PhotoVersion {
-        PhotoVersion {
-            number,
-            object_key: self.object_key,
-            size: self.size,
-            content_type: self.content_type,
-            sha256: self.sha256,
-            original_filename: self.original_filename,
-            created_at: self.created_at,
-        }
-    }
+pub struct PhotoVersion {
+    /// 1 for the original upload, then 2, 3, … for each replacement.
+    pub number: u32,
+    #[serde(flatten)]
+    pub file: VersionFile,
 }
 
 /// A photo (or video) and every version it has had.
@@ -92,9 +74,7 @@ pub struct Photo {
 
 impl Photo {
     pub fn current_version(&self) -> &PhotoVersion {
-        self.versions
-            .last()
-            .expect("a photo always has at least its first version")
+        self.versions.last().expect("a photo always has at least its first version")
     }
 }
 
@@ -103,7 +83,7 @@ impl Photo {
 pub struct NewPhoto {
     pub tree_id: String,
     pub title: Option<String>,
-    pub first_version: NewVersion,
+    pub first_version: VersionFile,
 }
 
 /// The terms of a replace token, fixed when it is issued.
@@ -219,22 +199,18 @@ pub trait StateStore: Send + Sync + 'static {
     async fn commit_version(
         &self,
         reservation: &Reservation,
-        version: NewVersion,
+        version: VersionFile,
         now: u64,
     ) -> Result<Photo, CommitError>;
 
     /// Appends `version` to a photo directly (the signed `/api/photo/replace`).
     /// `Ok(None)` when there is no such photo.
-    async fn add_version(
-        &self,
-        photo_id: PhotoId,
-        version: NewVersion,
-    ) -> Result<Option<Photo>, StoreError>;
+    async fn add_version(&self, photo_id: PhotoId, version: VersionFile)
+    -> Result<Option<Photo>, StoreError>;
 
     /// Records a nonce; `true` the first time this exact key is seen, `false`
     /// on every later call until `expires_at` has passed.
-    async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64)
-    -> Result<bool, StoreError>;
+    async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError>;
 
     /// Succeeds when the store can serve requests (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

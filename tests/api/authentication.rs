@@ -6,23 +6,11 @@ use crate::common::*;
 
 const TOKEN_PATH: &str = "/api/photo/get-replace-token";
 
-async fn text(request: reqwest::RequestBuilder) -> String {
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
-
 /// A query-signed URL for `/api/echo?note=hi`, to be tampered with.
 fn signed_echo_url(app: &TestApp, signing: &Signing) -> String {
     let writer = app.writer.clone();
     let request = app
-        .signed_request(
-            &writer,
-            "/api/echo",
-            &[("note", "hi")],
-            Placement::Query,
-            signing,
-        )
+        .signed_request(&writer, "/api/echo", &[("note", "hi")], Placement::Query, signing)
         .build()
         .unwrap();
     request.url().to_string()
@@ -33,21 +21,11 @@ async fn an_unsigned_call_is_anonymous_and_denied_write_methods() {
     let app = spawn_app().await;
     let echo = text(app.http.get(app.url("/api/echo?a=b"))).await;
     assert_ok(&echo);
-    assert_eq!(
-        xml_attribute(&echo, "permission_level").as_deref(),
-        Some("anonymous")
-    );
-    let body = text(
-        app.http
-            .get(app.url("/api/photo/get-replace-token?photo_id=1")),
-    )
-    .await;
+    assert_eq!(xml_attribute(&echo, "permission_level").as_deref(), Some("anonymous"));
+    let body = text(app.http.get(app.url("/api/photo/get-replace-token?photo_id=1"))).await;
     let message = assert_error(&body, "permission_denied");
     assert!(message.contains("'write'"), "{message}");
-    assert_eq!(
-        xml_attribute(&body, "permission_level").as_deref(),
-        Some("anonymous")
-    );
+    assert_eq!(xml_attribute(&body, "permission_level").as_deref(), Some("anonymous"));
 }
 
 #[tokio::test]
@@ -55,33 +33,13 @@ async fn levels_below_write_are_denied_and_levels_above_are_allowed() {
     let app = spawn_app().await;
     let photo_id = app.upload_photo(b"x".to_vec()).await;
     let reader = credential("reader", Permission::Read);
-    let body = app
-        .call_as(
-            &reader,
-            TOKEN_PATH,
-            &[("photo_id", &photo_id)],
-            Placement::Header,
-        )
-        .await;
+    let body = app.call_as(&reader, TOKEN_PATH, &[("photo_id", &photo_id)], Placement::Header).await;
     assert_error(&body, "permission_denied");
-    assert_eq!(
-        xml_attribute(&body, "permission_level").as_deref(),
-        Some("read")
-    );
+    assert_eq!(xml_attribute(&body, "permission_level").as_deref(), Some("read"));
     let root = credential("super", Permission::Super);
-    let body = app
-        .call_as(
-            &root,
-            TOKEN_PATH,
-            &[("photo_id", &photo_id)],
-            Placement::Header,
-        )
-        .await;
+    let body = app.call_as(&root, TOKEN_PATH, &[("photo_id", &photo_id)], Placement::Header).await;
     assert_ok(&body);
-    assert_eq!(
-        xml_attribute(&body, "permission_level").as_deref(),
-        Some("super")
-    );
+    assert_eq!(xml_attribute(&body, "permission_level").as_deref(), Some("super"));
 }
 
 #[tokio::test]
@@ -89,25 +47,10 @@ async fn every_placement_of_the_oauth_parameters_is_accepted() {
     let app = spawn_app().await;
     let writer = app.writer.clone();
     for placement in ALL_PLACEMENTS {
-        let body = app
-            .call_as(
-                &writer,
-                "/api/echo",
-                &[("a", "1"), ("b", "x y+z~*")],
-                placement,
-            )
-            .await;
+        let body = app.call_as(&writer, "/api/echo", &[("a", "1"), ("b", "x y+z~*")], placement).await;
         assert_ok(&body);
-        assert_eq!(
-            xml_attribute(&body, "permission_level").as_deref(),
-            Some("write"),
-            "{placement:?}"
-        );
-        assert_eq!(
-            xml_field(&body, "b").as_deref(),
-            Some("x y+z~*"),
-            "{placement:?}"
-        );
+        assert_eq!(xml_attribute(&body, "permission_level").as_deref(), Some("write"), "{placement:?}");
+        assert_eq!(xml_field(&body, "b").as_deref(), Some("x y+z~*"), "{placement:?}");
     }
 }
 
@@ -116,14 +59,10 @@ async fn a_wrong_secret_or_unknown_key_is_an_invalid_signature() {
     let app = spawn_app().await;
     let mut wrong = app.writer.clone();
     wrong.consumer_secret = upload_receiver::auth::Secret::new("not-the-secret");
-    let body = app
-        .call_as(&wrong, "/api/echo", &[], Placement::Header)
-        .await;
+    let body = app.call_as(&wrong, "/api/echo", &[], Placement::Header).await;
     assert_error(&body, "invalid_signature");
     let stranger = credential("stranger", Permission::Super);
-    let body = app
-        .call_as(&stranger, "/api/echo", &[], Placement::Query)
-        .await;
+    let body = app.call_as(&stranger, "/api/echo", &[], Placement::Query).await;
     assert_error(&body, "invalid_signature");
 }
 
@@ -143,10 +82,7 @@ async fn a_tampered_parameter_breaks_the_signature() {
         .build()
         .unwrap();
     let url = request.url().to_string();
-    for tampered in [
-        url.replace("photo_id=", "photo_id=9"),
-        url.replace("a.example", "b.example"),
-    ] {
+    for tampered in [url.replace("photo_id=", "photo_id=9"), url.replace("a.example", "b.example")] {
         assert_ne!(tampered, url);
         assert_error(&text(app.http.get(&tampered)).await, "invalid_signature");
     }
@@ -158,31 +94,19 @@ async fn timestamps_outside_the_window_are_refused() {
     let writer = app.writer.clone();
     for offset in [-400i64, 400, -301, 301] {
         let ts = (unix_now() as i64 + offset) as u64;
-        let signing = Signing {
-            timestamp: Some(ts),
-            nonce: None,
-        };
-        let body =
-            text(app.signed_request(&writer, "/api/echo", &[], Placement::Header, &signing)).await;
+        let signing = Signing { timestamp: Some(ts), nonce: None };
+        let body = text(app.signed_request(&writer, "/api/echo", &[], Placement::Header, &signing)).await;
         let message = assert_error(&body, "invalid_signature");
         assert!(message.contains("timestamp"), "{message}");
     }
-    let signing = Signing {
-        timestamp: Some(unix_now() - 200),
-        nonce: None,
-    };
-    assert_ok(
-        &text(app.signed_request(&writer, "/api/echo", &[], Placement::Header, &signing)).await,
-    );
+    let signing = Signing { timestamp: Some(unix_now() - 200), nonce: None };
+    assert_ok(&text(app.signed_request(&writer, "/api/echo", &[], Placement::Header, &signing)).await);
 }
 
 #[tokio::test]
 async fn a_replayed_request_is_refused_and_a_refused_one_does_not_burn_its_nonce() {
     let app = spawn_app().await;
-    let signing = Signing {
-        timestamp: Some(unix_now()),
-        nonce: Some("replay-nonce-1".into()),
-    };
+    let signing = Signing { timestamp: Some(unix_now()), nonce: Some("replay-nonce-1".into()) };
     let url = signed_echo_url(&app, &signing);
     assert_ok(&text(app.http.get(&url)).await);
     let message = assert_error(&text(app.http.get(&url)).await, "invalid_signature");
@@ -190,10 +114,7 @@ async fn a_replayed_request_is_refused_and_a_refused_one_does_not_burn_its_nonce
 
     // A badly signed request with a fresh nonce must not record it, or an
     // attacker could burn nonces; the correctly signed one still passes.
-    let signing = Signing {
-        timestamp: Some(unix_now()),
-        nonce: Some("fresh-nonce-2".into()),
-    };
+    let signing = Signing { timestamp: Some(unix_now()), nonce: Some("fresh-nonce-2".into()) };
     let url = signed_echo_url(&app, &signing);
     let forged = url.replace("note=hi", "note=ho");
     assert_error(&text(app.http.get(&forged)).await, "invalid_signature");
@@ -205,10 +126,8 @@ async fn signature_methods_other_than_hmac_sha1_are_refused() {
     let app = spawn_app().await;
     let url = signed_echo_url(&app, &Signing::default());
     for method in ["PLAINTEXT", "RSA-SHA1", "HMAC-SHA256", "hmac-sha1"] {
-        let changed = url.replace(
-            "oauth_signature_method=HMAC-SHA1",
-            &format!("oauth_signature_method={method}"),
-        );
+        let changed =
+            url.replace("oauth_signature_method=HMAC-SHA1", &format!("oauth_signature_method={method}"));
         let message = assert_error(&text(app.http.get(&changed)).await, "invalid_signature");
         assert!(message.contains("HMAC-SHA1"), "{message}");
     }
@@ -218,28 +137,18 @@ async fn signature_methods_other_than_hmac_sha1_are_refused() {
 async fn duplicate_oauth_parameters_are_refused() {
     let app = spawn_app().await;
     let url = signed_echo_url(&app, &Signing::default());
-    let message = assert_error(
-        &text(app.http.get(format!("{url}&oauth_nonce=other"))).await,
-        "invalid_signature",
-    );
+    let message =
+        assert_error(&text(app.http.get(format!("{url}&oauth_nonce=other"))).await, "invalid_signature");
     assert!(message.contains("more than once"), "{message}");
     // The same parameter in the header and in the query.
     let writer = app.writer.clone();
     let request = app
-        .signed_request(
-            &writer,
-            "/api/echo",
-            &[],
-            Placement::Header,
-            &Signing::default(),
-        )
+        .signed_request(&writer, "/api/echo", &[], Placement::Header, &Signing::default())
         .build()
         .unwrap();
     let authorization = request.headers()["authorization"].clone();
     let body = text(
-        app.http
-            .get(format!("{}?oauth_version=1.0", request.url()))
-            .header("authorization", authorization),
+        app.http.get(format!("{}?oauth_version=1.0", request.url())).header("authorization", authorization),
     )
     .await;
     assert_error(&body, "invalid_signature");
@@ -251,35 +160,20 @@ async fn malformed_oauth_parameters_are_refused() {
     let url = signed_echo_url(&app, &Signing::default());
     let ts = unix_now().to_string();
     for (from, to) in [
-        (
-            format!("oauth_timestamp={ts}"),
-            format!("oauth_timestamp={ts}0"),
-        ),
-        (
-            format!("oauth_timestamp={ts}"),
-            "oauth_timestamp=abc".to_owned(),
-        ),
+        (format!("oauth_timestamp={ts}"), format!("oauth_timestamp={ts}0")),
+        (format!("oauth_timestamp={ts}"), "oauth_timestamp=abc".to_owned()),
         ("note=hi".to_owned(), "note=hi&oauth_version=2.0".to_owned()),
     ] {
         let changed = url.replace(&from, &to);
         assert_ne!(changed, url, "{from}");
         assert_error(&text(app.http.get(&changed)).await, "invalid_signature");
     }
-    let without_signature: String = url
-        .split('&')
-        .filter(|p| !p.starts_with("oauth_signature="))
-        .collect::<Vec<_>>()
-        .join("&");
-    assert_error(
-        &text(app.http.get(&without_signature)).await,
-        "invalid_signature",
-    );
-    let body = text(
-        app.http
-            .get(app.url("/api/echo"))
-            .header("authorization", "OAuth oauth_consumer_key=unquoted"),
-    )
-    .await;
+    let without_signature: String =
+        url.split('&').filter(|p| !p.starts_with("oauth_signature=")).collect::<Vec<_>>().join("&");
+    assert_error(&text(app.http.get(&without_signature)).await, "invalid_signature");
+    let body =
+        text(app.http.get(app.url("/api/echo")).header("authorization", "OAuth oauth_consumer_key=unquoted"))
+            .await;
     assert_error(&body, "invalid_signature");
 }
 
@@ -299,8 +193,7 @@ async fn forwarded_scheme_and_host_are_believed_only_from_trusted_proxies() {
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "videos.example.com")
     };
-    let trusting =
-        spawn_app_with(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let trusting = spawn_app_with(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
     assert_ok(&text(via_proxy(&trusting)).await);
 
     let distrusting = spawn_app().await;
@@ -308,20 +201,11 @@ async fn forwarded_scheme_and_host_are_believed_only_from_trusted_proxies() {
     // From an untrusted peer the forwarded headers are ignored: a request
     // signed for the address actually used passes despite forged ones.
     let writer = distrusting.writer.clone();
-    let honest = distrusting.signed_request(
-        &writer,
-        "/api/echo",
-        &[],
-        Placement::Header,
-        &Signing::default(),
-    );
+    let honest =
+        distrusting.signed_request(&writer, "/api/echo", &[], Placement::Header, &Signing::default());
     assert_ok(
-        &text(
-            honest
-                .header("x-forwarded-host", "attacker.example")
-                .header("x-forwarded-proto", "https"),
-        )
-        .await,
+        &text(honest.header("x-forwarded-host", "attacker.example").header("x-forwarded-proto", "https"))
+            .await,
     );
 }
 
@@ -329,17 +213,10 @@ async fn forwarded_scheme_and_host_are_believed_only_from_trusted_proxies() {
 async fn an_unsigned_or_badly_signed_upload_stores_nothing() {
     let app = spawn_app().await;
     let form = || {
-        reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(vec![7u8; 100_000]).file_name("a.jpg"),
-        )
+        reqwest::multipart::Form::new()
+            .part("file", reqwest::multipart::Part::bytes(vec![7u8; 100_000]).file_name("a.jpg"))
     };
-    let body = text(
-        app.http
-            .post(app.url("/api/photo/upload"))
-            .multipart(form()),
-    )
-    .await;
+    let body = text(app.http.post(app.url("/api/photo/upload")).multipart(form())).await;
     assert_error(&body, "permission_denied");
     let mut wrong = app.writer.clone();
     wrong.access_token_secret = upload_receiver::auth::Secret::new("nope");

@@ -35,10 +35,7 @@ pub fn credential(name: &str, permission: Permission) -> Credential {
 /// A configuration for tests: port 0, the given data directory, and three
 /// credential sets (`read`, `write`, `super`).
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut config = Config {
-        data_dir: data_dir.to_owned(),
-        ..Config::default()
-    };
+    let mut config = Config { data_dir: data_dir.to_owned(), ..Config::default() };
     config.server.listen = "127.0.0.1:0".to_owned();
     config.site.domain = "videos.example.com".to_owned();
     config.credentials = vec![
@@ -77,10 +74,7 @@ async fn start(config: Config, data_dir: std::sync::Arc<tempfile::TempDir>) -> T
         writer,
         config,
         data_dir,
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
+        http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
     }
 }
 
@@ -97,12 +91,8 @@ pub enum Placement {
     HeaderWithForm,
 }
 
-pub const ALL_PLACEMENTS: [Placement; 4] = [
-    Placement::Header,
-    Placement::Query,
-    Placement::Form,
-    Placement::HeaderWithForm,
-];
+pub const ALL_PLACEMENTS: [Placement; 4] =
+    [Placement::Header, Placement::Query, Placement::Form, Placement::HeaderWithForm];
 
 /// Options for signing a request differently from the default.
 #[derive(Clone, Default)]
@@ -121,10 +111,7 @@ pub fn token_of(c: &Credential) -> oauth::Token<String, String> {
 }
 
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 impl TestApp {
@@ -185,9 +172,7 @@ impl TestApp {
         match placement {
             Placement::Header => {
                 let authorization = builder.authorize("GET", &signed_uri, &list);
-                self.http
-                    .get(oauth::to_query(sent_uri, &list))
-                    .header("authorization", authorization)
+                self.http.get(oauth::to_query(sent_uri, &list)).header("authorization", authorization)
             }
             // The library computes the signature (in its header form); for
             // these placements its parameters then travel in the query or body.
@@ -219,8 +204,7 @@ impl TestApp {
 
     /// Calls an API method signed by the `write` set, header placement.
     pub async fn call(&self, path: &str, params: &[(&str, &str)]) -> String {
-        self.call_as(&self.writer.clone(), path, params, Placement::Header)
-            .await
+        self.call_as(&self.writer.clone(), path, params, Placement::Header).await
     }
 
     pub async fn call_as(
@@ -250,21 +234,14 @@ impl TestApp {
         let uri = self.url(path);
         let builder = oauth::Builder::with_token(token_of(credential), oauth::HMAC_SHA1);
         let authorization = builder.authorize("POST", &uri, &());
-        self.http
-            .post(&uri)
-            .header("authorization", authorization)
-            .multipart(form)
+        self.http.post(&uri).header("authorization", authorization).multipart(form)
     }
 
     /// Uploads `bytes` as a new photo and returns the `photo_id`.
     pub async fn upload_photo(&self, bytes: Vec<u8>) -> String {
-        let part = reqwest::multipart::Part::bytes(bytes)
-            .file_name("photo.jpg")
-            .mime_str("image/jpeg")
-            .unwrap();
-        let form = reqwest::multipart::Form::new()
-            .text("title", "A photo")
-            .part("file", part);
+        let part =
+            reqwest::multipart::Part::bytes(bytes).file_name("photo.jpg").mime_str("image/jpeg").unwrap();
+        let form = reqwest::multipart::Form::new().text("title", "A photo").part("file", part);
         let body = self
             .signed_multipart(&self.writer.clone(), "/api/photo/upload", form)
             .send()
@@ -292,12 +269,16 @@ impl TestApp {
     }
 }
 
+/// Sends `request`, checks the HTTP 200 every API answer has, returns the body.
+pub async fn text(request: reqwest::RequestBuilder) -> String {
+    let response = request.send().await.expect("the request is answered");
+    assert_eq!(response.status(), 200, "API answers are HTTP 200");
+    response.text().await.expect("a text body")
+}
+
 /// `OAuth a="1",b="2"` → `a=1&b=2` (values stay percent-encoded).
 fn header_to_pairs(authorization: &str) -> String {
-    authorization
-        .trim_start_matches("OAuth ")
-        .replace('"', "")
-        .replace(',', "&")
+    authorization.trim_start_matches("OAuth ").replace('"', "").replace(',', "&")
 }
 
 /// The text of `<name>...</name>` in an XML answer, unescaped.
@@ -332,20 +313,12 @@ pub fn xml_attribute(body: &str, name: &str) -> Option<String> {
 /// Asserts an XML error answer with `code`, returning its message.
 #[track_caller]
 pub fn assert_error(body: &str, code: &str) -> String {
-    assert_eq!(
-        xml_attribute(body, "status").as_deref(),
-        Some("error"),
-        "{body}"
-    );
+    assert_eq!(xml_attribute(body, "status").as_deref(), Some("error"), "{body}");
     assert_eq!(xml_attribute(body, "code").as_deref(), Some(code), "{body}");
     xml_attribute(body, "message").unwrap_or_default()
 }
 
 #[track_caller]
 pub fn assert_ok(body: &str) {
-    assert_eq!(
-        xml_attribute(body, "status").as_deref(),
-        Some("ok"),
-        "{body}"
-    );
+    assert_eq!(xml_attribute(body, "status").as_deref(), Some("ok"), "{body}");
 }

@@ -16,38 +16,20 @@ async fn a_signed_request_gets_a_fresh_40_hex_token_with_the_defaults() {
     let before = unix_now();
     let body = app.call(PATH, &[("photo_id", &photo_id)]).await;
     assert_ok(&body);
-    assert_eq!(
-        xml_attribute(&body, "permission_level").as_deref(),
-        Some("write")
-    );
-    assert_eq!(
-        xml_attribute(&body, "message").as_deref(),
-        Some("The replace token is ready to use")
-    );
+    assert_eq!(xml_attribute(&body, "permission_level").as_deref(), Some("write"));
+    assert_eq!(xml_attribute(&body, "message").as_deref(), Some("The replace token is ready to use"));
     let token = xml_field(&body, "replace_token").unwrap();
     assert_eq!(token.len(), 40);
-    assert!(
-        token
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-        "{token}"
-    );
+    assert!(token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{token}");
     assert_eq!(xml_field(&body, "photo_id").unwrap(), photo_id);
     assert_eq!(xml_field(&body, "max_uploads").unwrap(), "1");
     assert_eq!(xml_field(&body, "valid_minutes").unwrap(), "180");
     assert_eq!(xml_field(&body, "return_url").unwrap(), "");
     let valid_until: u64 = xml_field(&body, "valid_until").unwrap().parse().unwrap();
-    assert!(
-        (before + 180 * 60..=unix_now() + 180 * 60).contains(&valid_until),
-        "{valid_until}"
-    );
+    assert!((before + 180 * 60..=unix_now() + 180 * 60).contains(&valid_until), "{valid_until}");
 
     let again = app.call(PATH, &[("photo_id", &photo_id)]).await;
-    assert_ne!(
-        xml_field(&again, "replace_token").unwrap(),
-        token,
-        "every token is new"
-    );
+    assert_ne!(xml_field(&again, "replace_token").unwrap(), token, "every token is new");
 }
 
 #[tokio::test]
@@ -68,26 +50,13 @@ async fn the_issued_token_is_stored_with_its_terms() {
     let token: upload_receiver::domain::ReplaceToken =
         xml_field(&body, "replace_token").unwrap().parse().unwrap();
     let state = &app.running.as_ref().unwrap().state.state;
-    let (grant, used) = state
-        .token(&token)
-        .await
-        .unwrap()
-        .expect("the token is stored");
+    let (grant, used) = state.token(&token).await.unwrap().expect("the token is stored");
     assert_eq!(used, 0);
     assert_eq!(grant.max_uploads, 7);
     assert_eq!(grant.photo_id.to_string(), photo_id);
     assert!(grant.background_return);
-    assert_eq!(
-        grant.return_url.as_deref(),
-        Some("https://site.example.org/cb?x=1")
-    );
-    assert_eq!(
-        grant.valid_until,
-        xml_field(&body, "valid_until")
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    );
+    assert_eq!(grant.return_url.as_deref(), Some("https://site.example.org/cb?x=1"));
+    assert_eq!(grant.valid_until, xml_field(&body, "valid_until").unwrap().parse::<u64>().unwrap());
 }
 
 #[tokio::test]
@@ -103,40 +72,22 @@ async fn valid_minutes_and_max_uploads_are_clamped_into_their_ranges() {
         ("1441", "1440"),
         ("99999999999999999999", "1440"),
     ] {
-        let body = app
-            .call(PATH, &[("photo_id", &photo_id), ("valid_minutes", given)])
-            .await;
+        let body = app.call(PATH, &[("photo_id", &photo_id), ("valid_minutes", given)]).await;
         assert_eq!(
             xml_field(&body, "valid_minutes").as_deref(),
             Some(expected),
             "valid_minutes={given}: {body}"
         );
     }
-    for (given, expected) in [
-        ("0", "1"),
-        ("-1", "1"),
-        ("1", "1"),
-        ("100", "100"),
-        ("101", "100"),
-        ("5000", "100"),
-    ] {
-        let body = app
-            .call(PATH, &[("photo_id", &photo_id), ("max_uploads", given)])
-            .await;
-        assert_eq!(
-            xml_field(&body, "max_uploads").as_deref(),
-            Some(expected),
-            "max_uploads={given}: {body}"
-        );
+    for (given, expected) in
+        [("0", "1"), ("-1", "1"), ("1", "1"), ("100", "100"), ("101", "100"), ("5000", "100")]
+    {
+        let body = app.call(PATH, &[("photo_id", &photo_id), ("max_uploads", given)]).await;
+        assert_eq!(xml_field(&body, "max_uploads").as_deref(), Some(expected), "max_uploads={given}: {body}");
     }
-    let body = app
-        .call(PATH, &[("photo_id", &photo_id), ("valid_minutes", "30")])
-        .await;
+    let body = app.call(PATH, &[("photo_id", &photo_id), ("valid_minutes", "30")]).await;
     let valid_until: u64 = xml_field(&body, "valid_until").unwrap().parse().unwrap();
-    assert!(
-        valid_until.abs_diff(unix_now() + 30 * 60) <= 2,
-        "valid_until follows the clamped minutes"
-    );
+    assert!(valid_until.abs_diff(unix_now() + 30 * 60) <= 2, "valid_until follows the clamped minutes");
 }
 
 #[tokio::test]
@@ -144,9 +95,7 @@ async fn numbers_that_are_not_integers_are_invalid_input() {
     let (app, photo_id) = app_with_photo().await;
     for name in ["valid_minutes", "max_uploads"] {
         for bad in ["1.5", "ten", "1e3", " 5", "5 ", "0x10", "-"] {
-            let body = app
-                .call(PATH, &[("photo_id", &photo_id), (name, bad)])
-                .await;
+            let body = app.call(PATH, &[("photo_id", &photo_id), (name, bad)]).await;
             let message = assert_error(&body, "invalid_input");
             assert!(message.contains(name), "{message}");
         }
@@ -159,10 +108,7 @@ async fn photo_id_is_required_and_must_name_an_existing_photo() {
     assert_error(&app.call(PATH, &[]).await, "invalid_input");
     assert_error(&app.call(PATH, &[("photo_id", "")]).await, "invalid_input");
     for unknown in ["999", "abc", "0", "-1", "1.0"] {
-        assert_error(
-            &app.call(PATH, &[("photo_id", unknown)]).await,
-            "no_such_photo",
-        );
+        assert_error(&app.call(PATH, &[("photo_id", unknown)]).await, "no_such_photo");
     }
 }
 
@@ -174,14 +120,8 @@ async fn return_url_must_be_an_absolute_http_url_and_is_returned_as_given() {
         "https://example.org",
         "http://127.0.0.1:9/x#frag",
     ] {
-        let body = app
-            .call(PATH, &[("photo_id", &photo_id), ("return_url", good)])
-            .await;
-        assert_eq!(
-            xml_field(&body, "return_url").as_deref(),
-            Some(good),
-            "{body}"
-        );
+        let body = app.call(PATH, &[("photo_id", &photo_id), ("return_url", good)]).await;
+        assert_eq!(xml_field(&body, "return_url").as_deref(), Some(good), "{body}");
     }
     for bad in [
         "/relative/path",
@@ -198,9 +138,7 @@ async fn return_url_must_be_an_absolute_http_url_and_is_returned_as_given() {
         "HTTP://",
         &format!("http://example.com/{}", "a".repeat(3000)),
     ] {
-        let body = app
-            .call(PATH, &[("photo_id", &photo_id), ("return_url", bad)])
-            .await;
+        let body = app.call(PATH, &[("photo_id", &photo_id), ("return_url", bad)]).await;
         let message = assert_error(&body, "invalid_input");
         assert!(message.contains("return_url"), "{bad}: {message}");
     }
@@ -210,25 +148,10 @@ async fn return_url_must_be_an_absolute_http_url_and_is_returned_as_given() {
 async fn return_url_is_limited_to_the_configured_hosts_when_a_list_is_set() {
     let app = spawn_app_with(|c| c.callback.allowed_hosts = vec!["site.example.org".into()]).await;
     let photo_id = app.upload_photo(b"x".to_vec()).await;
-    let ok = app
-        .call(
-            PATH,
-            &[
-                ("photo_id", &photo_id),
-                ("return_url", "https://SITE.example.org/cb"),
-            ],
-        )
-        .await;
+    let ok = app.call(PATH, &[("photo_id", &photo_id), ("return_url", "https://SITE.example.org/cb")]).await;
     assert_ok(&ok);
-    let refused = app
-        .call(
-            PATH,
-            &[
-                ("photo_id", &photo_id),
-                ("return_url", "https://evil.example.net/cb"),
-            ],
-        )
-        .await;
+    let refused =
+        app.call(PATH, &[("photo_id", &photo_id), ("return_url", "https://evil.example.net/cb")]).await;
     assert_error(&refused, "invalid_input");
 }
 
@@ -236,21 +159,11 @@ async fn return_url_is_limited_to_the_configured_hosts_when_a_list_is_set() {
 async fn background_return_p_is_zero_or_one() {
     let (app, photo_id) = app_with_photo().await;
     for good in ["0", "1", ""] {
-        assert_ok(
-            &app.call(
-                PATH,
-                &[("photo_id", &photo_id), ("background_return_p", good)],
-            )
-            .await,
-        );
+        assert_ok(&app.call(PATH, &[("photo_id", &photo_id), ("background_return_p", good)]).await);
     }
     for bad in ["2", "yes", "true", "01"] {
         assert_error(
-            &app.call(
-                PATH,
-                &[("photo_id", &photo_id), ("background_return_p", bad)],
-            )
-            .await,
+            &app.call(PATH, &[("photo_id", &photo_id), ("background_return_p", bad)]).await,
             "invalid_input",
         );
     }
@@ -259,16 +172,7 @@ async fn background_return_p_is_zero_or_one() {
 #[tokio::test]
 async fn a_parameter_given_twice_is_invalid_input() {
     let (app, photo_id) = app_with_photo().await;
-    let body = app
-        .call(
-            PATH,
-            &[
-                ("photo_id", &photo_id),
-                ("max_uploads", "2"),
-                ("max_uploads", "3"),
-            ],
-        )
-        .await;
+    let body = app.call(PATH, &[("photo_id", &photo_id), ("max_uploads", "2"), ("max_uploads", "3")]).await;
     assert_error(&body, "invalid_input");
 }
 
@@ -277,27 +181,11 @@ async fn the_rules_hold_wherever_the_oauth_parameters_travel() {
     let (app, photo_id) = app_with_photo().await;
     let writer = app.writer.clone();
     for placement in ALL_PLACEMENTS {
-        let body = app
-            .call_as(
-                &writer,
-                PATH,
-                &[("photo_id", &photo_id), ("max_uploads", "500")],
-                placement,
-            )
-            .await;
-        assert_eq!(
-            xml_field(&body, "max_uploads").as_deref(),
-            Some("100"),
-            "{placement:?}: {body}"
-        );
-        let body = app
-            .call_as(
-                &writer,
-                PATH,
-                &[("photo_id", &photo_id), ("valid_minutes", "x")],
-                placement,
-            )
-            .await;
+        let body =
+            app.call_as(&writer, PATH, &[("photo_id", &photo_id), ("max_uploads", "500")], placement).await;
+        assert_eq!(xml_field(&body, "max_uploads").as_deref(), Some("100"), "{placement:?}: {body}");
+        let body =
+            app.call_as(&writer, PATH, &[("photo_id", &photo_id), ("valid_minutes", "x")], placement).await;
         assert_error(&body, "invalid_input");
     }
 }

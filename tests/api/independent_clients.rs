@@ -26,17 +26,11 @@ fn python() -> PathBuf {
 
 /// Runs the oauthlib client on `spec` (credentials added) and returns the body.
 fn oauthlib_request(app: &TestApp, spec: Value) -> String {
-    run_client(
-        Command::new(python()).arg(support("oauth_client.py")),
-        app,
-        spec,
-    )
+    run_client(Command::new(python()).arg(support("oauth_client.py")), app, spec)
 }
 
 fn support(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(file)
 }
 
 /// Runs a client script with `spec` (plus the `write` credentials) on its
@@ -53,18 +47,9 @@ fn run_client(command: &mut Command, app: &TestApp, mut spec: Value) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(spec.to_string().as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(spec.to_string().as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "oauth_client.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "oauth_client.py failed: {}", String::from_utf8_lossy(&output.stderr));
     let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(answer["status"], 200);
     answer["body"].as_str().unwrap().to_owned()
@@ -72,11 +57,8 @@ fn run_client(command: &mut Command, app: &TestApp, mut spec: Value) -> String {
 
 /// Ruby with Debian's `oauth` gem, which `scripts/test.sh` installs.
 fn ruby() -> Command {
-    let ok = Command::new("ruby")
-        .args(["-roauth", "-e", "exit 0"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok =
+        Command::new("ruby").args(["-roauth", "-e", "exit 0"]).status().map(|s| s.success()).unwrap_or(false);
     assert!(
         ok,
         "ruby with the oauth gem is missing: run scripts/test.sh (it installs Debian's ruby and ruby-oauth)"
@@ -86,9 +68,7 @@ fn ruby() -> Command {
 
 async fn blocking_request(app: &TestApp, spec: Value) -> String {
     let handle = TestApp::handle_of(app);
-    tokio::task::spawn_blocking(move || oauthlib_request(&handle, spec))
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || oauthlib_request(&handle, spec)).await.unwrap()
 }
 
 #[tokio::test]
@@ -96,21 +76,13 @@ async fn oauthlib_signatures_in_header_query_and_body_are_accepted() {
     let app = spawn_app().await;
     let photo_id = app.upload_photo(b"x".to_vec()).await;
     let url = app.url("/api/photo/get-replace-token");
-    for (method, placement) in [
-        ("GET", "header"),
-        ("GET", "query"),
-        ("POST", "body"),
-        ("POST", "header"),
-    ] {
+    for (method, placement) in [("GET", "header"), ("GET", "query"), ("POST", "body"), ("POST", "header")] {
         let spec = json!({
             "method": method, "url": url, "placement": placement,
             "params": [["photo_id", photo_id], ["return_url", "https://site.example.org/cb?a=1&b=two%20words"], ["format", "json"]],
         });
         let body = blocking_request(&app, spec).await;
-        assert!(
-            body.starts_with("var visual = {\"status\":\"ok\""),
-            "{method} {placement}: {body}"
-        );
+        assert!(body.starts_with("var visual = {\"status\":\"ok\""), "{method} {placement}: {body}");
         assert!(
             body.contains("\"return_url\":\"https://site.example.org/cb?a=1\\u0026b=two%20words\""),
             "{body}"
@@ -129,11 +101,7 @@ async fn a_literal_plus_signed_as_2b_in_a_post_query_is_tolerated() {
     });
     let body = blocking_request(&app, spec).await;
     assert_ok(&body);
-    assert_eq!(
-        xml_attribute(&body, "permission_level").as_deref(),
-        Some("write"),
-        "{body}"
-    );
+    assert_eq!(xml_attribute(&body, "permission_level").as_deref(), Some("write"), "{body}");
 }
 
 #[tokio::test]
@@ -147,10 +115,7 @@ async fn oauth_parameters_split_between_header_and_form_body_are_accepted() {
     let body = blocking_request(&app, spec).await;
     assert_ok(&body);
     assert_eq!(xml_field(&body, "note").as_deref(), Some("hello"));
-    assert_eq!(
-        xml_attribute(&body, "permission_level").as_deref(),
-        Some("write")
-    );
+    assert_eq!(xml_attribute(&body, "permission_level").as_deref(), Some("write"));
 }
 
 #[tokio::test]
@@ -164,10 +129,7 @@ async fn the_testing_md_request_shape_verifies_end_to_end() {
     let body = blocking_request(&app, spec).await;
     assert_ok(&body);
     assert_eq!(xml_field(&body, "b").as_deref(), Some("x y"));
-    assert_eq!(
-        xml_field(&body, "resumableChunkNumber").as_deref(),
-        Some("1")
-    );
+    assert_eq!(xml_field(&body, "resumableChunkNumber").as_deref(), Some("1"));
 }
 
 #[tokio::test]
@@ -179,7 +141,8 @@ async fn an_upload_as_23s_ruby_sample_sends_it_is_accepted() {
     let file = dir.path().join("clip.mp4");
     let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&file, &content).unwrap();
-    let spec = json!({"site": app.base_url, "path": "/api/photo/upload", "title": "My title ~*", "file": file});
+    let spec =
+        json!({"site": app.base_url, "path": "/api/photo/upload", "title": "My title ~*", "file": file});
     let handle = TestApp::handle_of(&app);
     let body = tokio::task::spawn_blocking(move || {
         run_client(ruby().arg(support("ruby_oauth_upload.rb")), &handle, spec)
@@ -187,23 +150,10 @@ async fn an_upload_as_23s_ruby_sample_sends_it_is_accepted() {
     .await
     .unwrap();
     assert_ok(&body);
-    let photo_id: upload_receiver::domain::PhotoId =
-        xml_field(&body, "photo_id").unwrap().parse().unwrap();
-    let photo = app
-        .running
-        .as_ref()
-        .unwrap()
-        .state
-        .state
-        .photo(photo_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let photo_id: upload_receiver::domain::PhotoId = xml_field(&body, "photo_id").unwrap().parse().unwrap();
+    let photo = app.running.as_ref().unwrap().state.state.photo(photo_id).await.unwrap().unwrap();
     assert_eq!(photo.title.as_deref(), Some("My title ~*"));
-    assert_eq!(photo.current_version().size, content.len() as u64);
+    assert_eq!(photo.current_version().file.size, content.len() as u64);
     use sha2::Digest;
-    assert_eq!(
-        photo.current_version().sha256,
-        hex::encode(sha2::Sha256::digest(&content))
-    );
+    assert_eq!(photo.current_version().file.sha256, hex::encode(sha2::Sha256::digest(&content)));
 }

@@ -10,36 +10,19 @@ async fn a_restart_keeps_tokens_photos_and_the_generated_credentials() {
     let generated = app.writer.clone();
     assert!(app.data_dir().join("credentials.toml").exists());
     let photo_id = app.upload_photo(b"kept across restarts".to_vec()).await;
-    let body = app
-        .call(
-            "/api/photo/get-replace-token",
-            &[("photo_id", &photo_id), ("max_uploads", "5")],
-        )
-        .await;
+    let body =
+        app.call("/api/photo/get-replace-token", &[("photo_id", &photo_id), ("max_uploads", "5")]).await;
     let token: ReplaceToken = xml_field(&body, "replace_token").unwrap().parse().unwrap();
 
     let app = app.restart().await;
-    assert_eq!(
-        app.writer, generated,
-        "the same credential set is loaded, not a new one"
-    );
+    assert_eq!(app.writer, generated, "the same credential set is loaded, not a new one");
     let state = &app.running.as_ref().unwrap().state.state;
-    let photo = state
-        .photo(photo_id.parse::<PhotoId>().unwrap())
-        .await
-        .unwrap()
-        .expect("the photo survives");
-    assert_eq!(photo.current_version().size, 20);
-    let (grant, used) = state
-        .token(&token)
-        .await
-        .unwrap()
-        .expect("the token survives");
+    let photo = state.photo(photo_id.parse::<PhotoId>().unwrap()).await.unwrap().expect("the photo survives");
+    assert_eq!(photo.current_version().file.size, 20);
+    let (grant, used) = state.token(&token).await.unwrap().expect("the token survives");
     assert_eq!((grant.max_uploads, used), (5, 0));
     // The generated credentials still sign, and ids keep increasing.
-    let body = app
-        .call("/api/photo/get-replace-token", &[("photo_id", &photo_id)])
-        .await;
+    let body = app.call("/api/photo/get-replace-token", &[("photo_id", &photo_id)]).await;
     assert_ok(&body);
     let next: u64 = app.upload_photo(b"y".to_vec()).await.parse().unwrap();
     assert!(next > photo_id.parse::<u64>().unwrap());
@@ -50,47 +33,12 @@ async fn a_restart_keeps_tokens_photos_and_the_generated_credentials() {
 async fn a_nonce_used_before_a_restart_is_still_refused_after_it() {
     let app = spawn_app().await;
     let writer = app.writer.clone();
-    let signing = Signing {
-        timestamp: Some(unix_now()),
-        nonce: Some("survives-restart".into()),
-    };
-    let url = app
-        .signed_request(&writer, "/api/echo", &[], Placement::Query, &signing)
-        .build()
-        .unwrap()
-        .url()
-        .to_string();
-    assert_ok(
-        &app.http
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
-    let old_base = app.base_url.clone();
+    let signing = Signing { timestamp: Some(unix_now()), nonce: Some("survives-restart".into()) };
+    let echo = |app: &TestApp| app.signed_request(&writer, "/api/echo", &[], Placement::Query, &signing);
+    assert_ok(&text(echo(&app)).await);
     let app = app.restart().await;
-    let replay = url.replace(&old_base, &app.base_url);
-    // The port changed, so re-sign the same nonce for the new address.
-    let url = app
-        .signed_request(&writer, "/api/echo", &[], Placement::Query, &signing)
-        .build()
-        .unwrap()
-        .url()
-        .to_string();
-    assert_ne!(replay, url);
-    let body = app
-        .http
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let message = assert_error(&body, "invalid_signature");
+    // Same credentials, nonce and timestamp (signed anew: the port changed).
+    let message = assert_error(&text(echo(&app)).await, "invalid_signature");
     assert!(message.contains("nonce"), "{message}");
     app.stop().await;
 }

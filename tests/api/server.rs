@@ -33,103 +33,44 @@ async fn readiness_fails_when_the_object_store_is_not_writable() {
 #[tokio::test]
 async fn request_ids_are_kept_or_generated() {
     let app = spawn_app().await;
-    let kept = app
-        .http
-        .get(app.url("/healthz"))
-        .header("x-request-id", "trace-42")
-        .send()
-        .await
-        .unwrap();
+    let kept = app.http.get(app.url("/healthz")).header("x-request-id", "trace-42").send().await.unwrap();
     assert_eq!(kept.headers()["x-request-id"], "trace-42");
     let generated = app.http.get(app.url("/healthz")).send().await.unwrap();
-    let id = generated.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = generated.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(id.len(), 24);
-    let evil = app
-        .http
-        .get(app.url("/healthz"))
-        .header("x-request-id", "a b")
-        .send()
-        .await
-        .unwrap();
+    let evil = app.http.get(app.url("/healthz")).header("x-request-id", "a b").send().await.unwrap();
     assert_ne!(evil.headers()["x-request-id"], "a b");
 }
 
 #[tokio::test]
 async fn unknown_paths_are_404_and_other_methods_405() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.http
-            .get(app.url("/api/nope"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(app.http.get(app.url("/api/nope")).send().await.unwrap().status(), 404);
     let put = app.http.put(app.url("/api/echo")).send().await.unwrap();
     assert_eq!(put.status(), 405);
     assert_eq!(put.headers()["allow"], "GET, HEAD, POST");
-    assert_eq!(
-        app.http
-            .post(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        405
-    );
+    assert_eq!(app.http.post(app.url("/healthz")).send().await.unwrap().status(), 405);
 }
 
 #[tokio::test]
-async fn the_cross_domain_policies_grant_nothing_at_the_root_and_the_configured_domains_under_api()
-{
+async fn the_cross_domain_policies_grant_nothing_at_the_root_and_the_configured_domains_under_api() {
     let app = spawn_app_with(|c| {
         c.site.crossdomain_allow = vec!["*.example.com".into(), "player.example.org".into()]
     })
     .await;
-    let root = app
-        .http
-        .get(app.url("/crossdomain.xml"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let root = text(app.http.get(app.url("/crossdomain.xml"))).await;
     assert!(root.contains("<cross-domain-policy>"));
     assert!(!root.contains("allow-access-from"), "{root}");
-    let api = app
-        .http
-        .get(app.url("/api/crossdomain.xml"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        api.contains("<allow-access-from domain=\"*.example.com\"/>"),
-        "{api}"
-    );
-    assert!(
-        api.contains("<allow-access-from domain=\"player.example.org\"/>"),
-        "{api}"
-    );
+    let api = text(app.http.get(app.url("/api/crossdomain.xml"))).await;
+    assert!(api.contains("<allow-access-from domain=\"*.example.com\"/>"), "{api}");
+    assert!(api.contains("<allow-access-from domain=\"player.example.org\"/>"), "{api}");
 }
 
 #[tokio::test]
 async fn a_connection_that_never_finishes_its_headers_is_closed_at_the_header_timeout() {
     let app = spawn_app_with(|c| c.server.header_read_timeout_secs = 1).await;
-    let mut socket = tokio::net::TcpStream::connect(app.running.as_ref().unwrap().address)
-        .await
-        .unwrap();
-    socket
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        .await
-        .unwrap();
+    let mut socket = tokio::net::TcpStream::connect(app.running.as_ref().unwrap().address).await.unwrap();
+    socket.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 1024];
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
@@ -143,20 +84,9 @@ async fn a_connection_that_never_finishes_its_headers_is_closed_at_the_header_ti
     .await;
     assert!(closed.is_ok(), "the connection stayed open");
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
-        "{waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "{waited:?}");
     // Meanwhile legitimate requests are served.
-    assert_eq!(
-        app.http
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -164,39 +94,17 @@ async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
     let app = spawn_app_with(|c| c.server.max_connections = 1).await;
     let address = app.running.as_ref().unwrap().address;
     let mut first = tokio::net::TcpStream::connect(address).await.unwrap();
-    first
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    first.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut buf = [0u8; 512];
-    assert!(
-        first.read(&mut buf).await.unwrap() > 0,
-        "the first connection is served"
-    );
+    assert!(first.read(&mut buf).await.unwrap() > 0, "the first connection is served");
     // The first connection stays open (keep-alive), holding the only slot.
     let second = reqwest::Client::new();
-    let waiting = tokio::time::timeout(
-        Duration::from_millis(700),
-        second.get(app.url("/healthz")).send(),
-    )
-    .await;
-    assert!(
-        waiting.is_err(),
-        "a second connection was served while the cap was reached"
-    );
+    let waiting =
+        tokio::time::timeout(Duration::from_millis(700), second.get(app.url("/healthz")).send()).await;
+    assert!(waiting.is_err(), "a second connection was served while the cap was reached");
     drop(first);
-    let served = tokio::time::timeout(
-        Duration::from_secs(5),
-        second.get(app.url("/healthz")).send(),
-    )
-    .await;
-    assert_eq!(
-        served
-            .expect("served once the slot is free")
-            .unwrap()
-            .status(),
-        200
-    );
+    let served = tokio::time::timeout(Duration::from_secs(5), second.get(app.url("/healthz")).send()).await;
+    assert_eq!(served.expect("served once the slot is free").unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -206,20 +114,12 @@ async fn shutdown_lets_an_in_flight_request_finish() {
     let photo_id = app.upload_photo(b"x".to_vec()).await;
     let writer = app.writer.clone();
     // An upload whose body is still arriving when shutdown begins.
-    let request = app
-        .signed_multipart(
-            &writer,
-            "/api/photo/upload",
-            reqwest::multipart::Form::new(),
-        )
-        .build()
-        .unwrap();
-    let authorization = request.headers()["authorization"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request =
+        app.signed_multipart(&writer, "/api/photo/upload", reqwest::multipart::Form::new()).build().unwrap();
+    let authorization = request.headers()["authorization"].to_str().unwrap().to_owned();
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let part = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nhello\r\n--B--\r\n";
+    let part =
+        b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nhello\r\n--B--\r\n";
     socket
         .write_all(format!("POST /api/photo/upload HTTP/1.1\r\nHost: {address}\r\nAuthorization: {authorization}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n", part.len()).as_bytes())
         .await
@@ -236,10 +136,7 @@ async fn shutdown_lets_an_in_flight_request_finish() {
     socket.read_to_string(&mut answer).await.unwrap();
     assert!(answer.contains("<photo_id>"), "{answer}");
     assert_ne!(xml_field(&answer, "photo_id").unwrap(), photo_id);
-    tokio::time::timeout(Duration::from_secs(5), shutdown)
-        .await
-        .expect("shutdown completes")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), shutdown).await.expect("shutdown completes").unwrap();
 }
 
 fn binary() -> Command {
@@ -251,17 +148,10 @@ fn a_bad_configuration_key_stops_the_binary_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[server]\nheader_read_timeout_secs = 0\n").unwrap();
-    let output = binary()
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = binary().args(["serve", "--config"]).arg(&path).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("server.header_read_timeout_secs"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("server.header_read_timeout_secs"), "{stderr}");
 }
 
 #[test]
@@ -297,24 +187,16 @@ fn the_plain_binary_serves_on_the_embedded_default_and_prints_its_credentials() 
         .expect("the consumer key is printed");
     let consumer_key = consumer_key_line.split('=').nth(1).unwrap().trim();
     assert!(generated.contains(consumer_key));
-    assert!(
-        printed.iter().any(|l| l.contains("sign")),
-        "an example of a signed call is printed"
-    );
+    assert!(printed.iter().any(|l| l.contains("sign")), "an example of a signed call is printed");
     let health = std::net::TcpStream::connect(&address).map(|mut s| {
         use std::io::{Read, Write};
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
     });
     // SIGTERM: the process drains and exits 0.
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     let status = child.wait().unwrap();
     assert!(health.unwrap().starts_with("HTTP/1.1 200"));
     assert!(status.success(), "{status:?}");

@@ -28,11 +28,7 @@ fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 async fn stored_bytes(app: &TestApp, key: &str) -> Vec<u8> {
     let objects = &app.running.as_ref().unwrap().state.objects;
-    let mut stream = objects
-        .get(&ObjectKey::parse(key).unwrap())
-        .await
-        .unwrap()
-        .expect("the object exists");
+    let mut stream = objects.get(&ObjectKey::parse(key).unwrap()).await.unwrap().expect("the object exists");
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
         bytes.extend_from_slice(&chunk.unwrap());
@@ -44,57 +40,29 @@ async fn stored_bytes(app: &TestApp, key: &str) -> Vec<u8> {
 async fn an_upload_creates_a_photo_whose_version_matches_the_bytes() {
     let app = spawn_app().await;
     let content = pseudo_random_bytes(3 * 1024 * 1024 + 17, 7);
-    let part = Part::bytes(content.clone())
-        .file_name("../../holiday.jpg")
-        .mime_str("image/jpeg")
-        .unwrap();
-    let form = Form::new()
-        .text("title", "<b>Holiday</b> in Rome")
-        .part("file", part);
+    let part = Part::bytes(content.clone()).file_name("../../holiday.jpg").mime_str("image/jpeg").unwrap();
+    let form = Form::new().text("title", "<b>Holiday</b> in Rome").part("file", part);
     let writer = app.writer.clone();
-    let body = app
-        .signed_multipart(&writer, PATH, form)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = text(app.signed_multipart(&writer, PATH, form)).await;
     assert_ok(&body);
-    assert_eq!(
-        xml_attribute(&body, "message").as_deref(),
-        Some("The file was successfully uploaded")
-    );
+    assert_eq!(xml_attribute(&body, "message").as_deref(), Some("The file was successfully uploaded"));
     let photo_id: PhotoId = xml_field(&body, "photo_id").unwrap().parse().unwrap();
     assert_eq!(xml_field(&body, "tree_id").as_deref(), Some("1"));
     let token = xml_field(&body, "token").unwrap();
     assert_eq!(token.len(), 32);
     assert!(token.bytes().all(|b| b.is_ascii_alphanumeric()));
 
-    let photo = app
-        .running
-        .as_ref()
-        .unwrap()
-        .state
-        .state
-        .photo(photo_id)
-        .await
-        .unwrap()
-        .expect("stored");
+    let photo = app.running.as_ref().unwrap().state.state.photo(photo_id).await.unwrap().expect("stored");
     assert_eq!(photo.token.as_str(), token);
     assert_eq!(photo.title.as_deref(), Some("Holiday in Rome"));
     let version = photo.current_version();
     assert_eq!(version.number, 1);
-    assert_eq!(version.size, content.len() as u64);
-    assert_eq!(version.sha256, hex::encode(Sha256::digest(&content)));
-    assert_eq!(version.content_type, "image/jpeg");
-    assert_eq!(version.original_filename.as_deref(), Some("holiday.jpg"));
-    assert!(
-        version.object_key.starts_with("media/"),
-        "{}",
-        version.object_key
-    );
-    assert_eq!(stored_bytes(&app, &version.object_key).await, content);
+    assert_eq!(version.file.size, content.len() as u64);
+    assert_eq!(version.file.sha256, hex::encode(Sha256::digest(&content)));
+    assert_eq!(version.file.content_type, "image/jpeg");
+    assert_eq!(version.file.original_filename.as_deref(), Some("holiday.jpg"));
+    assert!(version.file.object_key.starts_with("media/"), "{}", version.file.object_key);
+    assert_eq!(stored_bytes(&app, &version.file.object_key).await, content);
 }
 
 #[tokio::test]
@@ -109,43 +77,20 @@ async fn photo_ids_increase_and_tokens_differ() {
 async fn a_zero_byte_file_is_stored() {
     let app = spawn_app().await;
     let id: PhotoId = app.upload_photo(Vec::new()).await.parse().unwrap();
-    let photo = app
-        .running
-        .as_ref()
-        .unwrap()
-        .state
-        .state
-        .photo(id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(photo.current_version().size, 0);
-    assert_eq!(
-        photo.current_version().sha256,
-        hex::encode(Sha256::digest(b""))
-    );
+    let photo = app.running.as_ref().unwrap().state.state.photo(id).await.unwrap().unwrap();
+    assert_eq!(photo.current_version().file.size, 0);
+    assert_eq!(photo.current_version().file.sha256, hex::encode(Sha256::digest(b"")));
 }
 
 #[tokio::test]
 async fn the_answer_format_may_come_from_a_multipart_field() {
     // 23's PHP sample sends format=xml among the multipart fields.
     let app = spawn_app().await;
-    let form = Form::new()
-        .text("format", "json")
-        .part("file", Part::bytes(b"abc".to_vec()).file_name("a.jpg"));
+    let form =
+        Form::new().text("format", "json").part("file", Part::bytes(b"abc".to_vec()).file_name("a.jpg"));
     let writer = app.writer.clone();
-    let body = app
-        .signed_multipart(&writer, PATH, form)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        body.starts_with("var visual = {\"status\":\"ok\""),
-        "{body}"
-    );
+    let body = text(app.signed_multipart(&writer, PATH, form)).await;
+    assert!(body.starts_with("var visual = {\"status\":\"ok\""), "{body}");
     assert!(body.contains("\"upload\":{\"photo_id\":"), "{body}");
 }
 
@@ -153,14 +98,7 @@ async fn the_answer_format_may_come_from_a_multipart_field() {
 async fn a_request_without_a_file_is_no_file() {
     let app = spawn_app().await;
     let writer = app.writer.clone();
-    let body = app
-        .signed_multipart(&writer, PATH, Form::new().text("title", "no file"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = text(app.signed_multipart(&writer, PATH, Form::new().text("title", "no file"))).await;
     assert_error(&body, "no_file");
     let body = app.call(PATH, &[("title", "form, not multipart")]).await;
     assert_error(&body, "no_file");
@@ -173,14 +111,7 @@ async fn two_file_parts_are_refused_and_leave_nothing_behind() {
         .part("file", Part::bytes(vec![1u8; 10_000]).file_name("a.jpg"))
         .part("file", Part::bytes(vec![2u8; 10_000]).file_name("b.jpg"));
     let writer = app.writer.clone();
-    let body = app
-        .signed_multipart(&writer, PATH, form)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = text(app.signed_multipart(&writer, PATH, form)).await;
     let message = assert_error(&body, "invalid_input");
     assert!(message.contains("more than one file"), "{message}");
     assert!(walk_files(&app.data_dir().join("objects")).is_empty());
@@ -189,19 +120,9 @@ async fn two_file_parts_are_refused_and_leave_nothing_behind() {
 #[tokio::test]
 async fn a_file_over_the_limit_is_refused_and_nothing_is_kept() {
     let app = spawn_app_with(|c| c.limits.max_upload_bytes = 1024 * 1024).await;
-    let form = Form::new().part(
-        "file",
-        Part::bytes(vec![0u8; 1024 * 1024 + 1]).file_name("big.jpg"),
-    );
+    let form = Form::new().part("file", Part::bytes(vec![0u8; 1024 * 1024 + 1]).file_name("big.jpg"));
     let writer = app.writer.clone();
-    let body = app
-        .signed_multipart(&writer, PATH, form)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = text(app.signed_multipart(&writer, PATH, form)).await;
     let message = assert_error(&body, "invalid_input");
     assert!(message.contains("1048576"), "{message}");
     assert!(walk_files(&app.data_dir().join("objects")).is_empty());
@@ -211,14 +132,8 @@ async fn a_file_over_the_limit_is_refused_and_nothing_is_kept() {
 
 /// Sends a request head and part of a body over a raw socket, then stops
 /// sending and measures how soon the answer arrives.
-async fn answer_to_partial_body(
-    app: &TestApp,
-    head: String,
-    body_part: &[u8],
-) -> (String, Duration) {
-    let mut socket = tokio::net::TcpStream::connect(app.running.as_ref().unwrap().address)
-        .await
-        .unwrap();
+async fn answer_to_partial_body(app: &TestApp, head: String, body_part: &[u8]) -> (String, Duration) {
+    let mut socket = tokio::net::TcpStream::connect(app.running.as_ref().unwrap().address).await.unwrap();
     socket.write_all(head.as_bytes()).await.unwrap();
     // The server may stop reading (and close) before all of this is sent.
     let _ = socket.write_all(body_part).await;
@@ -239,36 +154,23 @@ async fn answer_to_partial_body(
         }
     })
     .await;
-    assert!(
-        read.is_ok(),
-        "no answer while the body was still incomplete"
-    );
-    (
-        String::from_utf8_lossy(&answer).into_owned(),
-        started.elapsed(),
-    )
+    assert!(read.is_ok(), "no answer while the body was still incomplete");
+    (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
 }
 
 #[tokio::test]
 async fn an_oversized_upload_is_refused_without_reading_the_rest_of_the_body() {
     let app = spawn_app_with(|c| c.limits.max_upload_bytes = 256 * 1024).await;
     let writer = app.writer.clone();
-    let request = app
-        .signed_multipart(&writer, PATH, Form::new())
-        .build()
-        .unwrap();
-    let authorization = request.headers()["authorization"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request = app.signed_multipart(&writer, PATH, Form::new()).build().unwrap();
+    let authorization = request.headers()["authorization"].to_str().unwrap().to_owned();
     let declared = 1u64 << 30; // claims 1 GiB, sends 1 MiB, then waits
     let head = format!(
         "POST {PATH} HTTP/1.1\r\nHost: {}\r\nAuthorization: {authorization}\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: {declared}\r\n\r\n",
         request.url().authority()
     );
     let mut body =
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n"
-            .to_vec();
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n".to_vec();
     body.extend(vec![b'a'; 1024 * 1024]);
     let (answer, waited) = answer_to_partial_body(&app, head, &body).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -289,19 +191,14 @@ async fn an_oversized_form_body_is_refused_from_its_declared_length() {
     assert!(answer.contains("1000 bytes"), "{answer}");
     // A form under the limit but streamed past it (no Content-Length) too.
     let big = "x".repeat(2000);
-    let response = app
-        .http
-        .post(app.url("/api/echo"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            vec![Ok::<_, std::io::Error>(format!("a={big}"))],
-        )))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let response = text(
+        app.http.post(app.url("/api/echo")).header("content-type", "application/x-www-form-urlencoded").body(
+            reqwest::Body::wrap_stream(futures_util::stream::iter(vec![Ok::<_, std::io::Error>(format!(
+                "a={big}"
+            ))])),
+        ),
+    )
+    .await;
     assert_error(&response, "invalid_input");
 }
 
@@ -320,26 +217,16 @@ async fn a_malformed_multipart_body_is_invalid_input_and_stores_nothing() {
         ),
         ("multipart/form-data", "--XyZ\r\n\r\n"),
     ] {
-        let request = app
-            .signed_multipart(&writer, PATH, Form::new())
-            .build()
-            .unwrap();
-        let authorization = request.headers()["authorization"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let text = app
-            .http
-            .post(app.url(PATH))
-            .header("authorization", authorization)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let request = app.signed_multipart(&writer, PATH, Form::new()).build().unwrap();
+        let authorization = request.headers()["authorization"].to_str().unwrap().to_owned();
+        let text = text(
+            app.http
+                .post(app.url(PATH))
+                .header("authorization", authorization)
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await;
         assert_error(&text, "invalid_input");
     }
     assert!(walk_files(&app.data_dir().join("objects")).is_empty());
