@@ -155,7 +155,8 @@ impl DelimiterRepair {
                 if at >= back { data[at - back] } else { self.last_two[2 - (back - at)] }
             };
             let at_body_start = self.emitted == 0 && at == 0;
-            if !at_body_start && !(before(2) == b'\r' && before(1) == b'\n') {
+            let follows_crlf = before(2) == b'\r' && before(1) == b'\n';
+            if !(at_body_start || follows_crlf) {
                 out.extend_from_slice(&data[copied..at]);
                 out.extend_from_slice(b"\r\n");
                 copied = at;
