@@ -54,8 +54,14 @@ impl AppState {
             max_file_bytes: limits.max_upload_bytes,
             max_fields: limits.max_fields,
             max_field_bytes: limits.max_field_bytes,
+            max_part_header_bytes: limits.max_part_header_bytes,
             idle_timeout: Duration::from_secs(self.config.server.body_idle_timeout_secs),
         }
+    }
+
+    /// Where file parts wait when they arrive before the fields they need.
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        self.config.data_dir.join("spool")
     }
 
     /// True from the moment a shutdown begins; `/readyz` then fails so the

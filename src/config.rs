@@ -170,11 +170,19 @@ pub struct StateConfig {
     pub redis_url: Option<String>,
     pub redis_timeout_secs: u64,
     pub key_prefix: String,
+    /// An upload slot is leased for this long and renewed while the upload
+    /// runs; a crashed instance's slots return to their tokens when it ends.
+    pub slot_lease_secs: u64,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { redis_url: None, redis_timeout_secs: 2, key_prefix: "ur:".to_owned() }
+        StateConfig {
+            redis_url: None,
+            redis_timeout_secs: 2,
+            key_prefix: "ur:".to_owned(),
+            slot_lease_secs: 120,
+        }
     }
 }
 
@@ -220,6 +228,8 @@ pub struct LimitsConfig {
     pub max_fields: usize,
     /// Largest single non-file field in a multipart body.
     pub max_field_bytes: u64,
+    /// Largest header block of one multipart part (and the preamble).
+    pub max_part_header_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -229,6 +239,7 @@ impl Default for LimitsConfig {
             max_form_bytes: 64 * 1024,
             max_fields: 100,
             max_field_bytes: 64 * 1024,
+            max_part_header_bytes: 16 * 1024,
         }
     }
 }
@@ -339,10 +350,14 @@ impl Config {
             ("limits.max_upload_bytes", self.limits.max_upload_bytes),
             ("limits.max_form_bytes", self.limits.max_form_bytes),
             ("limits.max_field_bytes", self.limits.max_field_bytes),
+            ("limits.max_part_header_bytes", self.limits.max_part_header_bytes),
         ] {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be at least 1"));
             }
+        }
+        if self.state.slot_lease_secs < 3 {
+            return Err(ConfigError::key("state.slot_lease_secs", "must be at least 3"));
         }
         if self.limits.max_fields == 0 {
             return Err(ConfigError::key("limits.max_fields", "must be at least 1"));

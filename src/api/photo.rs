@@ -175,8 +175,20 @@ pub async fn upload(state: &AppState, request: &mut ApiRequest) -> Result<Succes
     };
     let limits = state.multipart_limits();
     let stream = upload::body_stream(body, limits.idle_timeout);
-    let received =
-        upload::receive(stream, &boundary, &limits, &*state.objects).await.map_err(upload_error)?;
+    let receipt = upload::receive(
+        stream,
+        &boundary,
+        &limits,
+        &*state.objects,
+        &state.spool_dir(),
+        &mut upload::AlwaysOpen,
+    )
+    .await;
+    let received = match receipt.result {
+        Ok(received) => received,
+        Err(upload::ReceiveError::Upload(e)) => return Err(upload_error(e)),
+        Err(upload::ReceiveError::Refused(never)) => match never {},
+    };
     request.params.extend(received.fields.iter().cloned());
     let Some(file) = received.file else {
         return Err(ApiError::NoFile);

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::{ByteStream, Digesting, ObjectKey, ObjectStore, StorageError, StoredObject};
+use super::{ByteStream, Digesting, ObjectKey, ObjectStore, StorageError, StoredObject, TempFile};
 use crate::domain::random_bytes;
 
 /// Files under one root directory.
@@ -40,21 +40,6 @@ impl FsObjectStore {
     }
 }
 
-/// Removes the temporary file unless the upload completed; runs on every
-/// error path and when the `put` future is dropped mid-stream.
-struct TempFileGuard {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl Drop for TempFileGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 #[async_trait]
 impl ObjectStore for FsObjectStore {
     async fn put(
@@ -64,11 +49,7 @@ impl ObjectStore for FsObjectStore {
         mut body: ByteStream,
     ) -> Result<StoredObject, StorageError> {
         let final_path = self.path_of(key);
-        let mut guard = TempFileGuard {
-            path: self.tmp.join(format!("{}.part", hex::encode(random_bytes::<16>()))),
-            armed: true,
-        };
-        let mut file = tokio::fs::File::create(&guard.path).await.map_err(backend)?;
+        let (mut file, temp) = TempFile::create(&self.tmp).await.map_err(backend)?;
         let mut digest = Digesting::default();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(StorageError::Source)?;
@@ -80,8 +61,8 @@ impl ObjectStore for FsObjectStore {
         if let Some(parent) = final_path.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(backend)?;
         }
-        tokio::fs::rename(&guard.path, &final_path).await.map_err(backend)?;
-        guard.armed = false;
+        tokio::fs::rename(temp.path(), &final_path).await.map_err(backend)?;
+        temp.keep();
         Ok(digest.finish(key.clone()))
     }
 

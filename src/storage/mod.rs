@@ -126,6 +126,39 @@ impl Digesting {
     }
 }
 
+/// A temporary file that is removed when dropped, unless kept: every error
+/// path, and a future dropped mid-stream (the client went away), clean up.
+pub struct TempFile {
+    path: std::path::PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    /// Creates `dir/<random>.part` for writing.
+    pub async fn create(dir: &std::path::Path) -> std::io::Result<(tokio::fs::File, TempFile)> {
+        let path = dir.join(format!("{}.part", hex::encode(random_bytes::<16>())));
+        let file = tokio::fs::File::create(&path).await?;
+        Ok((file, TempFile { path, keep: false }))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The file was renamed into place or is otherwise no longer temporary.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
