@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::auth::credentials::{self, Credential, Provenance};
 use crate::auth::{Authenticator, Credentials};
+use crate::callback::BackgroundCaller;
 use crate::config::Config;
 use crate::storage::ObjectStore;
 use crate::storage::fs::FsObjectStore;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub state: Arc<dyn StateStore>,
     pub objects: Arc<dyn ObjectStore>,
+    pub callbacks: BackgroundCaller,
     shutting_down: AtomicBool,
 }
 
@@ -112,8 +114,18 @@ impl App {
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .map_err(|source| StartError::Listen { address: config.server.listen.clone(), source })?;
-        let state =
-            Arc::new(AppState { config, auth, state, objects, shutting_down: AtomicBool::new(false) });
+        let callbacks = BackgroundCaller::new(
+            &config.callback.allowed_hosts,
+            Duration::from_secs(config.callback.timeout_secs),
+        );
+        let state = Arc::new(AppState {
+            config,
+            auth,
+            state,
+            objects,
+            callbacks,
+            shutting_down: AtomicBool::new(false),
+        });
         Ok(App { state, listener, generated, embedded: Some(embedded) })
     }
 

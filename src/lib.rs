@@ -17,11 +17,13 @@
 //! - [`storage`]: the [`storage::ObjectStore`] seam and its local-files
 //!   implementation.
 //! - [`upload`]: the streaming multipart pipeline into an object store.
+//! - [`callback`]: return data, redirects, POST forms, background callbacks.
 //! - [`domain`]: newtypes parsed at the edge (photo ids, tokens).
 
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod callback;
 pub mod config;
 pub mod domain;
 pub mod envelope;

@@ -4,6 +4,7 @@
 
 mod misc;
 mod photo;
+mod redeem;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +34,8 @@ enum Endpoint {
     Echo,
     PhotoGetReplaceToken,
     PhotoUpload,
+    PhotoReplace,
+    PhotoRedeemReplaceToken,
     CrossdomainRoot,
     CrossdomainApi,
     Healthz,
@@ -45,6 +48,8 @@ impl Endpoint {
             "/api/echo" => Endpoint::Echo,
             "/api/photo/get-replace-token" => Endpoint::PhotoGetReplaceToken,
             "/api/photo/upload" => Endpoint::PhotoUpload,
+            "/api/photo/replace" => Endpoint::PhotoReplace,
+            "/api/photo/redeem-replace-token" => Endpoint::PhotoRedeemReplaceToken,
             "/crossdomain.xml" => Endpoint::CrossdomainRoot,
             "/api/crossdomain.xml" => Endpoint::CrossdomainApi,
             "/healthz" => Endpoint::Healthz,
@@ -57,7 +62,9 @@ impl Endpoint {
     fn required_permission(self) -> Option<Permission> {
         match self {
             Endpoint::Echo => Some(Permission::None),
-            Endpoint::PhotoGetReplaceToken | Endpoint::PhotoUpload => Some(Permission::Write),
+            Endpoint::PhotoGetReplaceToken | Endpoint::PhotoUpload | Endpoint::PhotoReplace => {
+                Some(Permission::Write)
+            }
             _ => None,
         }
     }
@@ -106,6 +113,10 @@ async fn route(state: &Arc<AppState>, request: Request<Incoming>, peer: SocketAd
     let Some(endpoint) = Endpoint::from_path(request.uri().path()) else {
         return plain(StatusCode::NOT_FOUND, "no such endpoint\n");
     };
+    // The redeem answers in plain text, redirects or forms, not envelopes.
+    if endpoint == Endpoint::PhotoRedeemReplaceToken {
+        return redeem::handle(state, request, peer).await;
+    }
     let is_api = endpoint.required_permission().is_some();
     let allowed = match *request.method() {
         Method::GET | Method::HEAD => true,
@@ -324,6 +335,7 @@ async fn api_call(
             Endpoint::Echo => misc::echo(&call),
             Endpoint::PhotoGetReplaceToken => photo::get_replace_token(state, &call).await,
             Endpoint::PhotoUpload => photo::upload(state, &mut call).await,
+            Endpoint::PhotoReplace => photo::replace(state, &mut call).await,
             _ => unreachable!("non-API endpoints are routed before api_call"),
         };
         // Multipart handlers append the body's fields, which may choose the format.

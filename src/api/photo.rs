@@ -1,12 +1,13 @@
-//! Photo methods: `/api/photo/get-replace-token` and `/api/photo/upload`.
+//! Photo methods: `/api/photo/get-replace-token`, `/api/photo/upload` and
+//! `/api/photo/replace`.
 
 use super::{ApiRequest, Params};
 use crate::app::AppState;
 use crate::domain::{PhotoId, ReplaceToken, unix_now};
 use crate::envelope::Success;
 use crate::error::ApiError;
-use crate::store::{NewPhoto, TokenGrant, VersionFile};
-use crate::upload::{self, UploadError};
+use crate::store::{NewPhoto, Photo, TokenGrant};
+use crate::upload::{self, FileGate, Gate, ReceiveError, ReceivedFile, UploadError};
 
 /// `valid_minutes`: default and bounds, from 23's documentation.
 const VALID_MINUTES: IntegerRule = IntegerRule { name: "valid_minutes", default: 180, min: 15, max: 1440 };
@@ -167,61 +168,145 @@ pub fn upload_error(error: UploadError) -> ApiError {
     }
 }
 
+/// Receives the multipart body of a signed upload or replace, with `gate`
+/// deciding when the file may be stored. The body's text fields join the
+/// request's parameters (they may choose the answer's format).
+async fn receive_file<G>(
+    state: &AppState,
+    request: &mut ApiRequest,
+    gate: &mut G,
+) -> Result<(G::Permit, ReceivedFile), ApiError>
+where
+    G: FileGate<Refusal = ApiError>,
+{
+    let Some((body, boundary)) = request.multipart.take() else { return Err(ApiError::NoFile) };
+    let limits = state.multipart_limits();
+    let stream = upload::body_stream(body, limits.idle_timeout);
+    let receipt =
+        upload::receive(stream, &boundary, &limits, &*state.objects, &state.spool_dir(), gate).await;
+    let received = match receipt.result {
+        Ok(received) => received,
+        Err(ReceiveError::Upload(e)) => return Err(upload_error(e)),
+        Err(ReceiveError::Refused(e)) => return Err(e),
+    };
+    request.params.extend(received.fields.iter().cloned());
+    match (receipt.permit, received.file) {
+        (Some(permit), Some(file)) => Ok((permit, file)),
+        (_, file) => {
+            if let Some(file) = file {
+                upload::delete_quietly(&*state.objects, &file.stored.key).await;
+            }
+            Err(ApiError::NoFile)
+        }
+    }
+}
+
+/// The gate of `/api/photo/upload`: the signature already said everything.
+struct Signed;
+
+#[async_trait::async_trait]
+impl FileGate for Signed {
+    type Permit = ();
+    type Refusal = ApiError;
+
+    async fn open(&mut self, _: &[(String, String)], _: bool) -> Result<Gate<()>, ApiError> {
+        Ok(Gate::Open(()))
+    }
+}
+
+/// The gate of `/api/photo/replace`: opens once `photo_id` (query or a field
+/// before the file) names an existing photo.
+struct ExistingPhoto<'a> {
+    state: &'a AppState,
+    from_query: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl FileGate for ExistingPhoto<'_> {
+    type Permit = Photo;
+    type Refusal = ApiError;
+
+    async fn open(
+        &mut self,
+        fields: &[(String, String)],
+        body_complete: bool,
+    ) -> Result<Gate<Photo>, ApiError> {
+        let mut ids =
+            self.from_query.iter().chain(fields.iter().filter(|(n, _)| n == "photo_id").map(|(_, v)| v));
+        let Some(id) = ids.next() else {
+            return if body_complete {
+                Err(ApiError::InvalidInput("photo_id is required".into()))
+            } else {
+                Ok(Gate::NotYet)
+            };
+        };
+        if ids.next().is_some() {
+            return Err(ApiError::InvalidInput("photo_id is given more than once".into()));
+        }
+        let id: PhotoId = id.parse().map_err(|_| ApiError::NoSuchPhoto)?;
+        let photo = self.state.state.photo(id).await?.ok_or(ApiError::NoSuchPhoto)?;
+        Ok(Gate::Open(photo))
+    }
+}
+
+/// The `photo_id`, `tree_id` and `token` fields of an answer.
+fn photo_fields(photo: &Photo) -> Vec<(String, String)> {
+    vec![
+        ("photo_id".into(), photo.photo_id.to_string()),
+        ("tree_id".into(), photo.tree_id.clone()),
+        ("token".into(), photo.token.as_str().to_owned()),
+    ]
+}
+
 /// `/api/photo/upload`: a signed multipart upload that creates a photo.
 #[tracing::instrument(skip_all)]
 pub async fn upload(state: &AppState, request: &mut ApiRequest) -> Result<Success, ApiError> {
-    let Some((body, boundary)) = request.multipart.take() else {
-        return Err(ApiError::NoFile);
-    };
-    let limits = state.multipart_limits();
-    let stream = upload::body_stream(body, limits.idle_timeout);
-    let receipt = upload::receive(
-        stream,
-        &boundary,
-        &limits,
-        &*state.objects,
-        &state.spool_dir(),
-        &mut upload::AlwaysOpen,
-    )
-    .await;
-    let received = match receipt.result {
-        Ok(received) => received,
-        Err(upload::ReceiveError::Upload(e)) => return Err(upload_error(e)),
-        Err(upload::ReceiveError::Refused(never)) => match never {},
-    };
-    request.params.extend(received.fields.iter().cloned());
-    let Some(file) = received.file else {
-        return Err(ApiError::NoFile);
-    };
-    let title = received.fields.iter().find(|(n, _)| n == "title").map(|(_, v)| clean_title(v));
+    let ((), file) = receive_file(state, request, &mut Signed).await?;
+    let title = request.params.first("title").map(clean_title).filter(|t| !t.is_empty());
+    let key = file.stored.key.clone();
     let new = NewPhoto {
         tree_id: state.config.site.tree_id.clone(),
-        title: title.filter(|t| !t.is_empty()),
-        first_version: VersionFile {
-            object_key: file.stored.key.to_string(),
-            size: file.stored.size,
-            content_type: file.content_type,
-            sha256: file.stored.sha256,
-            original_filename: file.filename,
-            created_at: unix_now(),
-        },
+        title,
+        first_version: file.into_version(unix_now()),
     };
     let photo = match state.state.create_photo(new).await {
         Ok(photo) => photo,
         Err(e) => {
-            upload::delete_quietly(&*state.objects, &file.stored.key).await;
+            upload::delete_quietly(&*state.objects, &key).await;
             return Err(e.into());
         }
     };
-    tracing::info!(photo_id = %photo.photo_id, size = file.stored.size, "photo created");
+    tracing::info!(photo_id = %photo.photo_id, size = photo.current_version().file.size, "photo created");
     Ok(Success {
         message: "The file was successfully uploaded".to_owned(),
         object_name: "upload",
-        fields: vec![
-            ("photo_id".into(), photo.photo_id.to_string()),
-            ("tree_id".into(), photo.tree_id.clone()),
-            ("token".into(), photo.token.as_str().to_owned()),
-        ],
+        fields: photo_fields(&photo),
+    })
+}
+
+/// `/api/photo/replace`: a signed multipart upload of a new version of an
+/// existing photo (`photo_id` in the query or as a field).
+#[tracing::instrument(skip_all)]
+pub async fn replace(state: &AppState, request: &mut ApiRequest) -> Result<Success, ApiError> {
+    let from_query = request.params.single("photo_id")?.map(str::to_owned);
+    let (photo, file) = receive_file(state, request, &mut ExistingPhoto { state, from_query }).await?;
+    let key = file.stored.key.clone();
+    let photo = match state.state.add_version(photo.photo_id, file.into_version(unix_now())).await {
+        Ok(Some(photo)) => photo,
+        Ok(None) => {
+            upload::delete_quietly(&*state.objects, &key).await;
+            return Err(ApiError::NoSuchPhoto);
+        }
+        Err(e) => {
+            upload::delete_quietly(&*state.objects, &key).await;
+            return Err(e.into());
+        }
+    };
+    tracing::info!(photo_id = %photo.photo_id, version = photo.current_version().number, "photo replaced");
+    Ok(Success {
+        message: "The photo was successfully replaced".to_owned(),
+        object_name: "photo",
+        fields: photo_fields(&photo),
     })
 }
 

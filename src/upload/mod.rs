@@ -21,6 +21,7 @@ use futures_util::{Stream, TryStreamExt};
 use http_body_util::BodyExt;
 
 use crate::storage::{ByteStream, ObjectKey, ObjectStore, StorageError, StoredObject};
+use crate::store::VersionFile;
 use spool::Spool;
 
 /// The name of the multipart part that carries the file.
@@ -64,6 +65,20 @@ pub struct ReceivedFile {
     pub filename: Option<String>,
 }
 
+impl ReceivedFile {
+    /// What the state store records of this file as a photo version.
+    pub fn into_version(self, created_at: u64) -> VersionFile {
+        VersionFile {
+            object_key: self.stored.key.to_string(),
+            size: self.stored.size,
+            content_type: self.content_type,
+            sha256: self.stored.sha256,
+            original_filename: self.filename,
+            created_at,
+        }
+    }
+}
+
 /// A received multipart body.
 #[derive(Debug, Default)]
 pub struct Received {
@@ -98,19 +113,6 @@ pub trait FileGate: Send {
         fields: &[(String, String)],
         body_complete: bool,
     ) -> Result<Gate<Self::Permit>, Self::Refusal>;
-}
-
-/// A gate that is always open, for signed requests that need nothing more.
-pub struct AlwaysOpen;
-
-#[async_trait::async_trait]
-impl FileGate for AlwaysOpen {
-    type Permit = ();
-    type Refusal = std::convert::Infallible;
-
-    async fn open(&mut self, _: &[(String, String)], _: bool) -> Result<Gate<()>, Self::Refusal> {
-        Ok(Gate::Open(()))
-    }
 }
 
 /// Why [`receive`] stopped.
