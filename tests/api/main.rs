@@ -4,9 +4,12 @@
 mod common;
 
 mod authentication;
+mod browser;
 mod get_replace_token;
 mod independent_clients;
+mod redeem;
 mod response_formats;
 mod restart;
 mod server;
+mod site;
 mod uploads;

@@ -1,0 +1,1 @@
+//! Placeholder: the real-browser tests (being written).

@@ -1,0 +1,487 @@
+//! `/api/photo/redeem-replace-token` and `/api/photo/replace`: token-gated
+//! streaming uploads, exact slot accounting, and the three ways of telling
+//! the site how it went.
+
+use std::time::{Duration, Instant};
+
+use reqwest::multipart::{Form, Part};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use upload_receiver::domain::{PhotoId, ReplaceToken, unix_now as now};
+use upload_receiver::store::TokenGrant;
+
+use crate::authentication::walk_files;
+use crate::common::*;
+use crate::site::Site;
+
+const REDEEM: &str = "/api/photo/redeem-replace-token";
+
+/// An app with one photo, and a way to issue tokens for it.
+struct Fixture {
+    app: TestApp,
+    photo_id: String,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        Fixture::with(|_| {}).await
+    }
+
+    async fn with(adjust: impl FnOnce(&mut upload_receiver::Config)) -> Fixture {
+        let app = spawn_app_with(adjust).await;
+        let photo_id = app.upload_photo(b"version one".to_vec()).await;
+        Fixture { app, photo_id }
+    }
+
+    /// Issues a token for the photo with extra get-replace-token parameters.
+    async fn token(&self, params: &[(&str, &str)]) -> String {
+        let mut all = vec![("photo_id", self.photo_id.as_str())];
+        all.extend_from_slice(params);
+        let body = self.app.call("/api/photo/get-replace-token", &all).await;
+        xml_field(&body, "replace_token").unwrap_or_else(|| panic!("{body}"))
+    }
+
+    async fn photo(&self) -> upload_receiver::store::Photo {
+        let id: PhotoId = self.photo_id.parse().unwrap();
+        self.app.running.as_ref().unwrap().state.state.photo(id).await.unwrap().unwrap()
+    }
+
+    async fn uploads_used(&self, token: &str) -> u32 {
+        let token: ReplaceToken = token.parse().unwrap();
+        self.app.running.as_ref().unwrap().state.state.token(&token).await.unwrap().unwrap().1
+    }
+
+    fn stored_files(&self) -> usize {
+        walk_files(&self.app.data_dir().join("objects")).len()
+    }
+
+    /// Posts a redeem form: `replace_token` first, then the extras, then `file`.
+    async fn redeem(&self, token: &str, file: &[u8], extras: &[(&str, &str)]) -> reqwest::Response {
+        let mut form = Form::new().text("replace_token", token.to_owned());
+        for (name, value) in extras {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        form = form.part("file", Part::bytes(file.to_vec()).file_name("new.jpg").mime_str("image/jpeg").unwrap());
+        self.app.http.post(self.app.url(REDEEM)).multipart(form).send().await.unwrap()
+    }
+}
+
+fn location(response: &reqwest::Response) -> url::Url {
+    assert_eq!(response.status(), 303, "expected a redirect");
+    url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap()
+}
+
+fn query_param(url: &url::Url, name: &str) -> Option<String> {
+    url.query_pairs().find(|(n, _)| n == name).map(|(_, v)| v.into_owned())
+}
+
+#[tokio::test]
+async fn a_redeem_stores_a_new_version_and_redirects_with_the_success_parameters() {
+    let f = Fixture::new().await;
+    let token = f.token(&[("return_url", "http://www.example.com/done?theme=green")]).await;
+    let content = b"the replacement bytes".repeat(1000);
+    let response = f.redeem(&token, &content, &[("color", "blue")]).await;
+    let target = location(&response);
+    assert_eq!(target.host_str(), Some("www.example.com"));
+    assert_eq!(target.path(), "/done");
+    let photo = f.photo().await;
+    let expected = [
+        ("theme", "green"),
+        ("domain", "videos.example.com"),
+        ("replace_token", token.as_str()),
+        ("photo_id", f.photo_id.as_str()),
+        ("tree_id", "1"),
+        ("token", photo.token.as_str()),
+        ("color", "blue"),
+    ];
+    let got: Vec<(String, String)> = target.query_pairs().into_owned().collect();
+    let expected: Vec<(String, String)> = expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(got, expected);
+    assert_eq!(photo.versions.len(), 2);
+    assert_eq!(photo.current_version().number, 2);
+    assert_eq!(photo.current_version().file.size, content.len() as u64);
+    assert_eq!(photo.current_version().file.sha256, hex::encode(Sha256::digest(&content)));
+    assert_eq!(photo.versions[0].file.size, 11, "the first version is kept");
+    assert_eq!(f.uploads_used(&token).await, 1);
+}
+
+#[tokio::test]
+async fn a_file_sent_before_its_token_is_spooled_and_still_stored() {
+    let f = Fixture::new().await;
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let content: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    let form = Form::new()
+        .part("file", Part::bytes(content.clone()).file_name("first.bin"))
+        .text("replace_token", token.clone());
+    let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
+    assert!(query_param(&location(&response), "photo_id").is_some());
+    assert_eq!(f.photo().await.current_version().file.sha256, hex::encode(Sha256::digest(&content)));
+    let spooled = walk_files(&f.app.data_dir().join("spool"));
+    assert!(spooled.is_empty(), "the spool file is gone: {spooled:?}");
+}
+
+#[tokio::test]
+async fn the_token_may_come_in_the_query_string() {
+    let f = Fixture::new().await;
+    let token = f.token(&[]).await;
+    let form = Form::new().part("file", Part::bytes(b"abc".to_vec()).file_name("a.jpg"));
+    let url = format!("{}?replace_token={token}", f.app.url(REDEEM));
+    let response = f.app.http.post(url).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "OK\n", "no return_url: a simple 200 OK");
+    assert_eq!(f.photo().await.versions.len(), 2);
+}
+
+async fn assert_plain_refusal(response: reqwest::Response, status: u16, text: &str) {
+    assert_eq!(response.status(), status);
+    assert!(response.headers().get("location").is_none());
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let body = response.text().await.unwrap();
+    assert!(body.contains(text), "{body}");
+    assert!(!body.contains('<'), "unstyled: {body}");
+}
+
+#[tokio::test]
+async fn unknown_expired_and_used_up_tokens_get_plain_text_that_stops_resumable_js() {
+    let f = Fixture::new().await;
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    assert_plain_refusal(f.redeem(unknown, b"x", &[]).await, 404, "unknown or has expired").await;
+    assert_plain_refusal(f.redeem("not-a-token", b"x", &[]).await, 404, "unknown or has expired").await;
+
+    let expired = ReplaceToken::generate();
+    let grant = TokenGrant {
+        token: expired.clone(),
+        photo_id: f.photo_id.parse().unwrap(),
+        max_uploads: 5,
+        issued_at: now() - 3600,
+        valid_until: now() - 1,
+        return_url: Some("http://www.example.com/done".into()),
+        background_return: false,
+        issued_to: "test".into(),
+    };
+    f.app.running.as_ref().unwrap().state.state.issue_token(grant).await.unwrap();
+    assert_plain_refusal(f.redeem(expired.as_str(), b"x", &[]).await, 404, "unknown or has expired").await;
+
+    let once = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    assert_eq!(f.redeem(&once, b"x", &[]).await.status(), 303);
+    assert_plain_refusal(f.redeem(&once, b"y", &[]).await, 404, "no uploads left").await;
+    assert_eq!(f.photo().await.versions.len(), 2, "only the one allowed upload landed");
+    assert_eq!(f.stored_files(), 2);
+}
+
+#[tokio::test]
+async fn a_missing_or_repeated_token_is_400_and_uses_no_slot() {
+    let f = Fixture::new().await;
+    let form = Form::new().part("file", Part::bytes(b"abc".to_vec()).file_name("a.jpg"));
+    let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
+    assert_plain_refusal(response, 400, "No replace_token").await;
+
+    let token = f.token(&[]).await;
+    let response = f.redeem(&token, b"abc", &[("replace_token", &token)]).await;
+    assert_plain_refusal(response, 400, "more than once").await;
+    // The same token given again after the file (seen only at the end).
+    let form = Form::new()
+        .text("replace_token", token.clone())
+        .part("file", Part::bytes(b"abc".to_vec()).file_name("a.jpg"))
+        .text("replace_token", token.clone());
+    let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
+    assert_plain_refusal(response, 400, "more than once").await;
+    assert_eq!(f.uploads_used(&token).await, 0);
+    assert_eq!(f.stored_files(), 1, "only the original upload is stored");
+    assert_eq!(f.redeem(&token, b"now properly", &[]).await.status(), 200, "the slot is still there");
+}
+
+#[tokio::test]
+async fn a_request_that_is_not_multipart_is_415() {
+    let f = Fixture::new().await;
+    let response = f.app.http.post(f.app.url(REDEEM)).body("replace_token=x").send().await.unwrap();
+    assert_plain_refusal(response, 415, "multipart").await;
+}
+
+#[tokio::test]
+async fn resumable_js_chunk_probes_are_told_to_send() {
+    let f = Fixture::new().await;
+    let probe = f.app.http.get(f.app.url("/api/photo/redeem-replace-token?resumableChunkNumber=1")).send().await;
+    assert_eq!(probe.unwrap().status(), 204);
+}
+
+#[tokio::test]
+async fn a_redeem_without_a_file_reports_the_error_to_the_site_and_gives_the_slot_back() {
+    let f = Fixture::new().await;
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let form = Form::new().text("replace_token", token.clone()).text("note", "no file here");
+    let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
+    let target = location(&response);
+    assert!(query_param(&target, "error_message").unwrap().contains("No file"));
+    assert_eq!(query_param(&target, "note").as_deref(), Some("no file here"));
+    assert!(query_param(&target, "photo_id").is_none());
+    assert_eq!(f.uploads_used(&token).await, 0);
+    assert_eq!(f.redeem(&token, b"abc", &[]).await.status(), 303, "the slot was given back");
+}
+
+#[tokio::test]
+async fn a_file_over_the_limit_fails_with_the_slot_back_and_the_old_version_untouched() {
+    let f = Fixture::with(|c| c.limits.max_upload_bytes = 100_000).await;
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let response = f.redeem(&token, &vec![7u8; 100_001], &[]).await;
+    let message = query_param(&location(&response), "error_message").unwrap();
+    assert!(message.contains("100000"), "{message}");
+    let photo = f.photo().await;
+    assert_eq!((photo.versions.len(), photo.current_version().file.size), (1, 11));
+    assert_eq!(f.stored_files(), 1, "no partial object");
+    assert_eq!(f.uploads_used(&token).await, 0);
+    assert_eq!(f.redeem(&token, &vec![7u8; 100_000], &[]).await.status(), 303);
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_redeems_of_a_three_upload_token_store_exactly_three_versions() {
+    let f = Fixture::new().await;
+    let token = f.token(&[("max_uploads", "3"), ("return_url", "http://www.example.com/done")]).await;
+    let attempts = (0..100).map(|i| {
+        let (http, url, token) = (f.app.http.clone(), f.app.url(REDEEM), token.clone());
+        tokio::spawn(async move {
+            let form = Form::new()
+                .text("replace_token", token)
+                .part("file", Part::bytes(format!("concurrent upload {i}").repeat(500).into_bytes()).file_name("c.jpg"));
+            http.post(url).multipart(form).send().await.unwrap().status().as_u16()
+        })
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
+    let successes = statuses.iter().filter(|s| **s == 303).count();
+    let refused = statuses.iter().filter(|s| **s == 404).count();
+    assert_eq!((successes, refused), (3, 97), "{statuses:?}");
+    let photo = f.photo().await;
+    assert_eq!(photo.versions.len(), 4, "the original and exactly three replacements");
+    assert_eq!(f.stored_files(), 4);
+    assert_eq!(f.uploads_used(&token).await, 3);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_body_gets_its_slot_back_and_leaves_no_partial_object() {
+    let f = Fixture::new().await;
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let address = f.app.running.as_ref().unwrap().address;
+    let head = format!(
+        "POST {REDEEM} HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    let mut body = format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n").into_bytes();
+    body.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"half.bin\"\r\n\r\n");
+    body.extend(vec![b'h'; 5_000_000]);
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&body).await.unwrap();
+    drop(socket);
+
+    // The slot comes back as soon as the receiver notices; then the same
+    // one-upload token works.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = f.redeem(&token, b"complete upload", &[]).await;
+        if response.status() == 303 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back: {}", response.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let photo = f.photo().await;
+    assert_eq!(photo.versions.len(), 2);
+    assert_eq!(photo.current_version().file.size, 15);
+    assert_eq!(f.stored_files(), 2, "no partial object: {:?}", walk_files(&f.app.data_dir().join("objects")));
+}
+
+#[tokio::test]
+async fn extra_parameters_cannot_override_the_receivers_and_are_encoded() {
+    let f = Fixture::new().await;
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let evil = "x\r\nSet-Cookie: a=b\"<script>";
+    let extras = [("photo_id", "666"), ("token", "forged"), ("domain", "evil.example"), ("error_message", "no"), ("q", evil)];
+    let response = f.redeem(&token, b"abc", &extras).await;
+    let raw = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(!raw.contains('\r') && !raw.contains('\n') && !raw.contains('"') && !raw.contains('<'), "{raw}");
+    let target = location(&response);
+    let pairs: Vec<(String, String)> = target.query_pairs().into_owned().collect();
+    let photo = f.photo().await;
+    assert_eq!(pairs.iter().filter(|(n, _)| n == "photo_id").count(), 1);
+    assert_eq!(query_param(&target, "photo_id").unwrap(), f.photo_id);
+    assert_eq!(query_param(&target, "token").unwrap(), photo.token.as_str());
+    assert_eq!(query_param(&target, "domain").unwrap(), "videos.example.com");
+    assert!(query_param(&target, "error_message").is_none());
+    assert_eq!(query_param(&target, "q").unwrap(), evil);
+}
+
+/// Issues a token with `return_url`, then finds the padding that makes the
+/// return URL with all parameters exactly `length` characters long.
+async fn padded_redeem(f: &Fixture, token: &str, length: usize) -> reqwest::Response {
+    // A first redeem with an empty pad measures the rest of the URL; the
+    // token secret and ids have fixed lengths, so only the pad varies.
+    let probe = f.redeem(token, b"p", &[("pad", "")]).await;
+    let base = match probe.status().as_u16() {
+        303 => probe.headers()["location"].to_str().unwrap().len(),
+        status => panic!("probe answered {status}"),
+    };
+    f.redeem(token, b"p", &[("pad", &"a".repeat(length - base))]).await
+}
+
+#[tokio::test]
+async fn urls_under_1500_characters_redirect_and_longer_ones_post_a_form() {
+    let f = Fixture::new().await;
+    let token = f.token(&[("return_url", "http://www.example.com/done?theme=green"), ("max_uploads", "6")]).await;
+    let response = padded_redeem(&f, &token, 1499).await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"].len(), 1499);
+    for length in [1500, 1501] {
+        let response = padded_redeem(&f, &token, length).await;
+        assert_eq!(response.status(), 200, "length {length}");
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        let csp = response.headers()["content-security-policy"].to_str().unwrap().to_owned();
+        assert!(csp.contains("form-action http://www.example.com"), "{csp}");
+        let html = response.text().await.unwrap();
+        assert!(html.contains("<form id=\"return\" method=\"post\" action=\"http://www.example.com/done?theme=green\">"), "{html}");
+        for name in ["domain", "replace_token", "photo_id", "tree_id", "token", "pad"] {
+            assert!(html.contains(&format!("name=\"{name}\"")), "{name}");
+        }
+        assert!(html.contains("<button type=\"submit\">"), "a visible button for browsers without scripts");
+    }
+}
+
+/// A fixture whose callbacks may reach the loopback site.
+async fn background_fixture() -> (Fixture, Site) {
+    let site = Site::start().await;
+    let f = Fixture::with(|c| c.callback.allowed_hosts = vec!["127.0.0.1".into()]).await;
+    (f, site)
+}
+
+#[tokio::test]
+async fn background_mode_calls_the_site_and_answers_in_plain_text() {
+    let (f, site) = background_fixture().await;
+    let return_url = site.url("/cb?theme=green");
+    let token = f.token(&[("return_url", &return_url), ("background_return_p", "1")]).await;
+    let response = f.redeem(&token, b"flash upload", &[("session", "abc")]).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let answer = response.text().await.unwrap();
+    let photo = f.photo().await;
+    let calls = site.requests();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.method, "GET");
+    assert_eq!(call.param("photo_id").unwrap(), f.photo_id);
+    assert_eq!(call.param("token").unwrap(), photo.token.as_str());
+    assert_eq!(call.param("session").as_deref(), Some("abc"));
+    assert_eq!(call.param("theme").as_deref(), Some("green"));
+    let callback_url = format!("http://{}{}", site.address, call.target);
+    assert_eq!(answer, format!("ok videos.example.com 1 {} {} {callback_url}\n", f.photo_id, photo.token.as_str()));
+}
+
+#[tokio::test]
+async fn background_callbacks_are_get_under_1500_characters_and_post_from_1500() {
+    let (f, site) = background_fixture().await;
+    let token = f.token(&[("return_url", &site.url("/cb")), ("background_return_p", "1"), ("max_uploads", "6")]).await;
+    // Measure the GET URL with an empty pad, as the site received it.
+    let answer = f.redeem(&token, b"p", &[("pad", "")]).await.text().await.unwrap();
+    assert!(answer.starts_with("ok "), "{answer}");
+    let base = format!("http://{}{}", site.address, site.requests()[0].target).len();
+    for (length, method) in [(1499, "GET"), (1500, "POST"), (1501, "POST")] {
+        let answer = f.redeem(&token, b"p", &[("pad", &"a".repeat(length - base))]).await.text().await.unwrap();
+        assert!(answer.starts_with("ok "), "{answer}");
+        let call = site.requests().pop().unwrap();
+        assert_eq!(call.method, method, "length {length}");
+        assert_eq!(call.param("pad").unwrap().len(), length - base);
+        if method == "GET" {
+            assert_eq!(format!("http://{}{}", site.address, call.target).len(), length);
+        } else {
+            assert_eq!(call.target, "/cb");
+            assert_eq!(call.param("photo_id").unwrap(), f.photo_id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn background_callbacks_to_loopback_are_refused_without_an_allow_list() {
+    let site = Site::start().await;
+    let f = Fixture::new().await;
+    let token = f.token(&[("return_url", &site.url("/cb")), ("background_return_p", "1")]).await;
+    let answer = f.redeem(&token, b"abc", &[]).await.text().await.unwrap();
+    assert!(answer.starts_with("error "), "{answer}");
+    assert!(answer.contains("not allowed"), "{answer}");
+    assert!(site.requests().is_empty(), "no connection reached the site");
+}
+
+#[tokio::test]
+async fn a_signed_replace_stores_a_new_version_wherever_photo_id_comes() {
+    let f = Fixture::new().await;
+    let writer = f.app.writer.clone();
+    let file = || Part::bytes(b"replaced by the server".to_vec()).file_name("r.jpg");
+    // photo_id as a field after the file (spooled), then before it.
+    let form = Form::new().part("file", file()).text("photo_id", f.photo_id.clone());
+    let body = text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await;
+    assert_eq!(xml_attribute(&body, "message").as_deref(), Some("The photo was successfully replaced"), "{body}");
+    assert_eq!(xml_field(&body, "photo_id").unwrap(), f.photo_id);
+    let form = Form::new().text("photo_id", f.photo_id.clone()).part("file", file());
+    assert_ok(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await);
+    assert_eq!(f.photo().await.versions.len(), 3);
+}
+
+#[tokio::test]
+async fn a_replace_of_an_unknown_photo_stores_nothing() {
+    let f = Fixture::new().await;
+    let writer = f.app.writer.clone();
+    let form = Form::new().text("photo_id", "999").part("file", Part::bytes(vec![1; 1000]).file_name("r.jpg"));
+    assert_error(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await, "no_such_photo");
+    let form = Form::new().part("file", Part::bytes(vec![1; 1000]).file_name("r.jpg"));
+    assert_error(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await, "invalid_input");
+    assert_eq!(f.stored_files(), 1);
+    let form = Form::new().text("photo_id", f.photo_id.clone()).part("file", Part::bytes(vec![1; 10]).file_name("r.jpg"));
+    let unsigned = f.app.http.post(f.app.url("/api/photo/replace")).multipart(form);
+    assert_error(&text(unsigned).await, "permission_denied");
+}
+
+#[tokio::test]
+async fn a_part_header_block_without_end_is_refused_at_its_limit() {
+    let f = Fixture::with(|c| c.limits.max_part_header_bytes = 1024).await;
+    let token = f.token(&[]).await;
+    let mut body = format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n").into_bytes();
+    body.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Endless: ");
+    body.extend(vec![b'e'; 200_000]);
+    let response = f
+        .app
+        .http
+        .post(f.app.url(REDEEM))
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let answer = response.text().await.unwrap();
+    assert!(answer.contains("1024"), "{answer}");
+    assert_eq!(f.uploads_used(&token).await, 0);
+}
+
+#[tokio::test]
+async fn a_stalled_body_times_out_and_gives_the_slot_back() {
+    let f = Fixture::with(|c| c.server.body_idle_timeout_secs = 1).await;
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let address = f.app.running.as_ref().unwrap().address;
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST {REDEEM} HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let part = format!(
+        "--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s\"\r\n\r\nsome bytes"
+    );
+    socket.write_all(part.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut socket, &mut answer))
+        .await
+        .expect("answered after the idle timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(answer.contains("error_message="), "{answer}");
+    assert_eq!(f.uploads_used(&token).await, 0);
+    assert_eq!(f.stored_files(), 1);
+}
