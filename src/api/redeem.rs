@@ -216,8 +216,13 @@ async fn redeem(state: &Arc<AppState>, request: Request<Incoming>) -> Response<B
         }
         Err(ReceiveError::Upload(e)) => {
             give_back(state, &permit).await;
-            let gone = matches!(e, UploadError::Interrupted(_));
             tracing::info!(error = %e, "redeem upload failed; slot given back");
+            // A body that breaks the multipart rules or the limits on its
+            // fields is the client's bug, not an upload outcome for the site.
+            if let UploadError::Malformed(_) | UploadError::TooLarge(_) = e {
+                return text(StatusCode::BAD_REQUEST, format!("The upload could not be read: {e}.\n"));
+            }
+            let gone = matches!(e, UploadError::Interrupted(_));
             (Outcome::Failed { error_message: failure_message(&e) }, Vec::new(), gone)
         }
         Err(ReceiveError::Refused(_)) => unreachable!("a gate that opened does not refuse"),

@@ -44,9 +44,13 @@ pub enum UploadError {
     /// The body is not valid multipart, or a field breaks a rule.
     #[error("{0}")]
     Malformed(String),
-    /// A size or count limit was crossed; the rest of the body is not read.
+    /// A limit on the fields, part headers or preamble was crossed; the
+    /// rest of the body is not read.
     #[error("{0}")]
     TooLarge(String),
+    /// The file is over its limit; the rest of the body is not read.
+    #[error("the file exceeds the limit of {0} bytes")]
+    FileTooLarge(u64),
     /// The client stopped sending (idle timeout) or went away.
     #[error("the upload was interrupted: {0}")]
     Interrupted(String),
@@ -338,7 +342,7 @@ fn classify_multer(error: &multer::Error) -> UploadError {
         multer::Error::FieldSizeExceeded { limit, field_name } => {
             let name = field_name.as_deref().unwrap_or_default();
             if name == FILE_FIELD {
-                UploadError::TooLarge(format!("the file exceeds the limit of {limit} bytes"))
+                UploadError::FileTooLarge(*limit)
             } else {
                 UploadError::TooLarge(format!("field {name:?} exceeds the limit of {limit} bytes"))
             }

@@ -61,7 +61,8 @@ impl Fixture {
         for (name, value) in extras {
             form = form.text(name.to_string(), value.to_string());
         }
-        form = form.part("file", Part::bytes(file.to_vec()).file_name("new.jpg").mime_str("image/jpeg").unwrap());
+        form = form
+            .part("file", Part::bytes(file.to_vec()).file_name("new.jpg").mime_str("image/jpeg").unwrap());
         self.app.http.post(self.app.url(REDEEM)).multipart(form).send().await.unwrap()
     }
 }
@@ -95,7 +96,8 @@ async fn a_redeem_stores_a_new_version_and_redirects_with_the_success_parameters
         ("color", "blue"),
     ];
     let got: Vec<(String, String)> = target.query_pairs().into_owned().collect();
-    let expected: Vec<(String, String)> = expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let expected: Vec<(String, String)> =
+        expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     assert_eq!(got, expected);
     assert_eq!(photo.versions.len(), 2);
     assert_eq!(photo.current_version().number, 2);
@@ -201,7 +203,8 @@ async fn a_request_that_is_not_multipart_is_415() {
 #[tokio::test]
 async fn resumable_js_chunk_probes_are_told_to_send() {
     let f = Fixture::new().await;
-    let probe = f.app.http.get(f.app.url("/api/photo/redeem-replace-token?resumableChunkNumber=1")).send().await;
+    let probe =
+        f.app.http.get(f.app.url("/api/photo/redeem-replace-token?resumableChunkNumber=1")).send().await;
     assert_eq!(probe.unwrap().status(), 204);
 }
 
@@ -240,13 +243,15 @@ async fn a_hundred_concurrent_redeems_of_a_three_upload_token_store_exactly_thre
     let attempts = (0..100).map(|i| {
         let (http, url, token) = (f.app.http.clone(), f.app.url(REDEEM), token.clone());
         tokio::spawn(async move {
-            let form = Form::new()
-                .text("replace_token", token)
-                .part("file", Part::bytes(format!("concurrent upload {i}").repeat(500).into_bytes()).file_name("c.jpg"));
+            let form = Form::new().text("replace_token", token).part(
+                "file",
+                Part::bytes(format!("concurrent upload {i}").repeat(500).into_bytes()).file_name("c.jpg"),
+            );
             http.post(url).multipart(form).send().await.unwrap().status().as_u16()
         })
     });
-    let statuses: Vec<u16> = futures_util::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
+    let statuses: Vec<u16> =
+        futures_util::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
     let successes = statuses.iter().filter(|s| **s == 303).count();
     let refused = statuses.iter().filter(|s| **s == 404).count();
     assert_eq!((successes, refused), (3, 97), "{statuses:?}");
@@ -264,7 +269,9 @@ async fn a_client_that_disconnects_mid_body_gets_its_slot_back_and_leaves_no_par
     let head = format!(
         "POST {REDEEM} HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: 10000000\r\n\r\n"
     );
-    let mut body = format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n").into_bytes();
+    let mut body =
+        format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n")
+            .into_bytes();
     body.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"half.bin\"\r\n\r\n");
     body.extend(vec![b'h'; 5_000_000]);
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
@@ -294,7 +301,13 @@ async fn extra_parameters_cannot_override_the_receivers_and_are_encoded() {
     let f = Fixture::new().await;
     let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
     let evil = "x\r\nSet-Cookie: a=b\"<script>";
-    let extras = [("photo_id", "666"), ("token", "forged"), ("domain", "evil.example"), ("error_message", "no"), ("q", evil)];
+    let extras = [
+        ("photo_id", "666"),
+        ("token", "forged"),
+        ("domain", "evil.example"),
+        ("error_message", "no"),
+        ("q", evil),
+    ];
     let response = f.redeem(&token, b"abc", &extras).await;
     let raw = response.headers()["location"].to_str().unwrap().to_owned();
     assert!(!raw.contains('\r') && !raw.contains('\n') && !raw.contains('"') && !raw.contains('<'), "{raw}");
@@ -325,7 +338,8 @@ async fn padded_redeem(f: &Fixture, token: &str, length: usize) -> reqwest::Resp
 #[tokio::test]
 async fn urls_under_1500_characters_redirect_and_longer_ones_post_a_form() {
     let f = Fixture::new().await;
-    let token = f.token(&[("return_url", "http://www.example.com/done?theme=green"), ("max_uploads", "6")]).await;
+    let token =
+        f.token(&[("return_url", "http://www.example.com/done?theme=green"), ("max_uploads", "6")]).await;
     let response = padded_redeem(&f, &token, 1499).await;
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"].len(), 1499);
@@ -336,7 +350,12 @@ async fn urls_under_1500_characters_redirect_and_longer_ones_post_a_form() {
         let csp = response.headers()["content-security-policy"].to_str().unwrap().to_owned();
         assert!(csp.contains("form-action http://www.example.com"), "{csp}");
         let html = response.text().await.unwrap();
-        assert!(html.contains("<form id=\"return\" method=\"post\" action=\"http://www.example.com/done?theme=green\">"), "{html}");
+        assert!(
+            html.contains(
+                "<form id=\"return\" method=\"post\" action=\"http://www.example.com/done?theme=green\">"
+            ),
+            "{html}"
+        );
         for name in ["domain", "replace_token", "photo_id", "tree_id", "token", "pad"] {
             assert!(html.contains(&format!("name=\"{name}\"")), "{name}");
         }
@@ -370,19 +389,25 @@ async fn background_mode_calls_the_site_and_answers_in_plain_text() {
     assert_eq!(call.param("session").as_deref(), Some("abc"));
     assert_eq!(call.param("theme").as_deref(), Some("green"));
     let callback_url = format!("http://{}{}", site.address, call.target);
-    assert_eq!(answer, format!("ok videos.example.com 1 {} {} {callback_url}\n", f.photo_id, photo.token.as_str()));
+    assert_eq!(
+        answer,
+        format!("ok videos.example.com 1 {} {} {callback_url}\n", f.photo_id, photo.token.as_str())
+    );
 }
 
 #[tokio::test]
 async fn background_callbacks_are_get_under_1500_characters_and_post_from_1500() {
     let (f, site) = background_fixture().await;
-    let token = f.token(&[("return_url", &site.url("/cb")), ("background_return_p", "1"), ("max_uploads", "6")]).await;
+    let token = f
+        .token(&[("return_url", &site.url("/cb")), ("background_return_p", "1"), ("max_uploads", "6")])
+        .await;
     // Measure the GET URL with an empty pad, as the site received it.
     let answer = f.redeem(&token, b"p", &[("pad", "")]).await.text().await.unwrap();
     assert!(answer.starts_with("ok "), "{answer}");
     let base = format!("http://{}{}", site.address, site.requests()[0].target).len();
     for (length, method) in [(1499, "GET"), (1500, "POST"), (1501, "POST")] {
-        let answer = f.redeem(&token, b"p", &[("pad", &"a".repeat(length - base))]).await.text().await.unwrap();
+        let answer =
+            f.redeem(&token, b"p", &[("pad", &"a".repeat(length - base))]).await.text().await.unwrap();
         assert!(answer.starts_with("ok "), "{answer}");
         let call = site.requests().pop().unwrap();
         assert_eq!(call.method, method, "length {length}");
@@ -415,7 +440,11 @@ async fn a_signed_replace_stores_a_new_version_wherever_photo_id_comes() {
     // photo_id as a field after the file (spooled), then before it.
     let form = Form::new().part("file", file()).text("photo_id", f.photo_id.clone());
     let body = text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await;
-    assert_eq!(xml_attribute(&body, "message").as_deref(), Some("The photo was successfully replaced"), "{body}");
+    assert_eq!(
+        xml_attribute(&body, "message").as_deref(),
+        Some("The photo was successfully replaced"),
+        "{body}"
+    );
     assert_eq!(xml_field(&body, "photo_id").unwrap(), f.photo_id);
     let form = Form::new().text("photo_id", f.photo_id.clone()).part("file", file());
     assert_ok(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await);
@@ -426,12 +455,15 @@ async fn a_signed_replace_stores_a_new_version_wherever_photo_id_comes() {
 async fn a_replace_of_an_unknown_photo_stores_nothing() {
     let f = Fixture::new().await;
     let writer = f.app.writer.clone();
-    let form = Form::new().text("photo_id", "999").part("file", Part::bytes(vec![1; 1000]).file_name("r.jpg"));
+    let form =
+        Form::new().text("photo_id", "999").part("file", Part::bytes(vec![1; 1000]).file_name("r.jpg"));
     assert_error(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await, "no_such_photo");
     let form = Form::new().part("file", Part::bytes(vec![1; 1000]).file_name("r.jpg"));
     assert_error(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await, "invalid_input");
     assert_eq!(f.stored_files(), 1);
-    let form = Form::new().text("photo_id", f.photo_id.clone()).part("file", Part::bytes(vec![1; 10]).file_name("r.jpg"));
+    let form = Form::new()
+        .text("photo_id", f.photo_id.clone())
+        .part("file", Part::bytes(vec![1; 10]).file_name("r.jpg"));
     let unsigned = f.app.http.post(f.app.url("/api/photo/replace")).multipart(form);
     assert_error(&text(unsigned).await, "permission_denied");
 }
@@ -440,7 +472,9 @@ async fn a_replace_of_an_unknown_photo_stores_nothing() {
 async fn a_part_header_block_without_end_is_refused_at_its_limit() {
     let f = Fixture::with(|c| c.limits.max_part_header_bytes = 1024).await;
     let token = f.token(&[]).await;
-    let mut body = format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n").into_bytes();
+    let mut body =
+        format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n")
+            .into_bytes();
     body.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Endless: ");
     body.extend(vec![b'e'; 200_000]);
     let response = f
@@ -474,14 +508,43 @@ async fn a_stalled_body_times_out_and_gives_the_slot_back() {
     socket.write_all(part.as_bytes()).await.unwrap();
     let started = Instant::now();
     let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut socket, &mut answer))
-        .await
-        .expect("answered after the idle timeout")
-        .unwrap();
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut socket, &mut answer))
+            .await
+            .expect("answered after the idle timeout")
+            .unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
     assert!(answer.contains("error_message="), "{answer}");
     assert_eq!(f.uploads_used(&token).await, 0);
     assert_eq!(f.stored_files(), 1);
+}
+
+#[tokio::test]
+async fn two_file_parts_or_a_malformed_body_are_400_with_the_slot_back() {
+    let f = Fixture::new().await;
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let form = Form::new()
+        .text("replace_token", token.clone())
+        .part("file", Part::bytes(vec![1; 5000]).file_name("a.jpg"))
+        .part("file", Part::bytes(vec![2; 5000]).file_name("b.jpg"));
+    let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
+    assert_plain_refusal(response, 400, "more than one file part").await;
+    let truncated = format!(
+        "--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t\"\r\n\r\nno closing boundary"
+    );
+    let response = f
+        .app
+        .http
+        .post(f.app.url(REDEEM))
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(truncated)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(f.uploads_used(&token).await, 0);
+    assert_eq!(f.stored_files(), 1);
+    assert_eq!(f.redeem(&token, b"fine", &[]).await.status(), 303);
 }
