@@ -548,3 +548,20 @@ async fn two_file_parts_or_a_malformed_body_are_400_with_the_slot_back() {
     assert_eq!(f.stored_files(), 1);
     assert_eq!(f.redeem(&token, b"fine", &[]).await.status(), 303);
 }
+
+#[tokio::test]
+async fn too_many_or_too_large_fields_are_400_with_the_slot_back() {
+    let f = Fixture::with(|c| {
+        c.limits.max_fields = 5;
+        c.limits.max_field_bytes = 100;
+    })
+    .await;
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let many: Vec<(String, String)> = (0..6).map(|i| (format!("f{i}"), "v".to_owned())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_plain_refusal(f.redeem(&token, b"abc", &many).await, 400, "more than 5 form fields").await;
+    let large = "x".repeat(101);
+    assert_plain_refusal(f.redeem(&token, b"abc", &[("note", &large)]).await, 400, "limit of 100 bytes").await;
+    assert_eq!(f.uploads_used(&token).await, 0);
+    assert_eq!(f.stored_files(), 1);
+}
