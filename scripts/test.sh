@@ -2,10 +2,20 @@
 # Installs what the tests need on a fresh machine, then runs them.
 #   scripts/test.sh              all tests
 #   scripts/test.sh -- NAME      extra arguments go to `cargo test`
-# Needs: cargo, python3 (with venv). Installs: a Python venv at .ci/venv with
-# requests-oauthlib (the independent OAuth client of the integration tests).
+# Needs: cargo, python3 (with venv), node >= 20 with npm. Installs: a Python venv
+# at .ci/venv with requests-oauthlib (the independent OAuth client of the
+# integration tests); Debian's chromium and tests/browser/node_modules
+# (playwright-core) for the real-browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Debian packages, refreshing the package lists once if they are stale.
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=300 install -y -q "$@" >/dev/null ||
+    { apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null &&
+      apt-get -o DPkg::Lock::Timeout=300 install -y -q "$@" >/dev/null; }
+}
 
 venv=.ci/venv
 if ! "$venv/bin/python3" -c 'import requests_oauthlib' 2>/dev/null; then
@@ -15,7 +25,24 @@ if ! "$venv/bin/python3" -c 'import requests_oauthlib' 2>/dev/null; then
 fi
 if ! ruby -roauth -e "exit 0" 2>/dev/null; then
   echo "== installing ruby and ruby-oauth (Debian packages)"
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q ruby ruby-oauth >/dev/null
+  apt_install ruby ruby-oauth
+fi
+
+# The real-browser tests (tests/api/browser.rs): Debian's Chromium, driven by
+# playwright-core from npm, which never downloads a browser of its own.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing chromium (Debian package)"
+  # Debian's /usr/bin/chromium wrapper may print a harmless "[: ...: unexpected operator".
+  apt_install chromium
+fi
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  if ! command -v npm >/dev/null; then
+    echo "npm (with node >= 20) is needed for the browser tests" >&2
+    exit 1
+  fi
+  echo "== installing playwright-core in tests/browser (npm ci)"
+  (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 
 export UPLOAD_RECEIVER_TEST_PYTHON="$PWD/$venv/bin/python3"

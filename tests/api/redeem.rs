@@ -561,7 +561,8 @@ async fn too_many_or_too_large_fields_are_400_with_the_slot_back() {
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_plain_refusal(f.redeem(&token, b"abc", &many).await, 400, "more than 5 form fields").await;
     let large = "x".repeat(101);
-    assert_plain_refusal(f.redeem(&token, b"abc", &[("note", &large)]).await, 400, "limit of 100 bytes").await;
+    assert_plain_refusal(f.redeem(&token, b"abc", &[("note", &large)]).await, 400, "limit of 100 bytes")
+        .await;
     assert_eq!(f.uploads_used(&token).await, 0);
     assert_eq!(f.stored_files(), 1);
 }

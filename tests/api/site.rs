@@ -99,7 +99,11 @@ impl Site {
     }
 }
 
-async fn respond(request: Request<hyper::body::Incoming>, log: &Mutex<Vec<Recorded>>, pages: &Mutex<Pages>) -> Response<Full<Bytes>> {
+async fn respond(
+    request: Request<hyper::body::Incoming>,
+    log: &Mutex<Vec<Recorded>>,
+    pages: &Mutex<Pages>,
+) -> Response<Full<Bytes>> {
     let method = request.method().to_string();
     let target = request.uri().to_string();
     let path = request.uri().path().to_owned();

@@ -13,7 +13,7 @@
 // (redirects included). On failure: the error, the page's URL and the
 // navigations so far on stderr, and a non-zero exit status.
 
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -32,7 +32,10 @@ const ARGS = [
 
 async function readInput() {
   if (process.argv[2] !== undefined) return JSON.parse(process.argv[2]);
-  return JSON.parse(await readFile(0, 'utf8'));
+  let text = '';
+  process.stdin.setEncoding('utf8');
+  for await (const chunk of process.stdin) text += chunk;
+  return JSON.parse(text);
 }
 
 function fail(message) {
