@@ -47,5 +47,24 @@ fi
 
 export UPLOAD_RECEIVER_TEST_PYTHON="$PWD/$venv/bin/python3"
 
-echo "== cargo test"
+# A Redis server of the tests' own on a free port (never the machine's shared
+# one), stopped when this script ends.
+command -v redis-server >/dev/null || { echo "== installing redis-server"; apt_install redis-server; }
+scratch=$(mktemp -d)
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+cleanup() {
+  [ -f "$scratch/redis.pid" ] && kill "$(cat "$scratch/redis.pid")" 2>/dev/null || true
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  --pidfile "$scratch/redis.pid" --dir "$scratch" --logfile "$scratch/redis.log"
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis-cli -p "$redis_port" ping >/dev/null || { echo "redis-server did not start" >&2; cat "$scratch/redis.log" >&2; exit 1; }
+export UPLOAD_RECEIVER_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/"
+
+echo "== cargo test (embedded default)"
 cargo test --all-targets "$@"
+echo "== the API tests again, on Redis"
+UPLOAD_RECEIVER_TEST_BACKEND=redis cargo test --test api "$@"

@@ -20,6 +20,7 @@ use crate::storage::ObjectStore;
 use crate::storage::fs::FsObjectStore;
 use crate::store::StateStore;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
 use crate::upload::MultipartLimits;
 
 /// Why the application could not start.
@@ -78,21 +79,29 @@ pub struct App {
     state: Arc<AppState>,
     listener: TcpListener,
     generated: Option<(Credential, Provenance)>,
-    embedded: Option<Arc<EmbeddedStore>>,
+    state_backend: StateBackend,
 }
 
 impl App {
     /// Opens the stores named by `config` and binds the listener.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        if config.state.redis_url.is_some() || config.storage.bucket.is_some() {
-            return Err(StartError::Unsupported(
-                "state.redis_url and storage.bucket are not supported by this build yet".into(),
-            ));
+        if config.storage.bucket.is_some() {
+            return Err(StartError::Unsupported("storage.bucket is not supported by this build yet".into()));
         }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        let embedded = Arc::new(EmbeddedStore::open(&config.data_dir).map_err(StartError::State)?);
-        let state: Arc<dyn StateStore> = embedded.clone();
+        let state_backend = match &config.state.redis_url {
+            Some(url) => {
+                let timeout = Duration::from_secs(config.state.redis_timeout_secs);
+                let store =
+                    RedisStore::new(url, &config.state.key_prefix, timeout).map_err(StartError::State)?;
+                StateBackend::Redis(Arc::new(store))
+            }
+            None => StateBackend::Embedded(Arc::new(
+                EmbeddedStore::open(&config.data_dir).map_err(StartError::State)?,
+            )),
+        };
+        let state = state_backend.store();
         let objects: Arc<dyn ObjectStore> =
             Arc::new(FsObjectStore::open(&config.data_dir.join("objects")).map_err(StartError::Objects)?);
 
@@ -126,7 +135,7 @@ impl App {
             callbacks,
             shutting_down: AtomicBool::new(false),
         });
-        Ok(App { state, listener, generated, embedded: Some(embedded) })
+        Ok(App { state, listener, generated, state_backend })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -145,7 +154,7 @@ impl App {
 
     /// Serves until `shutdown` completes, then drains (see [`crate::server`]).
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send) {
-        let maintenance = self.embedded.clone().map(|store| tokio::spawn(embedded_maintenance(store)));
+        let maintenance = Some(tokio::spawn(self.state_backend.clone().maintain()));
         let state = Arc::clone(&self.state);
         crate::server::serve(self.listener, Arc::clone(&self.state), async move {
             shutdown.await;
@@ -187,17 +196,43 @@ impl RunningApp {
     }
 }
 
-/// How often the embedded store drops expired nonces and tokens.
+/// The state store in use, for its backend-specific upkeep.
+#[derive(Clone)]
+enum StateBackend {
+    Embedded(Arc<EmbeddedStore>),
+    Redis(Arc<RedisStore>),
+}
+
+/// How often the state store's upkeep runs.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
-async fn embedded_maintenance(store: Arc<EmbeddedStore>) {
-    let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
-    loop {
-        ticks.tick().await;
-        match store.purge_expired(crate::domain::unix_now()).await {
-            Ok((0, 0)) => {}
-            Ok((nonces, tokens)) => tracing::debug!(nonces, tokens, "purged expired state"),
-            Err(e) => tracing::warn!(error = %e, "purging expired state failed"),
+impl StateBackend {
+    fn store(&self) -> Arc<dyn StateStore> {
+        match self {
+            StateBackend::Embedded(store) => store.clone(),
+            StateBackend::Redis(store) => store.clone(),
+        }
+    }
+
+    /// Runs forever: the embedded store drops expired nonces and tokens
+    /// (Redis expires its keys itself); Redis finishes commits that a crashed
+    /// instance left between their two steps.
+    async fn maintain(self) {
+        let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
+        loop {
+            ticks.tick().await;
+            match &self {
+                StateBackend::Embedded(store) => match store.purge_expired(crate::domain::unix_now()).await {
+                    Ok((0, 0)) => {}
+                    Ok((nonces, tokens)) => tracing::debug!(nonces, tokens, "purged expired state"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired state failed"),
+                },
+                StateBackend::Redis(store) => match store.complete_pending_commits().await {
+                    Ok(0) => {}
+                    Ok(finished) => tracing::warn!(finished, "finished commits left half-done by a crash"),
+                    Err(e) => tracing::warn!(error = %e, "checking for half-done commits failed"),
+                },
+            }
         }
     }
 }

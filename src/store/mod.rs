@@ -15,6 +15,7 @@
 //! `committed + live reservations <= max_uploads`, whatever the concurrency.
 
 pub mod embedded;
+pub mod redis;
 
 use std::fmt;
 

@@ -43,7 +43,25 @@ pub fn test_config(data_dir: &Path) -> Config {
         credential("writer", Permission::Write),
         credential("super", Permission::Super),
     ];
+    use_test_backend(&mut config);
     config
+}
+
+/// The backends named by `UPLOAD_RECEIVER_TEST_BACKEND`: unset or
+/// `embedded` for the embedded default, `redis` for Redis state (the server
+/// `scripts/test.sh` starts; each app gets its own key prefix).
+fn use_test_backend(config: &mut Config) {
+    match std::env::var("UPLOAD_RECEIVER_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("embedded") => {}
+        Ok("redis") => {
+            let url = std::env::var("UPLOAD_RECEIVER_TEST_REDIS_URL")
+                .expect("UPLOAD_RECEIVER_TEST_REDIS_URL is not set: run the tests with scripts/test.sh");
+            config.state.redis_url = Some(url);
+            config.state.key_prefix =
+                format!("api-{}:", hex::encode(upload_receiver::domain::random_bytes::<8>()));
+        }
+        Ok(other) => panic!("unknown UPLOAD_RECEIVER_TEST_BACKEND {other:?}"),
+    }
 }
 
 pub async fn spawn_app() -> TestApp {

@@ -1,0 +1,25 @@
+-- Reserves one upload slot, leased until ARGV[2].
+-- KEYS[1] token hash, KEYS[2] its lease set (reservation id -> lease end)
+-- ARGV[1] now, ARGV[2] lease end, ARGV[3] reservation id, ARGV[4] retention after expiry
+-- Returns {'ok', grant JSON} or {'unknown'} / {'expired'} / {'used_up'}.
+local token = redis.call('HMGET', KEYS[1], 'until', 'max', 'committed', 'grant')
+if not token[4] then
+  return {'unknown'}
+end
+local now = tonumber(ARGV[1])
+local lease_end = tonumber(ARGV[2])
+if tonumber(token[1]) <= now then
+  return {'expired'}
+end
+-- Leases that ran out belong to reservations whose holder went away.
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if tonumber(token[3]) + redis.call('ZCARD', KEYS[2]) >= tonumber(token[2]) then
+  return {'used_up'}
+end
+redis.call('ZADD', KEYS[2], lease_end, ARGV[3])
+-- Both keys live as long as the token or the longest lease, plus retention.
+-- (Never shorter than issue_token set: lease_end > now and until > now.)
+local expire_at = math.max(tonumber(token[1]), lease_end) + tonumber(ARGV[4])
+redis.call('EXPIREAT', KEYS[1], expire_at)
+redis.call('EXPIREAT', KEYS[2], expire_at)
+return {'ok', token[4]}
