@@ -18,8 +18,8 @@ apt_install() {
 }
 
 venv=.ci/venv
-if ! "$venv/bin/python3" -c 'import requests_oauthlib' 2>/dev/null; then
-  echo "== creating $venv with requests-oauthlib"
+if ! "$venv/bin/python3" -c 'import requests_oauthlib, moto' 2>/dev/null; then
+  echo "== creating $venv with requests-oauthlib and moto"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/support/requirements.txt
 fi
@@ -53,7 +53,9 @@ command -v redis-server >/dev/null || { echo "== installing redis-server"; apt_i
 scratch=$(mktemp -d)
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 cleanup() {
-  [ -f "$scratch/redis.pid" ] && kill "$(cat "$scratch/redis.pid")" 2>/dev/null || true
+  for pid in "$scratch"/*.pid; do
+    if [ -f "$pid" ]; then kill "$(cat "$pid")" 2>/dev/null || true; fi
+  done
   rm -rf "$scratch"
 }
 trap cleanup EXIT
@@ -64,7 +66,17 @@ for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break;
 redis-cli -p "$redis_port" ping >/dev/null || { echo "redis-server did not start" >&2; cat "$scratch/redis.log" >&2; exit 1; }
 export UPLOAD_RECEIVER_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/"
 
+# An S3-compatible server (moto, in the venv above) on a free port; tests
+# create a bucket each. Credentials come through the standard AWS chain.
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+s3_port=$(free_port)
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"$scratch/moto.log" 2>&1 &
+echo $! >"$scratch/moto.pid"
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$s3_port/" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$s3_port/" >/dev/null || { echo "moto_server did not start" >&2; cat "$scratch/moto.log" >&2; exit 1; }
+export UPLOAD_RECEIVER_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+
 echo "== cargo test (embedded default)"
 cargo test --all-targets "$@"
-echo "== the API tests again, on Redis"
-UPLOAD_RECEIVER_TEST_BACKEND=redis cargo test --test api "$@"
+echo "== the API tests again, on Redis + S3"
+UPLOAD_RECEIVER_TEST_BACKEND=redis-s3 cargo test --test api "$@"

@@ -18,6 +18,7 @@ use crate::callback::BackgroundCaller;
 use crate::config::Config;
 use crate::storage::ObjectStore;
 use crate::storage::fs::FsObjectStore;
+use crate::storage::s3::S3ObjectStore;
 use crate::store::StateStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
@@ -31,13 +32,11 @@ pub enum StartError {
     #[error("cannot open the state store: {0}")]
     State(crate::store::StoreError),
     #[error("cannot open the object store: {0}")]
-    Objects(std::io::Error),
+    Objects(String),
     #[error("cannot read or create the generated credentials: {0}")]
     Credentials(std::io::Error),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -80,14 +79,13 @@ pub struct App {
     listener: TcpListener,
     generated: Option<(Credential, Provenance)>,
     state_backend: StateBackend,
+    /// The S3 store, when in use, for its sweep of orphaned uploads.
+    s3: Option<Arc<S3ObjectStore>>,
 }
 
 impl App {
     /// Opens the stores named by `config` and binds the listener.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        if config.storage.bucket.is_some() {
-            return Err(StartError::Unsupported("storage.bucket is not supported by this build yet".into()));
-        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let state_backend = match &config.state.redis_url {
@@ -102,8 +100,19 @@ impl App {
             )),
         };
         let state = state_backend.store();
-        let objects: Arc<dyn ObjectStore> =
-            Arc::new(FsObjectStore::open(&config.data_dir.join("objects")).map_err(StartError::Objects)?);
+        let s3 = match config.storage.bucket {
+            Some(_) => Some(Arc::new(
+                S3ObjectStore::new(&config.storage).await.map_err(|e| StartError::Objects(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let objects: Arc<dyn ObjectStore> = match &s3 {
+            Some(s3) => s3.clone(),
+            None => Arc::new(
+                FsObjectStore::open(&config.data_dir.join("objects"))
+                    .map_err(|e| StartError::Objects(e.to_string()))?,
+            ),
+        };
 
         let mut configured = config.credentials.clone();
         let generated = if configured.is_empty() {
@@ -135,7 +144,7 @@ impl App {
             callbacks,
             shutting_down: AtomicBool::new(false),
         });
-        Ok(App { state, listener, generated, state_backend })
+        Ok(App { state, listener, generated, state_backend, s3 })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -154,14 +163,20 @@ impl App {
 
     /// Serves until `shutdown` completes, then drains (see [`crate::server`]).
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send) {
-        let maintenance = Some(tokio::spawn(self.state_backend.clone().maintain()));
+        let mut upkeep = vec![tokio::spawn(self.state_backend.clone().maintain())];
+        if let Some(s3) = self.s3.clone() {
+            let storage = &self.state.config.storage;
+            let every = Duration::from_secs(storage.sweep_interval_secs);
+            let min_age = Duration::from_secs(storage.sweep_min_age_secs);
+            upkeep.push(tokio::spawn(sweep_orphans(s3, every, min_age)));
+        }
         let state = Arc::clone(&self.state);
         crate::server::serve(self.listener, Arc::clone(&self.state), async move {
             shutdown.await;
             state.shutting_down.store(true, Ordering::Relaxed);
         })
         .await;
-        if let Some(task) = maintenance {
+        for task in upkeep {
             task.abort();
             // Awaiting the aborted task drops its handle on the store now.
             let _ = task.await;
@@ -193,6 +208,20 @@ impl RunningApp {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+/// Aborts, every `every`, the multipart uploads older than `min_age` that a
+/// crashed instance left open.
+async fn sweep_orphans(s3: Arc<S3ObjectStore>, every: Duration, min_age: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        match s3.sweep(min_age).await {
+            Ok(0) => {}
+            Ok(aborted) => tracing::warn!(aborted, "aborted orphaned multipart uploads"),
+            Err(e) => tracing::warn!(error = %e, "sweeping orphaned multipart uploads failed"),
+        }
     }
 }
 

@@ -196,6 +196,9 @@ pub struct StorageConfig {
     pub force_path_style: bool,
     pub timeout_secs: u64,
     pub part_size: u64,
+    /// Parts of one file uploaded concurrently; memory per upload is about
+    /// `part_size × (parts_in_flight + 1)`.
+    pub parts_in_flight: usize,
     pub sweep_interval_secs: u64,
     pub sweep_min_age_secs: u64,
 }
@@ -209,6 +212,7 @@ impl Default for StorageConfig {
             force_path_style: false,
             timeout_secs: 60,
             part_size: 8 * MIB,
+            parts_in_flight: 4,
             sweep_interval_secs: 3600,
             sweep_min_age_secs: 86400,
         }
@@ -364,6 +368,12 @@ impl Config {
         }
         if self.callback.max_return_url_bytes < 16 {
             return Err(ConfigError::key("callback.max_return_url_bytes", "must be at least 16"));
+        }
+        if self.storage.parts_in_flight == 0 {
+            return Err(ConfigError::key("storage.parts_in_flight", "must be at least 1"));
+        }
+        if self.storage.sweep_interval_secs == 0 {
+            return Err(ConfigError::key("storage.sweep_interval_secs", "must be at least 1"));
         }
         if self.server.max_connections == 0 {
             return Err(ConfigError::key("server.max_connections", "must be at least 1"));

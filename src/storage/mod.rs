@@ -8,6 +8,7 @@
 //! removed, an S3 store aborts its multipart upload.
 
 pub mod fs;
+pub mod s3;
 
 use std::fmt;
 use std::pin::Pin;

@@ -222,22 +222,6 @@ async fn an_unsigned_or_badly_signed_upload_stores_nothing() {
     wrong.access_token_secret = upload_receiver::auth::Secret::new("nope");
     let body = text(app.signed_multipart(&wrong, "/api/photo/upload", form())).await;
     assert_error(&body, "invalid_signature");
-    let stored = walk_files(&app.data_dir().join("objects"));
+    let stored = app.stored_objects().await;
     assert!(stored.is_empty(), "nothing stored: {stored:?}");
-}
-
-/// Every regular file under `dir`, recursively.
-pub fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                found.extend(walk_files(&path));
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
 }

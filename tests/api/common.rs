@@ -11,6 +11,8 @@ use upload_receiver::RunningApp;
 use upload_receiver::auth::{Credential, Permission, Secret};
 use upload_receiver::config::Config;
 
+use crate::servers;
+
 /// A running receiver with a temporary data directory.
 pub struct TestApp {
     pub base_url: String,
@@ -48,17 +50,18 @@ pub fn test_config(data_dir: &Path) -> Config {
 }
 
 /// The backends named by `UPLOAD_RECEIVER_TEST_BACKEND`: unset or
-/// `embedded` for the embedded default, `redis` for Redis state (the server
-/// `scripts/test.sh` starts; each app gets its own key prefix).
+/// `embedded` for the embedded default; `redis-s3` for Redis state and S3
+/// storage on the servers `scripts/test.sh` starts (each app gets its own
+/// key prefix and bucket).
 fn use_test_backend(config: &mut Config) {
     match std::env::var("UPLOAD_RECEIVER_TEST_BACKEND").as_deref() {
         Err(_) | Ok("embedded") => {}
-        Ok("redis") => {
-            let url = std::env::var("UPLOAD_RECEIVER_TEST_REDIS_URL")
-                .expect("UPLOAD_RECEIVER_TEST_REDIS_URL is not set: run the tests with scripts/test.sh");
-            config.state.redis_url = Some(url);
-            config.state.key_prefix =
-                format!("api-{}:", hex::encode(upload_receiver::domain::random_bytes::<8>()));
+        Ok("redis-s3") => {
+            config.state.redis_url = Some(servers::redis_url());
+            config.state.key_prefix = servers::unique_prefix();
+            config.storage.endpoint = Some(servers::s3_endpoint());
+            config.storage.force_path_style = true;
+            config.storage.bucket = Some(servers::unique_bucket());
         }
         Ok(other) => panic!("unknown UPLOAD_RECEIVER_TEST_BACKEND {other:?}"),
     }
@@ -77,6 +80,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 async fn start(config: Config, data_dir: std::sync::Arc<tempfile::TempDir>) -> TestApp {
+    if let Some(bucket) = &config.storage.bucket {
+        servers::create_bucket(bucket).await;
+    }
     let app = App::build(config.clone()).await.expect("the app builds");
     let writer = config
         .credentials
@@ -280,6 +286,24 @@ impl TestApp {
         start(config, self.data_dir).await
     }
 
+    /// Every object the app's object store holds (files under the data
+    /// directory, or keys in the bucket), and any S3 multipart upload left
+    /// open, so tests can check that nothing partial remains.
+    pub async fn stored_objects(&self) -> Vec<String> {
+        match &self.config.storage.bucket {
+            Some(bucket) => {
+                let mut found = servers::s3_keys(bucket).await;
+                found.extend(
+                    servers::s3_open_uploads(bucket).await.into_iter().map(|k| format!("open upload {k}")),
+                );
+                found
+            }
+            None => {
+                walk_files(&self.data_dir().join("objects")).iter().map(|p| p.display().to_string()).collect()
+            }
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
@@ -292,6 +316,20 @@ pub async fn text(request: reqwest::RequestBuilder) -> String {
     let response = request.send().await.expect("the request is answered");
     assert_eq!(response.status(), 200, "API answers are HTTP 200");
     response.text().await.expect("a text body")
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk_files(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
 }
 
 /// `OAuth a="1",b="2"` → `a=1&b=2` (values stay percent-encoded).

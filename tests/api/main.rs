@@ -2,6 +2,8 @@
 //! its own data directory, called by independent clients.
 
 mod common;
+#[path = "../support/servers.rs"]
+mod servers;
 
 mod authentication;
 mod browser;

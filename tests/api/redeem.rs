@@ -10,7 +10,6 @@ use tokio::io::AsyncWriteExt;
 use upload_receiver::domain::{PhotoId, ReplaceToken, unix_now as now};
 use upload_receiver::store::TokenGrant;
 
-use crate::authentication::walk_files;
 use crate::common::*;
 use crate::site::Site;
 
@@ -51,8 +50,8 @@ impl Fixture {
         self.app.running.as_ref().unwrap().state.state.token(&token).await.unwrap().unwrap().1
     }
 
-    fn stored_files(&self) -> usize {
-        walk_files(&self.app.data_dir().join("objects")).len()
+    async fn stored_files(&self) -> usize {
+        self.app.stored_objects().await.len()
     }
 
     /// Posts a redeem form: `replace_token` first, then the extras, then `file`.
@@ -168,7 +167,7 @@ async fn unknown_expired_and_used_up_tokens_get_plain_text_that_stops_resumable_
     assert_eq!(f.redeem(&once, b"x", &[]).await.status(), 303);
     assert_plain_refusal(f.redeem(&once, b"y", &[]).await, 404, "no uploads left").await;
     assert_eq!(f.photo().await.versions.len(), 2, "only the one allowed upload landed");
-    assert_eq!(f.stored_files(), 2);
+    assert_eq!(f.stored_files().await, 2);
 }
 
 #[tokio::test]
@@ -189,7 +188,7 @@ async fn a_missing_or_repeated_token_is_400_and_uses_no_slot() {
     let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
     assert_plain_refusal(response, 400, "more than once").await;
     assert_eq!(f.uploads_used(&token).await, 0);
-    assert_eq!(f.stored_files(), 1, "only the original upload is stored");
+    assert_eq!(f.stored_files().await, 1, "only the original upload is stored");
     assert_eq!(f.redeem(&token, b"now properly", &[]).await.status(), 200, "the slot is still there");
 }
 
@@ -231,7 +230,7 @@ async fn a_file_over_the_limit_fails_with_the_slot_back_and_the_old_version_unto
     assert!(message.contains("100000"), "{message}");
     let photo = f.photo().await;
     assert_eq!((photo.versions.len(), photo.current_version().file.size), (1, 11));
-    assert_eq!(f.stored_files(), 1, "no partial object");
+    assert_eq!(f.stored_files().await, 1, "no partial object");
     assert_eq!(f.uploads_used(&token).await, 0);
     assert_eq!(f.redeem(&token, &vec![7u8; 100_000], &[]).await.status(), 303);
 }
@@ -257,7 +256,7 @@ async fn a_hundred_concurrent_redeems_of_a_three_upload_token_store_exactly_thre
     assert_eq!((successes, refused), (3, 97), "{statuses:?}");
     let photo = f.photo().await;
     assert_eq!(photo.versions.len(), 4, "the original and exactly three replacements");
-    assert_eq!(f.stored_files(), 4);
+    assert_eq!(f.stored_files().await, 4);
     assert_eq!(f.uploads_used(&token).await, 3);
 }
 
@@ -293,7 +292,7 @@ async fn a_client_that_disconnects_mid_body_gets_its_slot_back_and_leaves_no_par
     let photo = f.photo().await;
     assert_eq!(photo.versions.len(), 2);
     assert_eq!(photo.current_version().file.size, 15);
-    assert_eq!(f.stored_files(), 2, "no partial object: {:?}", walk_files(&f.app.data_dir().join("objects")));
+    assert_eq!(f.stored_files().await, 2, "no partial object: {:?}", f.app.stored_objects().await);
 }
 
 #[tokio::test]
@@ -460,7 +459,7 @@ async fn a_replace_of_an_unknown_photo_stores_nothing() {
     assert_error(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await, "no_such_photo");
     let form = Form::new().part("file", Part::bytes(vec![1; 1000]).file_name("r.jpg"));
     assert_error(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await, "invalid_input");
-    assert_eq!(f.stored_files(), 1);
+    assert_eq!(f.stored_files().await, 1);
     let form = Form::new()
         .text("photo_id", f.photo_id.clone())
         .part("file", Part::bytes(vec![1; 10]).file_name("r.jpg"));
@@ -518,7 +517,7 @@ async fn a_stalled_body_times_out_and_gives_the_slot_back() {
     assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
     assert!(answer.contains("error_message="), "{answer}");
     assert_eq!(f.uploads_used(&token).await, 0);
-    assert_eq!(f.stored_files(), 1);
+    assert_eq!(f.stored_files().await, 1);
 }
 
 #[tokio::test]
@@ -545,7 +544,7 @@ async fn two_file_parts_or_a_malformed_body_are_400_with_the_slot_back() {
         .unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(f.uploads_used(&token).await, 0);
-    assert_eq!(f.stored_files(), 1);
+    assert_eq!(f.stored_files().await, 1);
     assert_eq!(f.redeem(&token, b"fine", &[]).await.status(), 303);
 }
 
@@ -564,5 +563,5 @@ async fn too_many_or_too_large_fields_are_400_with_the_slot_back() {
     assert_plain_refusal(f.redeem(&token, b"abc", &[("note", &large)]).await, 400, "limit of 100 bytes")
         .await;
     assert_eq!(f.uploads_used(&token).await, 0);
-    assert_eq!(f.stored_files(), 1);
+    assert_eq!(f.stored_files().await, 1);
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
+use crate::servers;
 
 #[tokio::test]
 async fn health_and_readiness_answer_200() {
@@ -20,11 +21,20 @@ async fn health_and_readiness_answer_200() {
 }
 
 #[tokio::test]
-async fn readiness_fails_when_the_object_store_is_not_writable() {
+async fn readiness_fails_when_the_object_store_is_unusable() {
     let app = spawn_app().await;
-    let objects = app.data_dir().join("objects");
-    std::fs::remove_dir_all(&objects).unwrap();
-    std::fs::write(&objects, b"not a directory").unwrap();
+    match &app.config.storage.bucket {
+        // The bucket disappears.
+        Some(bucket) => {
+            servers::s3_client().await.delete_bucket().bucket(bucket).send().await.unwrap();
+        }
+        // The directory becomes a file.
+        None => {
+            let objects = app.data_dir().join("objects");
+            std::fs::remove_dir_all(&objects).unwrap();
+            std::fs::write(&objects, b"not a directory").unwrap();
+        }
+    }
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("object store"));

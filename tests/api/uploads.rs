@@ -9,7 +9,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use upload_receiver::domain::PhotoId;
 use upload_receiver::storage::ObjectKey;
 
-use crate::authentication::walk_files;
 use crate::common::*;
 
 const PATH: &str = "/api/photo/upload";
@@ -114,7 +113,7 @@ async fn two_file_parts_are_refused_and_leave_nothing_behind() {
     let body = text(app.signed_multipart(&writer, PATH, form)).await;
     let message = assert_error(&body, "invalid_input");
     assert!(message.contains("more than one file"), "{message}");
-    assert!(walk_files(&app.data_dir().join("objects")).is_empty());
+    assert!(app.stored_objects().await.is_empty());
 }
 
 #[tokio::test]
@@ -125,7 +124,7 @@ async fn a_file_over_the_limit_is_refused_and_nothing_is_kept() {
     let body = text(app.signed_multipart(&writer, PATH, form)).await;
     let message = assert_error(&body, "invalid_input");
     assert!(message.contains("1048576"), "{message}");
-    assert!(walk_files(&app.data_dir().join("objects")).is_empty());
+    assert!(app.stored_objects().await.is_empty());
     // Exactly at the limit is accepted.
     app.upload_photo(vec![0u8; 1024 * 1024]).await;
 }
@@ -176,7 +175,7 @@ async fn an_oversized_upload_is_refused_without_reading_the_rest_of_the_body() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("code=\"invalid_input\""), "{answer}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
-    assert!(walk_files(&app.data_dir().join("objects")).is_empty());
+    assert!(app.stored_objects().await.is_empty());
 }
 
 #[tokio::test]
@@ -229,5 +228,5 @@ async fn a_malformed_multipart_body_is_invalid_input_and_stores_nothing() {
         .await;
         assert_error(&text, "invalid_input");
     }
-    assert!(walk_files(&app.data_dir().join("objects")).is_empty());
+    assert!(app.stored_objects().await.is_empty());
 }

@@ -3,5 +3,8 @@
 //! `ObjectStore`. The servers are real, started by `scripts/test.sh`; a
 //! missing one fails the tests that need it.
 
+#[path = "../support/servers.rs"]
 mod servers;
+
+mod objects;
 mod state;

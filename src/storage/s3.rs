@@ -1,0 +1,330 @@
+//! The S3 [`ObjectStore`] (AWS or any S3-compatible server).
+//!
+//! A file smaller than one part is sent with a single PutObject; a larger one
+//! as a multipart upload of `part_size` parts, at most `parts_in_flight` of
+//! them on the wire at once, so memory per upload stays near
+//! `part_size × (parts_in_flight + 1)` whatever the file size. Each part (or
+//! the single object) carries its SHA-256 as its S3 checksum, so S3 checks
+//! what it received.
+//!
+//! When a `put` fails or is dropped mid-stream (the client went away), the
+//! multipart upload is aborted. Uploads orphaned by a crashed process are
+//! aborted by [`S3ObjectStore::sweep`], which the application runs
+//! periodically.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream as S3Body;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
+
+use super::{ByteStream, Digesting, ObjectKey, ObjectStore, StorageError, StoredObject};
+use crate::config::StorageConfig;
+
+/// Every key the receiver writes starts with this (see [`ObjectKey`]).
+const KEY_SPACE: &str = "media/";
+
+fn backend(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
+/// The SDK error with its cause chain, for logs (its `Display` is terse).
+fn sdk_error<E: std::error::Error>(e: E) -> StorageError {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    StorageError::Backend(message)
+}
+
+fn sha256_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(bytes))
+}
+
+/// Objects in one S3 bucket.
+pub struct S3ObjectStore {
+    client: Client,
+    bucket: String,
+    part_size: usize,
+    parts_in_flight: usize,
+}
+
+impl S3ObjectStore {
+    /// A store for `config.bucket`, with credentials from the standard AWS
+    /// chain and every call bounded by `config.timeout_secs`.
+    pub async fn new(config: &StorageConfig) -> Result<Self, StorageError> {
+        let bucket = config.bucket.clone().ok_or_else(|| backend("storage.bucket is not set"))?;
+        let timeout = Duration::from_secs(config.timeout_secs);
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .operation_attempt_timeout(timeout)
+            .build();
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(config.region.clone()))
+            .timeout_config(timeouts)
+            .load()
+            .await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.force_path_style)
+            // We send SHA-256 checksums ourselves; no extra CRC on top.
+            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Ok(S3ObjectStore {
+            client: Client::from_conf(builder.build()),
+            bucket,
+            part_size: usize::try_from(config.part_size).map_err(backend)?,
+            parts_in_flight: config.parts_in_flight.max(1),
+        })
+    }
+
+    /// Aborts multipart uploads under the receiver's key space that were
+    /// started more than `min_age` ago (left by a process that died).
+    /// Returns how many were aborted.
+    pub async fn sweep(&self, min_age: Duration) -> Result<usize, StorageError> {
+        let cutoff = SystemTime::now() - min_age;
+        let mut aborted = 0;
+        let (mut key_marker, mut upload_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(KEY_SPACE)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            for upload in page.uploads() {
+                let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
+                if started.is_some_and(|started| started < cutoff) {
+                    abort(&self.client, &self.bucket, key, id).await?;
+                    aborted += 1;
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(aborted);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            upload_marker = page.next_upload_id_marker().map(str::to_owned);
+        }
+    }
+
+    /// The multipart uploads under the receiver's key space now open.
+    pub async fn open_multipart_uploads(&self) -> Result<Vec<String>, StorageError> {
+        let page = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(KEY_SPACE)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(page.uploads().iter().filter_map(|u| u.key().map(str::to_owned)).collect())
+    }
+
+    async fn put_single(
+        &self,
+        key: &ObjectKey,
+        content_type: &str,
+        bytes: Bytes,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .content_type(content_type)
+            .checksum_sha256(sha256_base64(&bytes))
+            .body(S3Body::from(bytes))
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(())
+    }
+}
+
+async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) -> Result<(), StorageError> {
+    client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+        .map_err(sdk_error)?;
+    Ok(())
+}
+
+/// Aborts the multipart upload when dropped, unless it completed: covers
+/// every error path and a `put` future dropped mid-stream.
+struct AbortOnDrop {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    completed: bool,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if self.completed {
+            return;
+        }
+        let (client, bucket, key, upload_id) =
+            (self.client.clone(), self.bucket.clone(), self.key.clone(), self.upload_id.clone());
+        // Drop cannot wait; the abort runs on its own. If it fails, the
+        // periodic sweep aborts the upload later.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = abort(&client, &bucket, &key, &upload_id).await {
+                    tracing::warn!(%key, error = %e, "aborting a multipart upload failed; the sweep will retry");
+                }
+            });
+        }
+    }
+}
+
+/// Fills `buffer` from `body` up to `size` bytes; `false` at end of stream.
+async fn fill(
+    body: &mut ByteStream,
+    buffer: &mut BytesMut,
+    size: usize,
+    digest: &mut Digesting,
+) -> Result<bool, StorageError> {
+    while buffer.len() < size {
+        match body.next().await {
+            Some(chunk) => {
+                let chunk = chunk.map_err(StorageError::Source)?;
+                digest.update(&chunk);
+                buffer.extend_from_slice(&chunk);
+            }
+            None => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+#[async_trait]
+impl ObjectStore for S3ObjectStore {
+    async fn put(
+        &self,
+        key: &ObjectKey,
+        content_type: &str,
+        mut body: ByteStream,
+    ) -> Result<StoredObject, StorageError> {
+        let mut digest = Digesting::default();
+        let mut buffer = BytesMut::with_capacity(self.part_size);
+        let more = fill(&mut body, &mut buffer, self.part_size, &mut digest).await?;
+        if !more {
+            self.put_single(key, content_type, buffer.freeze()).await?;
+            return Ok(digest.finish(key.clone()));
+        }
+
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .content_type(content_type)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let upload_id =
+            created.upload_id().ok_or_else(|| backend("CreateMultipartUpload gave no upload id"))?;
+        let mut guard = AbortOnDrop {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.as_str().to_owned(),
+            upload_id: upload_id.to_owned(),
+            completed: false,
+        };
+
+        let mut in_flight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
+        let mut parts = Vec::new();
+        let mut part_number = 0;
+        let mut more = true;
+        while more || !buffer.is_empty() {
+            if more && buffer.len() < self.part_size {
+                more = fill(&mut body, &mut buffer, self.part_size, &mut digest).await?;
+            }
+            // A part is full, or the body ended with a last, shorter part.
+            let part = buffer.split_to(buffer.len().min(self.part_size)).freeze();
+            if part.is_empty() {
+                break;
+            }
+            // The part keeps its allocation; the next one gets a fresh one.
+            buffer.reserve(self.part_size);
+            part_number += 1;
+            while in_flight.len() >= self.parts_in_flight {
+                parts.push(in_flight.join_next().await.expect("the set is not empty").map_err(backend)??);
+            }
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key.as_str())
+                .upload_id(upload_id)
+                .part_number(part_number)
+                .checksum_sha256(sha256_base64(&part))
+                .body(S3Body::from(part));
+            in_flight.spawn(async move {
+                let sent = request.send().await.map_err(sdk_error)?;
+                Ok(CompletedPart::builder()
+                    .part_number(part_number)
+                    .set_e_tag(sent.e_tag().map(str::to_owned))
+                    .set_checksum_sha256(sent.checksum_sha256().map(str::to_owned))
+                    .build())
+            });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            parts.push(done.map_err(backend)??);
+        }
+        parts.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        guard.completed = true;
+        Ok(digest.finish(key.clone()))
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Option<ByteStream>, StorageError> {
+        match self.client.get_object().bucket(&self.bucket).key(key.as_str()).send().await {
+            Ok(object) => {
+                let reader = object.body.into_async_read();
+                Ok(Some(Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024))))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.client.delete_object().bucket(&self.bucket).key(key.as_str()).send().await.map_err(sdk_error)?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.client.head_bucket().bucket(&self.bucket).send().await.map_err(sdk_error)?;
+        Ok(())
+    }
+}
