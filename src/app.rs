@@ -16,6 +16,7 @@ use crate::auth::credentials::{self, Credential, Provenance};
 use crate::auth::{Authenticator, Credentials};
 use crate::callback::BackgroundCaller;
 use crate::config::Config;
+use crate::metrics::{MeasuredObjects, MeasuredState, Metrics};
 use crate::storage::ObjectStore;
 use crate::storage::fs::FsObjectStore;
 use crate::storage::s3::S3ObjectStore;
@@ -46,6 +47,7 @@ pub struct AppState {
     pub state: Arc<dyn StateStore>,
     pub objects: Arc<dyn ObjectStore>,
     pub callbacks: BackgroundCaller,
+    pub metrics: Arc<Metrics>,
     shutting_down: AtomicBool,
 }
 
@@ -99,20 +101,24 @@ impl App {
                 EmbeddedStore::open(&config.data_dir).map_err(StartError::State)?,
             )),
         };
-        let state = state_backend.store();
+        let metrics = Arc::new(Metrics::new());
+        let state: Arc<dyn StateStore> =
+            Arc::new(MeasuredState::new(state_backend.store(), Arc::clone(&metrics)));
         let s3 = match config.storage.bucket {
             Some(_) => Some(Arc::new(
                 S3ObjectStore::new(&config.storage).await.map_err(|e| StartError::Objects(e.to_string()))?,
             )),
             None => None,
         };
-        let objects: Arc<dyn ObjectStore> = match &s3 {
+        let unmeasured: Arc<dyn ObjectStore> = match &s3 {
             Some(s3) => s3.clone(),
             None => Arc::new(
                 FsObjectStore::open(&config.data_dir.join("objects"))
                     .map_err(|e| StartError::Objects(e.to_string()))?,
             ),
         };
+
+        let objects: Arc<dyn ObjectStore> = Arc::new(MeasuredObjects::new(unmeasured, Arc::clone(&metrics)));
 
         let mut configured = config.credentials.clone();
         let generated = if configured.is_empty() {
@@ -142,6 +148,7 @@ impl App {
             state,
             objects,
             callbacks,
+            metrics,
             shutting_down: AtomicBool::new(false),
         });
         Ok(App { state, listener, generated, state_backend, s3 })

@@ -13,11 +13,12 @@
 //! - [`envelope`]: 23's XML / JSON / JSONP response formats.
 //! - [`error`]: [`error::ApiError`], the one map to 23 error codes.
 //! - [`store`]: the [`store::StateStore`] seam (tokens, slots, photos,
-//!   nonces) and its embedded implementation.
-//! - [`storage`]: the [`storage::ObjectStore`] seam and its local-files
-//!   implementation.
+//!   nonces), its embedded (redb) and Redis implementations.
+//! - [`storage`]: the [`storage::ObjectStore`] seam, its local-files and S3
+//!   implementations.
 //! - [`upload`]: the streaming multipart pipeline into an object store.
 //! - [`callback`]: return data, redirects, POST forms, background callbacks.
+//! - [`metrics`]: Prometheus metrics and the decorators measuring the stores.
 //! - [`domain`]: newtypes parsed at the edge (photo ids, tokens).
 
 pub mod api;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod domain;
 pub mod envelope;
 pub mod error;
+pub mod metrics;
 pub mod server;
 pub mod storage;
 pub mod store;

@@ -1,5 +1,5 @@
-//! `/api/echo`, the Flash cross-domain policies and the load balancer's
-//! health checks.
+//! `/api/echo`, the Flash cross-domain policies, the load balancer's health
+//! checks and the metrics.
 
 use std::time::Duration;
 
@@ -48,6 +48,15 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
             plain(StatusCode::SERVICE_UNAVAILABLE, "not ready: object store unreachable\n")
         }
     }
+}
+
+/// `/metrics`: every metric in the Prometheus text format.
+pub fn metrics(state: &AppState) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
 }
 
 fn xml(body: String) -> Response<Body> {

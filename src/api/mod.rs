@@ -40,6 +40,7 @@ enum Endpoint {
     CrossdomainApi,
     Healthz,
     Readyz,
+    Metrics,
 }
 
 impl Endpoint {
@@ -54,8 +55,24 @@ impl Endpoint {
             "/api/crossdomain.xml" => Endpoint::CrossdomainApi,
             "/healthz" => Endpoint::Healthz,
             "/readyz" => Endpoint::Readyz,
+            "/metrics" => Endpoint::Metrics,
             _ => return None,
         })
+    }
+
+    /// The `endpoint` label of this route's metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::Echo => "echo",
+            Endpoint::PhotoGetReplaceToken => "get_replace_token",
+            Endpoint::PhotoUpload => "upload",
+            Endpoint::PhotoReplace => "replace",
+            Endpoint::PhotoRedeemReplaceToken => "redeem",
+            Endpoint::CrossdomainRoot | Endpoint::CrossdomainApi => "crossdomain",
+            Endpoint::Healthz => "healthz",
+            Endpoint::Readyz => "readyz",
+            Endpoint::Metrics => "metrics",
+        }
     }
 
     /// The permission an API method requires; `None` for non-API routes.
@@ -85,19 +102,29 @@ pub async fn handle(
         peer = %peer,
     );
     let started = Instant::now();
+    let endpoint = Endpoint::from_path(request.uri().path()).map_or("unknown", Endpoint::label);
     let mut response = route(&state, request, peer).instrument(span.clone()).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    let elapsed = started.elapsed();
+    let outcome = match response.extensions().get::<ApiOutcome>() {
+        Some(ApiOutcome(code)) => (*code).to_owned(),
+        None => response.status().as_u16().to_string(),
+    };
+    state.metrics.requests.with_label_values(&[endpoint, &outcome]).inc();
+    state.metrics.request_seconds.with_label_values(&[endpoint]).observe(elapsed.as_secs_f64());
     span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "answered"
-        );
+        let status = response.status().as_u16();
+        tracing::info!(status, %outcome, elapsed_ms = elapsed.as_millis() as u64, "answered");
     });
     Ok(response)
 }
+
+/// The outcome of an API call whose HTTP status is always 200: `ok` or the
+/// 23 error code. Carried from rendering to the request metrics.
+#[derive(Clone, Copy)]
+struct ApiOutcome(&'static str);
 
 /// The client's `X-Request-Id` when it is a sane token, else a new one.
 fn request_id(headers: &HeaderMap) -> String {
@@ -132,6 +159,7 @@ async fn route(state: &Arc<AppState>, request: Request<Incoming>, peer: SocketAd
     match endpoint {
         Endpoint::Healthz => plain(StatusCode::OK, "ok\n"),
         Endpoint::Readyz => misc::readyz(state).await,
+        Endpoint::Metrics => misc::metrics(state),
         Endpoint::CrossdomainRoot => misc::crossdomain_root(),
         Endpoint::CrossdomainApi => misc::crossdomain_api(&state.config.site.crossdomain_allow),
         _ => api_call(state, endpoint, request, peer).await,
@@ -355,14 +383,15 @@ fn render(
 ) -> Response<Body> {
     let (format, format_error) = Format::from_params(|name| params.first(name));
     let ctx = envelope::Context { permission, site: &state.config.site, endpoint };
-    let body = match format_error.map_or(outcome, Err) {
-        Ok(success) => envelope::render_success(&format, &ctx, &success),
+    let (body, code) = match format_error.map_or(outcome, Err) {
+        Ok(success) => (envelope::render_success(&format, &ctx, &success), "ok"),
         Err(error) => {
             error.log();
-            envelope::render_error(&format, &ctx, &error)
+            (envelope::render_error(&format, &ctx, &error), error.code())
         }
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.extensions_mut().insert(ApiOutcome(code));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 
 use super::{Body, BodyKind, body_kind, parse_urlencoded};
 use crate::app::AppState;
-use crate::callback::{self, Outcome, ReturnData};
+use crate::callback::{self, CallbackError, Outcome, ReturnData};
 use crate::domain::{ReplaceToken, unix_now};
 use crate::store::{CommitError, Reservation, ReserveError};
 use crate::upload::{self, FileGate, Gate, ReceiveError, UploadError};
@@ -316,6 +316,14 @@ async fn answer(
         return text(StatusCode::BAD_REQUEST, callback::background_answer(data, ""));
     }
     let report = state.callbacks.call(&return_url, data).await;
+    let result = match &report.result {
+        Ok(_) => "ok",
+        Err(CallbackError::Forbidden(_)) => "forbidden",
+        Err(CallbackError::Timeout) => "timeout",
+        Err(CallbackError::Status(_)) => "bad_status",
+        Err(_) => "failed",
+    };
+    state.metrics.callbacks.with_label_values(&[result]).inc();
     match &report.result {
         Ok(status) => {
             tracing::info!(method = %report.method, status = status.as_u16(), "background callback made");

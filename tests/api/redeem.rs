@@ -565,3 +565,36 @@ async fn too_many_or_too_large_fields_are_400_with_the_slot_back() {
     assert_eq!(f.uploads_used(&token).await, 0);
     assert_eq!(f.stored_files().await, 1);
 }
+
+/// The value of the metric line that starts with `prefix`, if any.
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_slots_bytes_and_callbacks() {
+    let (f, site) = background_fixture().await;
+    let token = f
+        .token(&[("return_url", &site.url("/cb")), ("background_return_p", "1"), ("max_uploads", "2")])
+        .await;
+    assert!(f.redeem(&token, &[5u8; 70_000], &[]).await.text().await.unwrap().starts_with("ok "));
+    assert_eq!(f.redeem("0123456789abcdef0123456789abcdef01234567", b"x", &[]).await.status(), 404);
+    let response = f.app.http.get(f.app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = response.text().await.unwrap();
+    let at = |prefix: &str| metric(&text, prefix).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+    assert_eq!(at(r#"upload_receiver_requests_total{endpoint="get_replace_token",outcome="ok"}"#), 1.0);
+    assert_eq!(at(r#"upload_receiver_requests_total{endpoint="redeem",outcome="200"}"#), 1.0);
+    assert_eq!(at(r#"upload_receiver_requests_total{endpoint="redeem",outcome="404"}"#), 1.0);
+    assert_eq!(at(r#"upload_receiver_slot_operations_total{operation="reserve",result="ok"}"#), 1.0);
+    assert_eq!(at(r#"upload_receiver_slot_operations_total{operation="reserve",result="unknown"}"#), 1.0);
+    assert_eq!(at(r#"upload_receiver_slot_operations_total{operation="commit",result="ok"}"#), 1.0);
+    assert_eq!(at(r#"upload_receiver_callbacks_total{result="ok"}"#), 1.0);
+    assert!(at("upload_receiver_bytes_received_total") >= 70_000.0);
+    assert_eq!(at("upload_receiver_uploads_in_flight"), 0.0);
+    assert!(
+        at(r#"upload_receiver_backend_duration_seconds_count{backend="state",operation="reserve_slot"}"#)
+            >= 2.0
+    );
+}
