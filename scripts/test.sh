@@ -50,6 +50,8 @@ export UPLOAD_RECEIVER_TEST_PYTHON="$PWD/$venv/bin/python3"
 # A Redis server of the tests' own on a free port (never the machine's shared
 # one), stopped when this script ends.
 command -v redis-server >/dev/null || { echo "== installing redis-server"; apt_install redis-server; }
+# nginx for the tests of two receivers behind a load balancer.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || { echo "== installing nginx"; apt_install nginx-light; }
 scratch=$(mktemp -d)
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 cleanup() {

@@ -110,7 +110,7 @@ impl S3ObjectStore {
             for upload in page.uploads() {
                 let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
                 let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
-                if started.is_some_and(|started| started < cutoff) {
+                if is_orphaned(started, cutoff) {
                     abort(&self.client, &self.bucket, key, id).await?;
                     aborted += 1;
                 }
@@ -154,6 +154,12 @@ impl S3ObjectStore {
             .map_err(sdk_error)?;
         Ok(())
     }
+}
+
+/// Whether an upload started at `started` is old enough to be taken as left
+/// by a dead process. An upload whose start is unknown is left alone.
+fn is_orphaned(started: Option<SystemTime>, cutoff: SystemTime) -> bool {
+    started.is_some_and(|started| started < cutoff)
 }
 
 async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) -> Result<(), StorageError> {
@@ -326,5 +332,19 @@ impl ObjectStore for S3ObjectStore {
     async fn ping(&self) -> Result<(), StorageError> {
         self.client.head_bucket().bucket(&self.bucket).send().await.map_err(sdk_error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_uploads_started_before_the_cutoff_are_orphans() {
+        let now = SystemTime::now();
+        let cutoff = now - Duration::from_secs(3600);
+        assert!(is_orphaned(Some(now - Duration::from_secs(7200)), cutoff));
+        assert!(!is_orphaned(Some(now - Duration::from_secs(60)), cutoff));
+        assert!(!is_orphaned(None, cutoff));
     }
 }

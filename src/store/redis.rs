@@ -39,8 +39,10 @@ use super::{
 };
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
 
-/// Expired tokens are kept this long before Redis drops them.
-const EXPIRED_TOKEN_RETENTION_SECS: u64 = 86_400;
+/// Token keys outlive their token (or its last lease) by this much, a margin
+/// for clock differences between instances. An expired token and an unknown
+/// one get the same answer, so nothing needs them kept longer.
+const EXPIRED_TOKEN_RETENTION_SECS: u64 = 60;
 
 /// The scripts, compiled once (their SHA-1 is computed here).
 struct Scripts {

@@ -3,7 +3,7 @@
 //! (the `oauth1-request` crate), never on the service's own signer.
 
 use std::num::NonZeroU64;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use oauth1_request as oauth;
 use upload_receiver::App;
@@ -34,10 +34,11 @@ pub fn credential(name: &str, permission: Permission) -> Credential {
     }
 }
 
-/// A configuration for tests: port 0, the given data directory, and three
-/// credential sets (`read`, `write`, `super`).
-pub fn test_config(data_dir: &Path) -> Config {
-    let mut config = Config { data_dir: data_dir.to_owned(), ..Config::default() };
+/// A configuration for tests: three credential sets (`read`, `write`,
+/// `super`) and the backend `UPLOAD_RECEIVER_TEST_BACKEND` names.
+/// [`spawn_app_from`] gives it a data directory and port 0.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".to_owned();
     config.site.domain = "videos.example.com".to_owned();
     config.credentials = vec![
@@ -56,13 +57,7 @@ pub fn test_config(data_dir: &Path) -> Config {
 fn use_test_backend(config: &mut Config) {
     match std::env::var("UPLOAD_RECEIVER_TEST_BACKEND").as_deref() {
         Err(_) | Ok("embedded") => {}
-        Ok("redis-s3") => {
-            config.state.redis_url = Some(servers::redis_url());
-            config.state.key_prefix = servers::unique_prefix();
-            config.storage.endpoint = Some(servers::s3_endpoint());
-            config.storage.force_path_style = true;
-            config.storage.bucket = Some(servers::unique_bucket());
-        }
+        Ok("redis-s3") => use_redis_and_s3(config),
         Ok(other) => panic!("unknown UPLOAD_RECEIVER_TEST_BACKEND {other:?}"),
     }
 }
@@ -71,12 +66,30 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Redis state and S3 storage on the test servers, under a fresh key prefix
+/// and in a fresh bucket.
+pub fn use_redis_and_s3(config: &mut Config) {
+    config.state.redis_url = Some(servers::redis_url());
+    config.state.key_prefix = servers::unique_prefix();
+    config.storage.endpoint = Some(servers::s3_endpoint());
+    config.storage.force_path_style = true;
+    config.storage.bucket = Some(servers::unique_bucket());
+}
+
+/// Spawns an app with `config`, given a data directory of its own; several
+/// apps with the same Redis prefix and bucket form one cluster.
+pub async fn spawn_app_from(mut config: Config) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("a temporary directory");
+    config.data_dir = data_dir.path().to_owned();
+    config.server.listen = "127.0.0.1:0".to_owned();
+    start(config, std::sync::Arc::new(data_dir)).await
+}
+
 /// Spawns an app after `adjust` has changed the test configuration.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let data_dir = tempfile::tempdir().expect("a temporary directory");
-    let mut config = test_config(data_dir.path());
+    let mut config = test_config();
     adjust(&mut config);
-    start(config, std::sync::Arc::new(data_dir)).await
+    spawn_app_from(config).await
 }
 
 async fn start(config: Config, data_dir: std::sync::Arc<tempfile::TempDir>) -> TestApp {

@@ -254,3 +254,77 @@ async fn a_nonce_is_accepted_once_case(s: &dyn StateStore) {
     let other = NonceKey { timestamp: key.timestamp + 1, ..key.clone() };
     assert!(s.first_use_of_nonce(&other, expires).await.unwrap(), "another timestamp is another request");
 }
+
+/// What only the Redis store promises: keys that expire with their token,
+/// and scripts that survive the server forgetting them.
+mod redis_specific {
+    use super::*;
+
+    async fn raw_connection() -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(servers::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn token_keys_expire_with_their_token() {
+        let prefix = servers::unique_prefix();
+        let store = RedisStore::new(&servers::redis_url(), &prefix, Duration::from_secs(2)).unwrap();
+        let photo = new_photo(&store).await;
+        let token = new_token(&store, photo, 1, unix_now() + 600).await;
+        let key = format!("{prefix}{{t:{}}}", token.as_str());
+        let ttl: i64 = ::redis::cmd("TTL").arg(&key).query_async(&mut raw_connection().await).await.unwrap();
+        assert!((595..=660).contains(&ttl), "ttl {ttl}");
+    }
+
+    #[tokio::test]
+    async fn a_flushed_script_cache_is_reloaded_and_counts_once() {
+        let store = RedisStore::new(&servers::redis_url(), &servers::unique_prefix(), Duration::from_secs(2))
+            .unwrap();
+        let now = unix_now();
+        let photo = new_photo(&store).await;
+        let token = new_token(&store, photo, 2, now + 600).await;
+        let _: () =
+            ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw_connection().await).await.unwrap();
+        let reservation = store.reserve_slot(&token, now, 60).await.unwrap();
+        store.commit_version(&reservation, version("media/after-flush"), now).await.unwrap();
+        assert_eq!(store.token(&token).await.unwrap().unwrap().1, 1);
+        assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_commit_cut_between_its_steps_is_finished_by_the_repair() {
+        let prefix = servers::unique_prefix();
+        let store = RedisStore::new(&servers::redis_url(), &prefix, Duration::from_secs(2)).unwrap();
+        let now = unix_now();
+        let photo = new_photo(&store).await;
+        let token = new_token(&store, photo, 1, now + 600).await;
+        let reservation = store.reserve_slot(&token, now, 60).await.unwrap();
+        // Step 1 only, as if the instance died right after it.
+        let pending = serde_json::json!({"photo_id": photo, "version": version("media/cut")}).to_string();
+        let consume = ::redis::Script::new(include_str!("../../src/store/lua/consume_slot.lua"));
+        let key = format!("{prefix}{{t:{}}}", token.as_str());
+        let done: i64 = consume
+            .key(&key)
+            .key(format!("{key}:leases"))
+            .arg(now)
+            .arg(&reservation.id)
+            .arg(pending)
+            .invoke_async(&mut raw_connection().await)
+            .await
+            .unwrap();
+        assert_eq!(done, 1);
+        assert_eq!(
+            store.photo(photo).await.unwrap().unwrap().versions.len(),
+            1,
+            "the version is not there yet"
+        );
+        assert!(
+            matches!(store.reserve_slot(&token, now, 60).await, Err(ReserveError::UsedUp)),
+            "the slot is spent"
+        );
+        assert_eq!(store.complete_pending_commits().await.unwrap(), 1);
+        let versions = store.photo(photo).await.unwrap().unwrap().versions;
+        assert_eq!(versions.last().unwrap().file.object_key, "media/cut");
+        assert_eq!(store.complete_pending_commits().await.unwrap(), 0, "finished once");
+        assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);
+    }
+}

@@ -54,6 +54,34 @@ pub async fn s3_config(part_size: u64) -> upload_receiver::config::StorageConfig
     config
 }
 
+/// A client for the S3 server at `endpoint`.
+pub async fn s3_client_at(endpoint: &str) -> aws_sdk_s3::Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .load()
+        .await;
+    let config =
+        aws_sdk_s3::config::Builder::from(&shared).endpoint_url(endpoint).force_path_style(true).build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Creates `bucket` on the S3 server at `endpoint`.
+pub async fn create_bucket_at(endpoint: &str, bucket: &str) {
+    s3_client_at(endpoint)
+        .await
+        .create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("the S3 server creates a bucket");
+}
+
+/// The keys of the multipart uploads open in `bucket` at `endpoint`.
+pub async fn s3_open_uploads_at(endpoint: &str, bucket: &str) -> Vec<String> {
+    let listed = s3_client_at(endpoint).await.list_multipart_uploads().bucket(bucket).send().await.unwrap();
+    listed.uploads().iter().filter_map(|u| u.key().map(str::to_owned)).collect()
+}
+
 /// An S3 object store on a fresh bucket, and the bucket's name.
 pub async fn s3_store(part_size: u64) -> (upload_receiver::storage::s3::S3ObjectStore, String) {
     let config = s3_config(part_size).await;
@@ -80,6 +108,5 @@ pub async fn s3_keys(bucket: &str) -> Vec<String> {
 
 /// The keys of the multipart uploads open in `bucket`.
 pub async fn s3_open_uploads(bucket: &str) -> Vec<String> {
-    let listed = s3_client().await.list_multipart_uploads().bucket(bucket).send().await.unwrap();
-    listed.uploads().iter().filter_map(|u| u.key().map(str::to_owned)).collect()
+    s3_open_uploads_at(&s3_endpoint(), bucket).await
 }

@@ -1,0 +1,14 @@
+//! Several receivers sharing Redis and S3, behind a real nginx with request
+//! buffering off, and the faults of their backends. Needs the servers that
+//! `scripts/test.sh` starts, plus `nginx` and `redis-server` binaries.
+
+// The HTTP tests' harness; this binary uses part of it.
+#[allow(dead_code)]
+#[path = "../api/common.rs"]
+mod common;
+#[path = "../support/servers.rs"]
+mod servers;
+
+mod faults;
+mod load_balanced;
+mod processes;
