@@ -122,6 +122,20 @@ fn list_files(dir: &std::path::Path) -> Vec<String> {
     found
 }
 
+/// Waits up to 5 s for the store to hold nothing: an abort started when a
+/// `put` failed or was dropped may finish just after.
+async fn assert_nothing_left(s: &Subject) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = (s.leftovers)().await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "left behind: {left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn sizes_around_the_part_size_round_trip_byte_for_byte_case(s: &Subject) {
     for (size, chunk) in
         [(0, 1), (1, 1), (PART - 1, 64 * 1024), (PART, 100_000), (PART + 1, 1 << 20), (2 * PART, 3 * PART)]
@@ -147,16 +161,7 @@ async fn a_failing_body_leaves_nothing_behind_case(s: &Subject) {
         }
         assert!(read_all(&*s.store, &key).await.is_none());
     }
-    // Aborts triggered by the failure may finish just after `put` returns.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let left = (s.leftovers)().await;
-        if left.is_empty() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "left behind: {left:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    assert_nothing_left(s).await;
 }
 
 async fn a_dropped_put_leaves_nothing_behind_case(s: &Subject) {
@@ -168,15 +173,7 @@ async fn a_dropped_put_leaves_nothing_behind_case(s: &Subject) {
     );
     let put = s.store.put(&key, "video/mp4", endless);
     assert!(tokio::time::timeout(std::time::Duration::from_secs(2), put).await.is_err());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let left = (s.leftovers)().await;
-        if left.is_empty() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "left behind: {left:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    assert_nothing_left(s).await;
 }
 
 async fn deleting_is_idempotent_and_ping_answers_case(s: &Subject) {

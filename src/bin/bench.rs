@@ -1,0 +1,623 @@
+//! The benchmark harness: runs the receiver and baselines on loopback and
+//! prints their figures side by side.
+//!
+//! `cargo run --release --bin bench -- all` (see the README's Performance
+//! section). Every server runs as a child process of this binary (the
+//! receiver is the same `App` as `upload-receiver`), so its memory can be
+//! read from `/proc`; the load comes from this process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use upload_receiver::auth::signature;
+use upload_receiver::domain::{ALPHANUMERIC, random_string, unix_now};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks upload-receiver against baselines on loopback")]
+struct Cli {
+    #[command(subcommand)]
+    command: Case,
+    /// Runs per case (the table shows median, min and max).
+    #[arg(long, global = true, default_value_t = 3)]
+    runs: usize,
+    /// Size of the large upload, in MiB.
+    #[arg(long, global = true, default_value_t = 1024)]
+    size_mib: u64,
+    /// Seconds each request-rate measurement lasts.
+    #[arg(long, global = true, default_value_t = 10)]
+    seconds: u64,
+    /// Where the JSON results go.
+    #[arg(long, global = true, default_value = "bench-results.json")]
+    json: PathBuf,
+}
+
+#[derive(Subcommand, Clone, PartialEq, Eq)]
+enum Case {
+    /// Every case below.
+    All,
+    /// One large upload to the local-files backend vs. a raw HTTP-to-disk sink.
+    UploadFs,
+    /// Signed get-replace-token requests per second vs. a hello-world server.
+    Tokens,
+    /// 64 KiB redeems per second at 64 connections, with p50/p99 latency.
+    Small,
+    /// Internal: run the receiver with the configuration in the environment.
+    #[command(hide = true)]
+    ServeReceiver,
+    /// Internal: a minimal receiver that writes request bodies to a file.
+    #[command(hide = true)]
+    ServeSink { dir: PathBuf },
+    /// Internal: a minimal hello-world server.
+    #[command(hide = true)]
+    ServeHello,
+}
+
+/// Concurrent connections of the request-rate cases.
+const CONNECTIONS: usize = 64;
+const MIB: u64 = 1024 * 1024;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match &cli.command {
+        Case::ServeReceiver => runtime.block_on(serve_receiver()),
+        Case::ServeSink { dir } => runtime.block_on(serve_minimal(Some(dir.clone()))),
+        Case::ServeHello => runtime.block_on(serve_minimal(None)),
+        case => runtime.block_on(run(case, &cli)),
+    }
+}
+
+// ---------------------------------------------------------------- servers
+
+async fn serve_receiver() -> anyhow::Result<()> {
+    let config = upload_receiver::Config::load(None)?;
+    let app = upload_receiver::App::build(config).await?;
+    println!("listening {}", app.local_addr());
+    app.run_until(std::future::pending()).await;
+    Ok(())
+}
+
+/// The baselines: HTTP/1.1 on hyper with no routing, parsing or auth. With
+/// a directory, each request body is written to a file there as it arrives;
+/// without, every request is answered "hello".
+async fn serve_minimal(sink: Option<PathBuf>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening {}", listener.local_addr()?);
+    let sink = sink.map(Arc::new);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let sink = sink.clone();
+                    async move {
+                        if let Some(dir) = sink {
+                            use tokio::io::AsyncWriteExt;
+                            let path = dir.join(random_string(ALPHANUMERIC, 16));
+                            let mut file = tokio::fs::File::create(&path).await?;
+                            let mut body = request.into_body();
+                            while let Some(frame) = body.frame().await {
+                                if let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() {
+                                    file.write_all(&data).await?;
+                                }
+                            }
+                            file.sync_all().await?;
+                            let _ = tokio::fs::remove_file(&path).await;
+                        }
+                        Ok::<_, std::io::Error>(hyper::Response::new(Full::new(Bytes::from_static(b"hello"))))
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A child server process, killed when dropped.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Server> {
+        use std::io::BufRead;
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("the server's stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let address =
+            line.trim().strip_prefix("listening ").context("the server printed no address")?.to_owned();
+        Ok(Server { child, address })
+    }
+
+    /// Resident memory now and at its peak, in KiB (from /proc).
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Starts a receiver on the embedded default in a fresh data directory.
+    fn receiver(dir: &Path) -> anyhow::Result<Server> {
+        Server::start(
+            &["serve-receiver"],
+            &[
+                ("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0".into()),
+                ("UPLOAD_RECEIVER__DATA_DIR", dir.display().to_string()),
+                ("UPLOAD_RECEIVER__SERVER__MAX_CONNECTIONS", "1024".into()),
+            ],
+        )
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+/// One HTTP/1.1 connection, for sequential requests.
+struct Connection {
+    sender:
+        hyper::client::conn::http1::SendRequest<http_body_util::combinators::BoxBody<Bytes, std::io::Error>>,
+}
+
+impl Connection {
+    async fn open(address: &str) -> anyhow::Result<Connection> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Connection { sender })
+    }
+
+    /// Sends a request and reads the whole answer; returns status and body.
+    async fn send(
+        &mut self,
+        request: hyper::Request<http_body_util::combinators::BoxBody<Bytes, std::io::Error>>,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> http_body_util::combinators::BoxBody<Bytes, std::io::Error> {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// `total` bytes of a cheap pattern, in 256 KiB chunks, as a request body.
+fn generated_body(
+    prefix: Bytes,
+    total: u64,
+    suffix: Bytes,
+) -> http_body_util::combinators::BoxBody<Bytes, std::io::Error> {
+    let chunk = Bytes::from(vec![0x5a; 256 * 1024]);
+    let full_chunks = total / chunk.len() as u64;
+    let rest = (total % chunk.len() as u64) as usize;
+    let parts = std::iter::once(prefix)
+        .chain(std::iter::repeat_n(chunk.clone(), full_chunks as usize))
+        .chain(std::iter::once(chunk.slice(..rest)))
+        .chain(std::iter::once(suffix))
+        .map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
+    StreamBody::new(futures_util::stream::iter(parts)).boxed()
+}
+
+const BOUNDARY: &str = "bench-boundary-7d1c";
+
+/// A multipart redeem request for `token` with a `size`-byte file.
+fn redeem_request(
+    address: &str,
+    token: &str,
+    size: u64,
+) -> hyper::Request<http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
+    let prefix = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    );
+    let suffix = format!("\r\n--{BOUNDARY}--\r\n");
+    let length = prefix.len() as u64 + size + suffix.len() as u64;
+    hyper::Request::post("/api/photo/redeem-replace-token")
+        .header("host", address)
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header("content-length", length)
+        .body(generated_body(Bytes::from(prefix), size, Bytes::from(suffix)))
+        .expect("a valid request")
+}
+
+/// The receiver's generated `write` credentials, from its data directory.
+fn credentials(dir: &Path) -> anyhow::Result<upload_receiver::auth::Credential> {
+    Ok(upload_receiver::auth::credentials::load_or_generate(dir)?.0)
+}
+
+/// A signed GET of `path_and_query` on `address`.
+fn signed_get(
+    address: &str,
+    credential: &upload_receiver::auth::Credential,
+    path_and_query: &str,
+) -> hyper::Request<http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
+    let url = url::Url::parse(&format!("http://{address}{path_and_query}")).expect("a valid URL");
+    let signed = signature::signed_url(
+        "GET",
+        &url,
+        (&credential.consumer_key, &credential.access_token),
+        (credential.consumer_secret.expose(), credential.access_token_secret.expose()),
+        unix_now(),
+        &random_string(ALPHANUMERIC, 24),
+    );
+    let signed = url::Url::parse(&signed).expect("a signed URL");
+    let target = format!("{}?{}", signed.path(), signed.query().unwrap_or_default());
+    hyper::Request::get(target).header("host", address).body(full(Bytes::new())).expect("a valid request")
+}
+
+/// Uploads a photo through the signed API and issues a token for it.
+async fn photo_and_token(address: &str, dir: &Path, max_uploads: u32) -> anyhow::Result<String> {
+    let credential = credentials(dir)?;
+    let mut connection = Connection::open(address).await?;
+    let url = url::Url::parse(&format!("http://{address}/api/photo/upload"))?;
+    let signed = signature::signed_url(
+        "POST",
+        &url,
+        (&credential.consumer_key, &credential.access_token),
+        (credential.consumer_secret.expose(), credential.access_token_secret.expose()),
+        unix_now(),
+        &random_string(ALPHANUMERIC, 24),
+    );
+    let signed = url::Url::parse(&signed)?;
+    let body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\nfirst\r\n--{BOUNDARY}--\r\n"
+    );
+    let request = hyper::Request::post(format!("{}?{}", signed.path(), signed.query().unwrap_or_default()))
+        .header("host", address)
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(full(body))?;
+    let (_, answer) = connection.send(request).await?;
+    let photo_id = between(&answer, "<photo_id>", "</photo_id>").context("upload failed")?;
+    let query = format!(
+        "/api/photo/get-replace-token?photo_id={photo_id}&max_uploads={max_uploads}&valid_minutes=1440"
+    );
+    let (_, answer) = connection.send(signed_get(address, &credential, &query)).await?;
+    between(&answer, "<replace_token>", "</replace_token>").context("no token issued")
+}
+
+fn between(bytes: &[u8], start: &str, end: &str) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let from = text.find(start)? + start.len();
+    let to = text[from..].find(end)? + from;
+    Some(text[from..to].to_owned())
+}
+
+// ---------------------------------------------------------------- cases
+
+/// One row of the results table.
+struct Row {
+    case: &'static str,
+    metric: &'static str,
+    unit: &'static str,
+    samples: Vec<f64>,
+    baseline: Option<(&'static str, Vec<f64>)>,
+    target: Option<String>,
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn min(samples: &[f64]) -> f64 {
+    samples.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(samples: &[f64]) -> f64 {
+    samples.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+async fn run(case: &Case, cli: &Cli) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    if matches!(case, Case::All | Case::UploadFs) {
+        rows.extend(upload_fs(cli).await?);
+    }
+    if matches!(case, Case::All | Case::Tokens) {
+        rows.extend(tokens(cli).await?);
+    }
+    if matches!(case, Case::All | Case::Small) {
+        rows.extend(small_uploads(cli).await?);
+    }
+    print_table(&rows);
+    write_json(&rows, &cli.json)?;
+    println!("\nresults written to {}", cli.json.display());
+    Ok(())
+}
+
+/// Case 1 (and the memory of case 3): one large upload to the local-files
+/// backend vs. the same bytes posted to the sink, which writes them to the
+/// same disk without parsing anything.
+async fn upload_fs(cli: &Cli) -> anyhow::Result<Vec<Row>> {
+    let size = cli.size_mib * MIB;
+    let mut receiver_rates = Vec::new();
+    let mut sink_rates = Vec::new();
+    let mut memory = Vec::new();
+    for run in 0..cli.runs {
+        eprintln!("upload-fs: run {} of {}", run + 1, cli.runs);
+        let dir = tempfile::tempdir_in(".")?;
+        let receiver = Server::receiver(dir.path())?;
+        let token = photo_and_token(&receiver.address, dir.path(), 1).await?;
+        let (idle, _) = receiver.memory_kib();
+        let started = Instant::now();
+        let mut connection = Connection::open(&receiver.address).await?;
+        let (status, answer) = connection.send(redeem_request(&receiver.address, &token, size)).await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if status != 200 {
+            bail!("the redeem answered {status}: {}", String::from_utf8_lossy(&answer));
+        }
+        let (_, peak) = receiver.memory_kib();
+        receiver_rates.push(size as f64 / MIB as f64 / elapsed);
+        memory.push((peak.saturating_sub(idle)) as f64 / 1024.0);
+        drop(receiver);
+
+        let sink_dir = tempfile::tempdir_in(".")?;
+        let sink = Server::start(&["serve-sink", &sink_dir.path().display().to_string()], &[])?;
+        let started = Instant::now();
+        let mut connection = Connection::open(&sink.address).await?;
+        let request = hyper::Request::post("/")
+            .header("host", sink.address.as_str())
+            .header("content-length", size)
+            .body(generated_body(Bytes::new(), size, Bytes::new()))?;
+        connection.send(request).await?;
+        sink_rates.push(size as f64 / MIB as f64 / started.elapsed().as_secs_f64());
+    }
+    Ok(vec![
+        Row {
+            case: "1. upload to local files",
+            metric: "throughput",
+            unit: "MiB/s",
+            samples: receiver_rates,
+            baseline: Some(("raw HTTP-to-disk sink", sink_rates)),
+            target: Some("ratio >= 0.8".into()),
+        },
+        Row {
+            case: "3. memory, upload to local files",
+            metric: "peak RSS above idle",
+            unit: "MiB",
+            samples: memory,
+            baseline: None,
+            target: Some("<= 64 MiB".into()),
+        },
+    ])
+}
+
+/// Runs `CONNECTIONS` connections for `seconds`, each sending the requests
+/// `make` builds one after another; returns requests per second and the
+/// latencies (s) of those answered `expect`.
+async fn load<F>(address: &str, seconds: u64, expect: u16, make: F) -> anyhow::Result<(f64, Vec<f64>)>
+where
+    F: Fn() -> hyper::Request<http_body_util::combinators::BoxBody<Bytes, std::io::Error>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let make = Arc::new(make);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CONNECTIONS {
+        let (make, address) = (Arc::clone(&make), address.to_owned());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut connection = Connection::open(&address).await?;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let (status, body) = connection.send(make()).await?;
+                if status != expect {
+                    bail!("answered {status}: {}", String::from_utf8_lossy(&body));
+                }
+                latencies.push(started.elapsed().as_secs_f64());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        });
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done??);
+    }
+    Ok((all.len() as f64 / started.elapsed().as_secs_f64(), all))
+}
+
+/// Case 4: signed get-replace-token requests per second (each with its own
+/// nonce, so each writes the nonce and the token) vs. hello world.
+async fn tokens(cli: &Cli) -> anyhow::Result<Vec<Row>> {
+    let mut rates = Vec::new();
+    let mut hello_rates = Vec::new();
+    for run in 0..cli.runs {
+        eprintln!("tokens: run {} of {}", run + 1, cli.runs);
+        let dir = tempfile::tempdir_in(".")?;
+        let receiver = Server::receiver(dir.path())?;
+        let credential = Arc::new(credentials(dir.path())?);
+        let photo = {
+            let token = photo_and_token(&receiver.address, dir.path(), 1).await?;
+            drop(token);
+            "1"
+        };
+        let address = receiver.address.clone();
+        let query = format!("/api/photo/get-replace-token?photo_id={photo}");
+        let (rate, _) =
+            load(&receiver.address, cli.seconds, 200, move || signed_get(&address, &credential, &query))
+                .await?;
+        rates.push(rate);
+        drop(receiver);
+
+        let hello = Server::start(&["serve-hello"], &[])?;
+        let address = hello.address.clone();
+        let (rate, _) = load(&hello.address, cli.seconds, 200, move || {
+            hyper::Request::get("/")
+                .header("host", address.as_str())
+                .body(full(Bytes::new()))
+                .expect("a request")
+        })
+        .await?;
+        hello_rates.push(rate);
+    }
+    Ok(vec![Row {
+        case: "4. token issuance, embedded",
+        metric: "requests/s at 64 connections",
+        unit: "req/s",
+        samples: rates,
+        baseline: Some(("hyper hello world", hello_rates)),
+        target: Some("ratio >= 0.5".into()),
+    }])
+}
+
+/// Case 5: 64 KiB redeems per second at 64 connections, with latencies.
+async fn small_uploads(cli: &Cli) -> anyhow::Result<Vec<Row>> {
+    let mut rates = Vec::new();
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    for run in 0..cli.runs {
+        eprintln!("small: run {} of {}", run + 1, cli.runs);
+        let dir = tempfile::tempdir_in(".")?;
+        let receiver = Server::receiver(dir.path())?;
+        let token = photo_and_token(&receiver.address, dir.path(), 100).await?;
+        // One token allows at most 100 uploads: use a pool of tokens.
+        let mut tokens = vec![token];
+        for _ in 0..200 {
+            tokens.push(photo_and_token(&receiver.address, dir.path(), 100).await?);
+        }
+        let tokens = Arc::new(tokens);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let address = receiver.address.clone();
+        let (rate, mut latencies) = load(&receiver.address, cli.seconds, 200, move || {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            redeem_request(&address, &tokens[(n / 100) % tokens.len()], 64 * 1024)
+        })
+        .await?;
+        latencies.sort_by(f64::total_cmp);
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] * 1000.0;
+        rates.push(rate);
+        p50.push(at(0.50));
+        p99.push(at(0.99));
+    }
+    let row = |metric, unit, samples| Row {
+        case: "5. 64 KiB redeems, embedded",
+        metric,
+        unit,
+        samples,
+        baseline: None,
+        target: None,
+    };
+    Ok(vec![
+        row("redeems/s at 64 connections", "req/s", rates),
+        row("p50 latency", "ms", p50),
+        row("p99 latency", "ms", p99),
+    ])
+}
+
+// ---------------------------------------------------------------- output
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n{:<34} {:<30} {:>10} {:>10} {:>10} {:>10}  {:<24} {:>10} {:>7}  target",
+        "case", "metric", "median", "min", "max", "unit", "baseline", "median", "ratio"
+    );
+    for row in rows {
+        let (name, baseline_median, ratio) = match &row.baseline {
+            Some((name, samples)) => {
+                let b = median(samples);
+                (*name, format!("{b:.1}"), format!("{:.2}", median(&row.samples) / b))
+            }
+            None => ("-", "-".into(), "-".into()),
+        };
+        println!(
+            "{:<34} {:<30} {:>10.1} {:>10.1} {:>10.1} {:>10}  {:<24} {:>10} {:>7}  {}",
+            row.case,
+            row.metric,
+            median(&row.samples),
+            min(&row.samples),
+            max(&row.samples),
+            row.unit,
+            name,
+            baseline_median,
+            ratio,
+            row.target.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+fn write_json(rows: &[Row], path: &Path) -> anyhow::Result<()> {
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "case": r.case,
+                "metric": r.metric,
+                "unit": r.unit,
+                "samples": r.samples,
+                "median": median(&r.samples),
+                "min": min(&r.samples),
+                "max": max(&r.samples),
+                "baseline": r.baseline.as_ref().map(|(name, s)| json!({
+                    "name": name, "samples": s, "median": median(s), "min": min(s), "max": max(s),
+                    "ratio_of_medians": median(&r.samples) / median(s),
+                    "ratio_min": min(&r.samples) / max(s),
+                    "ratio_max": max(&r.samples) / min(s),
+                })),
+                "target": r.target,
+            })
+        })
+        .collect();
+    let document = json!({
+        "machine": machine(),
+        "unix_time": unix_now(),
+        "rows": rows,
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&document)?)?;
+    Ok(())
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+    });
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
+    })
+}
