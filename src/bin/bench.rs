@@ -170,16 +170,56 @@ impl Server {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
-    /// Starts a receiver on the embedded default in a fresh data directory.
-    fn receiver(dir: &Path) -> anyhow::Result<Server> {
-        Server::start(
-            &["serve-receiver"],
-            &[
-                ("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0".into()),
-                ("UPLOAD_RECEIVER__DATA_DIR", dir.display().to_string()),
-                ("UPLOAD_RECEIVER__SERVER__MAX_CONNECTIONS", "1024".into()),
-            ],
-        )
+    /// Starts a receiver with its data directory in `dir`, on the embedded
+    /// default, or on the backends `backend` names.
+    fn receiver(dir: &Path, backend: &[(&'static str, String)]) -> anyhow::Result<Server> {
+        let mut env = vec![
+            ("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+            ("UPLOAD_RECEIVER__DATA_DIR", dir.display().to_string()),
+            ("UPLOAD_RECEIVER__SERVER__MAX_CONNECTIONS", "1024".to_owned()),
+        ];
+        env.extend(backend.iter().cloned());
+        Server::start(&["serve-receiver"], &env)
+    }
+}
+
+/// A redis-server of the harness's own on a free port, stopped when dropped.
+struct Redis {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Redis {
+    fn start() -> anyhow::Result<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = tempfile::tempdir()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (Debian package redis-server)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Redis { child, url: format!("redis://127.0.0.1:{port}/"), _dir: dir })
+    }
+
+    fn backend(&self) -> Vec<(&'static str, String)> {
+        vec![("UPLOAD_RECEIVER__STATE__REDIS_URL", self.url.clone())]
     }
 }
 
@@ -280,8 +320,8 @@ fn signed_get(
     hyper::Request::get(target).header("host", address).body(full(Bytes::new())).expect("a valid request")
 }
 
-/// Uploads a photo through the signed API and issues a token for it.
-async fn photo_and_token(address: &str, dir: &Path, max_uploads: u32) -> anyhow::Result<String> {
+/// Uploads a photo through the signed API; returns its id.
+async fn upload_photo(address: &str, dir: &Path) -> anyhow::Result<String> {
     let credential = credentials(dir)?;
     let mut connection = Connection::open(address).await?;
     let url = url::Url::parse(&format!("http://{address}/api/photo/upload"))?;
@@ -302,12 +342,35 @@ async fn photo_and_token(address: &str, dir: &Path, max_uploads: u32) -> anyhow:
         .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
         .body(full(body))?;
     let (_, answer) = connection.send(request).await?;
-    let photo_id = between(&answer, "<photo_id>", "</photo_id>").context("upload failed")?;
+    between(&answer, "<photo_id>", "</photo_id>").context("upload failed")
+}
+
+/// Issues `count` tokens of `max_uploads` each for `photo_id`.
+async fn issue_tokens(
+    address: &str,
+    dir: &Path,
+    photo_id: &str,
+    max_uploads: u32,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let credential = credentials(dir)?;
+    let mut connection = Connection::open(address).await?;
     let query = format!(
         "/api/photo/get-replace-token?photo_id={photo_id}&max_uploads={max_uploads}&valid_minutes=1440"
     );
-    let (_, answer) = connection.send(signed_get(address, &credential, &query)).await?;
-    between(&answer, "<replace_token>", "</replace_token>").context("no token issued")
+    let mut tokens = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (_, answer) = connection.send(signed_get(address, &credential, &query)).await?;
+        tokens.push(between(&answer, "<replace_token>", "</replace_token>").context("no token issued")?);
+    }
+    Ok(tokens)
+}
+
+/// Uploads a photo and issues one token for it.
+async fn photo_and_token(address: &str, dir: &Path, max_uploads: u32) -> anyhow::Result<String> {
+    let photo_id = upload_photo(address, dir).await?;
+    let mut tokens = issue_tokens(address, dir, &photo_id, max_uploads, 1).await?;
+    Ok(tokens.remove(0))
 }
 
 fn between(bytes: &[u8], start: &str, end: &str) -> Option<String> {
@@ -375,7 +438,7 @@ async fn upload_fs(cli: &Cli) -> anyhow::Result<Vec<Row>> {
     for run in 0..cli.runs {
         eprintln!("upload-fs: run {} of {}", run + 1, cli.runs);
         let dir = tempfile::tempdir_in(".")?;
-        let receiver = Server::receiver(dir.path())?;
+        let receiver = Server::receiver(dir.path(), &[])?;
         let token = photo_and_token(&receiver.address, dir.path(), 1).await?;
         let (idle, _) = receiver.memory_kib();
         let started = Instant::now();
@@ -459,20 +522,30 @@ where
 }
 
 /// Case 4: signed get-replace-token requests per second (each with its own
-/// nonce, so each writes the nonce and the token) vs. hello world.
+/// nonce, so each writes the nonce and the token) vs. hello world, on the
+/// embedded default and on Redis.
 async fn tokens(cli: &Cli) -> anyhow::Result<Vec<Row>> {
+    let redis = Redis::start()?;
+    Ok(vec![
+        tokens_on(cli, "4. token issuance, embedded", &[], "ratio >= 0.5").await?,
+        tokens_on(cli, "4. token issuance, Redis", &redis.backend(), "ratio >= 0.3").await?,
+    ])
+}
+
+async fn tokens_on(
+    cli: &Cli,
+    case: &'static str,
+    backend: &[(&'static str, String)],
+    target: &str,
+) -> anyhow::Result<Row> {
     let mut rates = Vec::new();
     let mut hello_rates = Vec::new();
     for run in 0..cli.runs {
-        eprintln!("tokens: run {} of {}", run + 1, cli.runs);
+        eprintln!("{case}: run {} of {}", run + 1, cli.runs);
         let dir = tempfile::tempdir_in(".")?;
-        let receiver = Server::receiver(dir.path())?;
+        let receiver = Server::receiver(dir.path(), backend)?;
         let credential = Arc::new(credentials(dir.path())?);
-        let photo = {
-            let token = photo_and_token(&receiver.address, dir.path(), 1).await?;
-            drop(token);
-            "1"
-        };
+        let photo = upload_photo(&receiver.address, dir.path()).await?;
         let address = receiver.address.clone();
         let query = format!("/api/photo/get-replace-token?photo_id={photo}");
         let (rate, _) =
@@ -492,37 +565,43 @@ async fn tokens(cli: &Cli) -> anyhow::Result<Vec<Row>> {
         .await?;
         hello_rates.push(rate);
     }
-    Ok(vec![Row {
-        case: "4. token issuance, embedded",
+    Ok(Row {
+        case,
         metric: "requests/s at 64 connections",
         unit: "req/s",
         samples: rates,
         baseline: Some(("hyper hello world", hello_rates)),
-        target: Some("ratio >= 0.5".into()),
-    }])
+        target: Some(target.into()),
+    })
 }
 
 /// Case 5: 64 KiB redeems per second at 64 connections, with latencies.
 async fn small_uploads(cli: &Cli) -> anyhow::Result<Vec<Row>> {
+    small_uploads_on(cli, "5. 64 KiB redeems, embedded", &[]).await
+}
+
+async fn small_uploads_on(
+    cli: &Cli,
+    case: &'static str,
+    backend: &[(&'static str, String)],
+) -> anyhow::Result<Vec<Row>> {
     let mut rates = Vec::new();
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
     for run in 0..cli.runs {
-        eprintln!("small: run {} of {}", run + 1, cli.runs);
+        eprintln!("{case}: run {} of {}", run + 1, cli.runs);
         let dir = tempfile::tempdir_in(".")?;
-        let receiver = Server::receiver(dir.path())?;
-        let token = photo_and_token(&receiver.address, dir.path(), 100).await?;
-        // One token allows at most 100 uploads: use a pool of tokens.
-        let mut tokens = vec![token];
-        for _ in 0..200 {
-            tokens.push(photo_and_token(&receiver.address, dir.path(), 100).await?);
-        }
-        let tokens = Arc::new(tokens);
+        let receiver = Server::receiver(dir.path(), backend)?;
+        // One token allows at most 100 uploads: a pool of tokens, each used
+        // by 100 consecutive requests, enough for the whole measurement.
+        let photo = upload_photo(&receiver.address, dir.path()).await?;
+        let needed = (cli.seconds as usize * 20_000).div_ceil(100);
+        let tokens = Arc::new(issue_tokens(&receiver.address, dir.path(), &photo, 100, needed).await?);
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let address = receiver.address.clone();
         let (rate, mut latencies) = load(&receiver.address, cli.seconds, 200, move || {
             let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            redeem_request(&address, &tokens[(n / 100) % tokens.len()], 64 * 1024)
+            redeem_request(&address, &tokens[(n / 100).min(tokens.len() - 1)], 64 * 1024)
         })
         .await?;
         latencies.sort_by(f64::total_cmp);
@@ -532,14 +611,7 @@ async fn small_uploads(cli: &Cli) -> anyhow::Result<Vec<Row>> {
         p50.push(at(0.50));
         p99.push(at(0.99));
     }
-    let row = |metric, unit, samples| Row {
-        case: "5. 64 KiB redeems, embedded",
-        metric,
-        unit,
-        samples,
-        baseline: None,
-        target: None,
-    };
+    let row = |metric, unit, samples| Row { case, metric, unit, samples, baseline: None, target: None };
     Ok(vec![
         row("redeems/s at 64 connections", "req/s", rates),
         row("p50 latency", "ms", p50),
