@@ -48,6 +48,8 @@ pub struct AppState {
     pub objects: Arc<dyn ObjectStore>,
     pub callbacks: BackgroundCaller,
     pub metrics: Arc<Metrics>,
+    /// One permit per multipart upload being received.
+    uploads: Arc<tokio::sync::Semaphore>,
     shutting_down: AtomicBool,
 }
 
@@ -61,6 +63,12 @@ impl AppState {
             max_part_header_bytes: limits.max_part_header_bytes,
             idle_timeout: Duration::from_secs(self.config.server.body_idle_timeout_secs),
         }
+    }
+
+    /// A permit to receive one multipart upload, or `None` when
+    /// `limits.max_concurrent_uploads` are already in progress.
+    pub fn try_begin_upload(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.uploads).try_acquire_owned().ok()
     }
 
     /// Where file parts wait when they arrive before the fields they need.
@@ -142,12 +150,14 @@ impl App {
             &config.callback.allowed_hosts,
             Duration::from_secs(config.callback.timeout_secs),
         );
+        let uploads = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_uploads));
         let state = Arc::new(AppState {
             config,
             auth,
             state,
             objects,
             callbacks,
+            uploads,
             metrics,
             shutting_down: AtomicBool::new(false),
         });

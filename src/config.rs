@@ -234,6 +234,9 @@ pub struct LimitsConfig {
     pub max_field_bytes: u64,
     /// Largest header block of one multipart part (and the preamble).
     pub max_part_header_bytes: u64,
+    /// Multipart uploads received at once; more are answered 503 at once.
+    /// Bounds memory: an S3 upload holds about part_size × (parts_in_flight + 1).
+    pub max_concurrent_uploads: usize,
 }
 
 impl Default for LimitsConfig {
@@ -244,6 +247,7 @@ impl Default for LimitsConfig {
             max_fields: 100,
             max_field_bytes: 64 * 1024,
             max_part_header_bytes: 16 * 1024,
+            max_concurrent_uploads: 64,
         }
     }
 }
@@ -362,6 +366,9 @@ impl Config {
         }
         if self.state.slot_lease_secs < 3 {
             return Err(ConfigError::key("state.slot_lease_secs", "must be at least 3"));
+        }
+        if self.limits.max_concurrent_uploads == 0 {
+            return Err(ConfigError::key("limits.max_concurrent_uploads", "must be at least 1"));
         }
         if self.limits.max_fields == 0 {
             return Err(ConfigError::key("limits.max_fields", "must be at least 1"));

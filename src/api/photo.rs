@@ -182,6 +182,9 @@ where
     G: FileGate<Refusal = ApiError>,
 {
     let Some((body, boundary)) = request.multipart.take() else { return Err(ApiError::NoFile) };
+    let Some(_receiving) = state.try_begin_upload() else {
+        return Err(ApiError::Unavailable("limits.max_concurrent_uploads reached".into()));
+    };
     let limits = state.multipart_limits();
     let stream = upload::body_stream(body, limits.idle_timeout);
     let receipt =

@@ -66,6 +66,8 @@ enum Refusal {
     Unknown,
     UsedUp,
     Unavailable(String),
+    /// `limits.max_concurrent_uploads` uploads are in progress.
+    Busy,
 }
 
 impl Refusal {
@@ -83,15 +85,24 @@ impl Refusal {
             Refusal::UsedUp => text(StatusCode::NOT_FOUND, "The replace token has no uploads left.\n".into()),
             Refusal::Unavailable(cause) => {
                 tracing::warn!(%cause, "redeem refused: the state store is unavailable");
-                let mut response = text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The service is temporarily unavailable; please try again.\n".into(),
-                );
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                response
+                retry_later()
+            }
+            Refusal::Busy => {
+                tracing::warn!("redeem refused: limits.max_concurrent_uploads reached");
+                retry_later()
             }
         }
     }
+}
+
+/// 503 with `Retry-After`: a passing condition, unlike every other refusal.
+fn retry_later() -> Response<Body> {
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The service is temporarily unavailable; please try again.\n".into(),
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
 }
 
 /// A reserved slot whose lease is renewed until the permit is dropped.
@@ -179,6 +190,8 @@ async fn redeem(state: &Arc<AppState>, request: Request<Incoming>) -> Response<B
         }
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{}\n", e.client_message())),
     };
+    // Refused before any slot is reserved: the client may simply retry.
+    let Some(_receiving) = state.try_begin_upload() else { return Refusal::Busy.answer() };
     let mut gate = TokenGate {
         state,
         from_query: query.iter().filter(|(n, _)| n == TOKEN_FIELD).map(|(_, v)| v.clone()).collect(),

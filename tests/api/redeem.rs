@@ -237,7 +237,8 @@ async fn a_file_over_the_limit_fails_with_the_slot_back_and_the_old_version_unto
 
 #[tokio::test]
 async fn a_hundred_concurrent_redeems_of_a_three_upload_token_store_exactly_three_versions() {
-    let f = Fixture::new().await;
+    // All hundred are received at once: none is turned away as busy.
+    let f = Fixture::with(|c| c.limits.max_concurrent_uploads = 128).await;
     let token = f.token(&[("max_uploads", "3"), ("return_url", "http://www.example.com/done")]).await;
     let attempts = (0..100).map(|i| {
         let (http, url, token) = (f.app.http.clone(), f.app.url(REDEEM), token.clone());
@@ -597,4 +598,41 @@ async fn metrics_count_requests_slots_bytes_and_callbacks() {
         at(r#"upload_receiver_backend_duration_seconds_count{backend="state",operation="reserve_slot"}"#)
             >= 2.0
     );
+}
+
+#[tokio::test]
+async fn uploads_beyond_the_concurrency_limit_are_told_to_retry_and_use_no_slot() {
+    let f = Fixture::with(|c| c.limits.max_concurrent_uploads = 1).await;
+    let token = f.token(&[("return_url", "http://www.example.com/done"), ("max_uploads", "2")]).await;
+    // One upload in progress, its body still arriving.
+    let address = f.app.running.as_ref().unwrap().address;
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let part = format!(
+        "--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s\"\r\n\r\nstarted"
+    );
+    let rest = "\r\n--B--\r\n";
+    let head = format!(
+        "POST {REDEEM} HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n",
+        part.len() + rest.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(part.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let response = f.redeem(&token, b"second", &[]).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let writer = f.app.writer.clone();
+    let form = Form::new().part("file", Part::bytes(b"x".to_vec()).file_name("x.jpg"));
+    assert_error(
+        &text(f.app.signed_multipart(&writer, "/api/photo/upload", form)).await,
+        "service_unavailable",
+    );
+
+    socket.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 2048];
+    let n = tokio::io::AsyncReadExt::read(&mut socket, &mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 303"));
+    assert_eq!(f.uploads_used(&token).await, 1, "the refused upload used no slot");
+    assert_eq!(f.redeem(&token, b"now there is room", &[]).await.status(), 303);
 }

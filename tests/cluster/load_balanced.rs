@@ -20,6 +20,8 @@ async fn cluster() -> Cluster {
     let mut config: Config = test_config();
     use_redis_and_s3(&mut config);
     config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    // Each instance may take every one of the hundred concurrent redeems.
+    config.limits.max_concurrent_uploads = 128;
     let bucket = config.storage.bucket.clone().unwrap();
     let a = spawn_app_from(config.clone()).await;
     let b = spawn_app_from(config).await;
