@@ -46,6 +46,9 @@ enum Case {
     All,
     /// One large upload to the local-files backend vs. a raw HTTP-to-disk sink.
     UploadFs,
+    /// One large upload to S3 (s3s-fs) vs. a direct aws-sdk-s3 multipart
+    /// upload; then 64 concurrent 64 MiB uploads, for memory.
+    UploadS3,
     /// Signed get-replace-token requests per second vs. a hello-world server.
     Tokens,
     /// 64 KiB redeems per second at 64 connections, with p50/p99 latency.
@@ -415,6 +418,9 @@ async fn run(case: &Case, cli: &Cli) -> anyhow::Result<()> {
     if matches!(case, Case::All | Case::UploadFs) {
         rows.extend(upload_fs(cli).await?);
     }
+    if matches!(case, Case::All | Case::UploadS3) {
+        rows.extend(upload_s3(cli).await?);
+    }
     if matches!(case, Case::All | Case::Tokens) {
         rows.extend(tokens(cli).await?);
     }
@@ -480,6 +486,212 @@ async fn upload_fs(cli: &Cli) -> anyhow::Result<Vec<Row>> {
             samples: memory,
             baseline: None,
             target: Some("<= 64 MiB".into()),
+        },
+    ])
+}
+
+/// An s3s-fs server (objects as files on disk) with one bucket, stopped when
+/// dropped. The binary comes from `S3S_FS` or the `PATH`; install it with
+/// `cargo install s3s-fs --version 0.14.1 --features binary`.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const S3_KEY: &str = "bench-access-key";
+const S3_SECRET: &str = "bench-secret-key";
+const S3_BUCKET: &str = "bench";
+
+impl S3Server {
+    async fn start() -> anyhow::Result<S3Server> {
+        let binary = std::env::var("S3S_FS").unwrap_or_else(|_| "s3s-fs".to_owned());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = tempfile::tempdir_in(".")?;
+        let child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(dir.path())
+            .env("RUST_LOG", "off")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {binary}: `cargo install s3s-fs --version 0.14.1 --features binary`, or set S3S_FS")
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("s3s-fs did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}"), _dir: dir };
+        server.client().await.create_bucket().bucket(S3_BUCKET).send().await?;
+        Ok(server)
+    }
+
+    async fn client(&self) -> aws_sdk_s3::Client {
+        let credentials = aws_sdk_s3::config::Credentials::new(S3_KEY, S3_SECRET, None, None, "bench");
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(credentials)
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// The receiver's environment for this server.
+    fn backend(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("UPLOAD_RECEIVER__STORAGE__BUCKET", S3_BUCKET.to_owned()),
+            ("UPLOAD_RECEIVER__STORAGE__ENDPOINT", self.endpoint.clone()),
+            ("UPLOAD_RECEIVER__STORAGE__FORCE_PATH_STYLE", "true".to_owned()),
+            ("UPLOAD_RECEIVER__LIMITS__MAX_CONCURRENT_UPLOADS", "128".to_owned()),
+            ("AWS_ACCESS_KEY_ID", S3_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        ]
+    }
+}
+
+/// The default part size and parts in flight, which the direct upload uses too.
+const PART_SIZE: u64 = 8 * MIB;
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// The baseline of case 2: the same bytes straight to S3 with aws-sdk-s3,
+/// same part size, same parts in flight.
+async fn direct_multipart(client: &aws_sdk_s3::Client, key: &str, size: u64) -> anyhow::Result<()> {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let created = client.create_multipart_upload().bucket(S3_BUCKET).key(key).send().await?;
+    let upload_id = created.upload_id().context("no upload id")?.to_owned();
+    let part = Bytes::from(vec![0x5a; PART_SIZE as usize]);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut parts = Vec::new();
+    let count = size.div_ceil(PART_SIZE);
+    for number in 1..=count as i32 {
+        let length = (size - (number as u64 - 1) * PART_SIZE).min(PART_SIZE) as usize;
+        while in_flight.len() >= PARTS_IN_FLIGHT {
+            parts.push(in_flight.join_next().await.context("a part")???);
+        }
+        let request = client
+            .upload_part()
+            .bucket(S3_BUCKET)
+            .key(key)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(aws_sdk_s3::primitives::ByteStream::from(part.slice(..length)));
+        in_flight.spawn(async move {
+            let sent = request.send().await?;
+            let part = CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(sent.e_tag().map(str::to_owned))
+                .build();
+            Ok::<_, anyhow::Error>(part)
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        parts.push(done??);
+    }
+    parts.sort_by_key(|p| p.part_number());
+    client
+        .complete_multipart_upload()
+        .bucket(S3_BUCKET)
+        .key(key)
+        .upload_id(&upload_id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await?;
+    Ok(())
+}
+
+/// Case 2 (and the S3 memory of case 3): one large redeem to S3 vs. the
+/// same bytes uploaded directly; then 64 concurrent 64 MiB redeems.
+async fn upload_s3(cli: &Cli) -> anyhow::Result<Vec<Row>> {
+    let size = cli.size_mib * MIB;
+    let (mut rates, mut direct_rates, mut memory, mut concurrent_memory) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..cli.runs {
+        eprintln!("upload-s3: run {} of {}", run + 1, cli.runs);
+        let s3 = S3Server::start().await?;
+        let dir = tempfile::tempdir_in(".")?;
+        let receiver = Server::receiver(dir.path(), &s3.backend())?;
+        let token = photo_and_token(&receiver.address, dir.path(), 1).await?;
+        let (idle, _) = receiver.memory_kib();
+        let started = Instant::now();
+        let mut connection = Connection::open(&receiver.address).await?;
+        let (status, answer) = connection.send(redeem_request(&receiver.address, &token, size)).await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if status != 200 {
+            bail!("the redeem answered {status}: {}", String::from_utf8_lossy(&answer));
+        }
+        let (_, peak) = receiver.memory_kib();
+        rates.push(size as f64 / MIB as f64 / elapsed);
+        memory.push(peak.saturating_sub(idle) as f64 / 1024.0);
+        drop(receiver);
+
+        let client = s3.client().await;
+        let started = Instant::now();
+        direct_multipart(&client, &format!("direct-{run}"), size).await?;
+        direct_rates.push(size as f64 / MIB as f64 / started.elapsed().as_secs_f64());
+
+        // 64 concurrent 64 MiB redeems on a fresh receiver.
+        let dir = tempfile::tempdir_in(".")?;
+        let receiver = Server::receiver(dir.path(), &s3.backend())?;
+        let photo = upload_photo(&receiver.address, dir.path()).await?;
+        let tokens = issue_tokens(&receiver.address, dir.path(), &photo, 1, CONNECTIONS).await?;
+        let (idle, _) = receiver.memory_kib();
+        let mut uploads = tokio::task::JoinSet::new();
+        for token in tokens {
+            let address = receiver.address.clone();
+            uploads.spawn(async move {
+                let mut connection = Connection::open(&address).await?;
+                let (status, _) = connection.send(redeem_request(&address, &token, 64 * MIB)).await?;
+                anyhow::ensure!(status == 200, "a concurrent redeem answered {status}");
+                Ok(())
+            });
+        }
+        while let Some(done) = uploads.join_next().await {
+            done??;
+        }
+        let (_, peak) = receiver.memory_kib();
+        concurrent_memory.push(peak.saturating_sub(idle) as f64 / 1024.0);
+    }
+    let bound = 64 + CONNECTIONS as u64 * (PART_SIZE / MIB) * PARTS_IN_FLIGHT as u64;
+    Ok(vec![
+        Row {
+            case: "2. upload to S3 (s3s-fs)",
+            metric: "throughput",
+            unit: "MiB/s",
+            samples: rates,
+            baseline: Some(("direct aws-sdk-s3 multipart", direct_rates)),
+            target: Some("ratio >= 0.9".into()),
+        },
+        Row {
+            case: "3. memory, upload to S3",
+            metric: "peak RSS above idle",
+            unit: "MiB",
+            samples: memory,
+            baseline: None,
+            target: Some("<= 64 MiB".into()),
+        },
+        Row {
+            case: "3. memory, 64 x 64 MiB to S3",
+            metric: "peak RSS above idle",
+            unit: "MiB",
+            samples: concurrent_memory,
+            baseline: None,
+            target: Some(format!("<= {bound} MiB")),
         },
     ])
 }
