@@ -196,8 +196,8 @@ pub struct StorageConfig {
     pub force_path_style: bool,
     pub timeout_secs: u64,
     pub part_size: u64,
-    /// Parts of one file uploaded concurrently; memory per upload is about
-    /// `part_size × (parts_in_flight + 1)`.
+    /// Part buffers of one S3 upload: one filling while the others are sent,
+    /// so memory per upload is about `part_size × parts_in_flight`.
     pub parts_in_flight: usize,
     pub sweep_interval_secs: u64,
     pub sweep_min_age_secs: u64,
@@ -376,8 +376,11 @@ impl Config {
         if self.callback.max_return_url_bytes < 16 {
             return Err(ConfigError::key("callback.max_return_url_bytes", "must be at least 16"));
         }
-        if self.storage.parts_in_flight == 0 {
-            return Err(ConfigError::key("storage.parts_in_flight", "must be at least 1"));
+        if self.storage.parts_in_flight < 2 {
+            return Err(ConfigError::key(
+                "storage.parts_in_flight",
+                "must be at least 2 (one part filling, one sent)",
+            ));
         }
         if self.storage.sweep_interval_secs == 0 {
             return Err(ConfigError::key("storage.sweep_interval_secs", "must be at least 1"));

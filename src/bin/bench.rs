@@ -565,7 +565,9 @@ impl S3Server {
     }
 }
 
-/// The default part size and parts in flight, which the direct upload uses too.
+/// The receiver's default part size and part buffers. It sends up to
+/// `PARTS_IN_FLIGHT - 1` parts at once while filling the next; the direct
+/// upload sends as many at once, with the same part size.
 const PART_SIZE: u64 = 8 * MIB;
 const PARTS_IN_FLIGHT: usize = 4;
 
@@ -581,7 +583,7 @@ async fn direct_multipart(client: &aws_sdk_s3::Client, key: &str, size: u64) -> 
     let count = size.div_ceil(PART_SIZE);
     for number in 1..=count as i32 {
         let length = (size - (number as u64 - 1) * PART_SIZE).min(PART_SIZE) as usize;
-        while in_flight.len() >= PARTS_IN_FLIGHT {
+        while in_flight.len() >= PARTS_IN_FLIGHT - 1 {
             parts.push(in_flight.join_next().await.context("a part")???);
         }
         let request = client

@@ -1,11 +1,12 @@
 //! The S3 [`ObjectStore`] (AWS or any S3-compatible server).
 //!
 //! A file smaller than one part is sent with a single PutObject; a larger one
-//! as a multipart upload of `part_size` parts, at most `parts_in_flight` of
-//! them on the wire at once, so memory per upload stays near
-//! `part_size × (parts_in_flight + 1)` whatever the file size. Each part (or
+//! as a multipart upload of `part_size` parts through `parts_in_flight`
+//! reused part buffers (one filling, the others on the wire), so memory per
+//! upload stays near `part_size × parts_in_flight` whatever the file size. Each part (or
 //! the single object) carries its SHA-256 as its S3 checksum, so S3 checks
-//! what it received.
+//! what it received; with that header the payload is sent unsigned (SigV4
+//! `UNSIGNED-PAYLOAD`), sparing a third hash of every byte.
 //!
 //! When a `put` fails or is dropped mid-stream (the client went away), the
 //! multipart upload is aborted. Uploads orphaned by a crashed process are
@@ -85,7 +86,7 @@ impl S3ObjectStore {
             client: Client::from_conf(builder.build()),
             bucket,
             part_size: usize::try_from(config.part_size).map_err(backend)?,
-            parts_in_flight: config.parts_in_flight.max(1),
+            parts_in_flight: config.parts_in_flight.max(2),
         })
     }
 
@@ -149,6 +150,8 @@ impl S3ObjectStore {
             .content_type(content_type)
             .checksum_sha256(sha256_base64(&bytes))
             .body(S3Body::from(bytes))
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(sdk_error)?;
@@ -203,24 +206,54 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Fills `buffer` from `body` up to `size` bytes; `false` at end of stream.
-async fn fill(
-    body: &mut ByteStream,
-    buffer: &mut BytesMut,
-    size: usize,
-    digest: &mut Digesting,
-) -> Result<bool, StorageError> {
-    while buffer.len() < size {
-        match body.next().await {
-            Some(chunk) => {
-                let chunk = chunk.map_err(StorageError::Source)?;
-                digest.update(&chunk);
+/// Reads the body into part-sized buffers, exactly `part_size` bytes each
+/// (a chunk that crosses a part boundary is split, its rest kept for the
+/// next part), and updates the digest as bytes arrive.
+struct PartReader {
+    body: ByteStream,
+    digest: Digesting,
+    /// The rest of a chunk that crossed the previous part boundary.
+    carry: Option<Bytes>,
+    part_size: usize,
+}
+
+impl PartReader {
+    /// Fills `buffer` up to the part size; `false` when the body ended first.
+    async fn fill(&mut self, buffer: &mut BytesMut) -> Result<bool, StorageError> {
+        while buffer.len() < self.part_size {
+            let chunk = match self.carry.take() {
+                Some(chunk) => chunk,
+                None => match self.body.next().await {
+                    Some(chunk) => {
+                        let chunk = chunk.map_err(StorageError::Source)?;
+                        self.digest.update(&chunk);
+                        chunk
+                    }
+                    None => return Ok(false),
+                },
+            };
+            let room = self.part_size - buffer.len();
+            if chunk.len() > room {
+                self.carry = Some(chunk.slice(room..));
+                buffer.extend_from_slice(&chunk[..room]);
+            } else {
                 buffer.extend_from_slice(&chunk);
             }
-            None => return Ok(false),
         }
+        Ok(true)
     }
-    Ok(true)
+}
+
+/// One uploaded part, and its buffer to use again.
+type PartDone = Result<(CompletedPart, Bytes), StorageError>;
+
+/// Takes the buffer of an uploaded part back for the next part; when the
+/// SDK still holds a reference, a fresh buffer is used instead.
+fn recycle(bytes: Bytes, spare: &mut Vec<BytesMut>) {
+    if let Ok(mut buffer) = bytes.try_into_mut() {
+        buffer.clear();
+        spare.push(buffer);
+    }
 }
 
 #[async_trait]
@@ -229,14 +262,14 @@ impl ObjectStore for S3ObjectStore {
         &self,
         key: &ObjectKey,
         content_type: &str,
-        mut body: ByteStream,
+        body: ByteStream,
     ) -> Result<StoredObject, StorageError> {
-        let mut digest = Digesting::default();
+        let mut reader =
+            PartReader { body, digest: Digesting::default(), carry: None, part_size: self.part_size };
         let mut buffer = BytesMut::with_capacity(self.part_size);
-        let more = fill(&mut body, &mut buffer, self.part_size, &mut digest).await?;
-        if !more {
+        if !reader.fill(&mut buffer).await? {
             self.put_single(key, content_type, buffer.freeze()).await?;
-            return Ok(digest.finish(key.clone()));
+            return Ok(reader.digest.finish(key.clone()));
         }
 
         let created = self
@@ -259,45 +292,57 @@ impl ObjectStore for S3ObjectStore {
             completed: false,
         };
 
-        let mut in_flight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
+        // At most `parts_in_flight` part buffers exist: the one being filled
+        // and the ones being uploaded. They are reused from part to part, so
+        // memory stays near part_size × parts_in_flight whatever the
+        // allocator keeps of freed blocks.
+        let mut in_flight: JoinSet<PartDone> = JoinSet::new();
+        let mut spare: Vec<BytesMut> = Vec::new();
         let mut parts = Vec::new();
         let mut part_number = 0;
-        let mut more = true;
-        while more || !buffer.is_empty() {
-            if more && buffer.len() < self.part_size {
-                more = fill(&mut body, &mut buffer, self.part_size, &mut digest).await?;
-            }
-            // A part is full, or the body ended with a last, shorter part.
-            let part = buffer.split_to(buffer.len().min(self.part_size)).freeze();
-            if part.is_empty() {
-                break;
-            }
-            // The part keeps its allocation; the next one gets a fresh one.
-            buffer.reserve(self.part_size);
+        while !buffer.is_empty() {
+            let part = buffer.split().freeze();
             part_number += 1;
-            while in_flight.len() >= self.parts_in_flight {
-                parts.push(in_flight.join_next().await.expect("the set is not empty").map_err(backend)??);
-            }
             let request = self
                 .client
                 .upload_part()
                 .bucket(&self.bucket)
                 .key(key.as_str())
                 .upload_id(upload_id)
-                .part_number(part_number)
-                .checksum_sha256(sha256_base64(&part))
-                .body(S3Body::from(part));
+                .part_number(part_number);
             in_flight.spawn(async move {
-                let sent = request.send().await.map_err(sdk_error)?;
-                Ok(CompletedPart::builder()
+                // Hashed here, on whichever worker runs the part, in parallel
+                // with reading the next one. S3 verifies the part against the
+                // checksum header, so the payload itself need not be hashed
+                // once more for the signature.
+                let sent = request
+                    .checksum_sha256(sha256_base64(&part))
+                    .body(S3Body::from(part.clone()))
+                    .customize()
+                    .disable_payload_signing()
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                let done = CompletedPart::builder()
                     .part_number(part_number)
                     .set_e_tag(sent.e_tag().map(str::to_owned))
                     .set_checksum_sha256(sent.checksum_sha256().map(str::to_owned))
-                    .build())
+                    .build();
+                Ok((done, part))
             });
+            // One buffer is about to be filled: the others may be uploading.
+            while in_flight.len() >= self.parts_in_flight - 1 {
+                let (done, bytes) =
+                    in_flight.join_next().await.expect("the set is not empty").map_err(backend)??;
+                parts.push(done);
+                recycle(bytes, &mut spare);
+            }
+            buffer = spare.pop().unwrap_or_else(|| BytesMut::with_capacity(self.part_size));
+            // A full part, a shorter last one, or nothing at the end.
+            reader.fill(&mut buffer).await?;
         }
         while let Some(done) = in_flight.join_next().await {
-            parts.push(done.map_err(backend)??);
+            parts.push(done.map_err(backend)??.0);
         }
         parts.sort_by_key(|p| p.part_number());
         self.client
@@ -310,7 +355,7 @@ impl ObjectStore for S3ObjectStore {
             .await
             .map_err(sdk_error)?;
         guard.completed = true;
-        Ok(digest.finish(key.clone()))
+        Ok(reader.digest.finish(key.clone()))
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Option<ByteStream>, StorageError> {
