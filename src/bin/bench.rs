@@ -433,6 +433,24 @@ async fn run(case: &Case, cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Redeems one `size`-byte file through a fresh receiver on `backend`;
+/// returns the throughput (MiB/s) and the peak RSS above idle (MiB).
+async fn large_redeem(backend: &[(&'static str, String)], size: u64) -> anyhow::Result<(f64, f64)> {
+    let dir = tempfile::tempdir_in(".")?;
+    let receiver = Server::receiver(dir.path(), backend)?;
+    let token = photo_and_token(&receiver.address, dir.path(), 1).await?;
+    let (idle, _) = receiver.memory_kib();
+    let started = Instant::now();
+    let mut connection = Connection::open(&receiver.address).await?;
+    let (status, answer) = connection.send(redeem_request(&receiver.address, &token, size)).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if status != 200 {
+        bail!("the redeem answered {status}: {}", String::from_utf8_lossy(&answer));
+    }
+    let (_, peak) = receiver.memory_kib();
+    Ok((size as f64 / MIB as f64 / elapsed, peak.saturating_sub(idle) as f64 / 1024.0))
+}
+
 /// Case 1 (and the memory of case 3): one large upload to the local-files
 /// backend vs. the same bytes posted to the sink, which writes them to the
 /// same disk without parsing anything.
@@ -443,21 +461,9 @@ async fn upload_fs(cli: &Cli) -> anyhow::Result<Vec<Row>> {
     let mut memory = Vec::new();
     for run in 0..cli.runs {
         eprintln!("upload-fs: run {} of {}", run + 1, cli.runs);
-        let dir = tempfile::tempdir_in(".")?;
-        let receiver = Server::receiver(dir.path(), &[])?;
-        let token = photo_and_token(&receiver.address, dir.path(), 1).await?;
-        let (idle, _) = receiver.memory_kib();
-        let started = Instant::now();
-        let mut connection = Connection::open(&receiver.address).await?;
-        let (status, answer) = connection.send(redeem_request(&receiver.address, &token, size)).await?;
-        let elapsed = started.elapsed().as_secs_f64();
-        if status != 200 {
-            bail!("the redeem answered {status}: {}", String::from_utf8_lossy(&answer));
-        }
-        let (_, peak) = receiver.memory_kib();
-        receiver_rates.push(size as f64 / MIB as f64 / elapsed);
-        memory.push((peak.saturating_sub(idle)) as f64 / 1024.0);
-        drop(receiver);
+        let (rate, peak) = large_redeem(&[], size).await?;
+        receiver_rates.push(rate);
+        memory.push(peak);
 
         let sink_dir = tempfile::tempdir_in(".")?;
         let sink = Server::start(&["serve-sink", &sink_dir.path().display().to_string()], &[])?;
@@ -626,21 +632,9 @@ async fn upload_s3(cli: &Cli) -> anyhow::Result<Vec<Row>> {
     for run in 0..cli.runs {
         eprintln!("upload-s3: run {} of {}", run + 1, cli.runs);
         let s3 = S3Server::start().await?;
-        let dir = tempfile::tempdir_in(".")?;
-        let receiver = Server::receiver(dir.path(), &s3.backend())?;
-        let token = photo_and_token(&receiver.address, dir.path(), 1).await?;
-        let (idle, _) = receiver.memory_kib();
-        let started = Instant::now();
-        let mut connection = Connection::open(&receiver.address).await?;
-        let (status, answer) = connection.send(redeem_request(&receiver.address, &token, size)).await?;
-        let elapsed = started.elapsed().as_secs_f64();
-        if status != 200 {
-            bail!("the redeem answered {status}: {}", String::from_utf8_lossy(&answer));
-        }
-        let (_, peak) = receiver.memory_kib();
-        rates.push(size as f64 / MIB as f64 / elapsed);
-        memory.push(peak.saturating_sub(idle) as f64 / 1024.0);
-        drop(receiver);
+        let (rate, peak) = large_redeem(&s3.backend(), size).await?;
+        rates.push(rate);
+        memory.push(peak);
 
         let client = s3.client().await;
         let started = Instant::now();
