@@ -783,9 +783,15 @@ async fn tokens_on(
     })
 }
 
-/// Case 5: 64 KiB redeems per second at 64 connections, with latencies.
+/// Case 5: 64 KiB redeems per second at 64 connections, with latencies, on
+/// the embedded default and on Redis + S3 (s3s-fs).
 async fn small_uploads(cli: &Cli) -> anyhow::Result<Vec<Row>> {
-    small_uploads_on(cli, "5. 64 KiB redeems, embedded", &[]).await
+    let mut rows = small_uploads_on(cli, "5. 64 KiB redeems, embedded", &[]).await?;
+    let (redis, s3) = (Redis::start()?, S3Server::start().await?);
+    let mut backend = redis.backend();
+    backend.extend(s3.backend());
+    rows.extend(small_uploads_on(cli, "5. 64 KiB redeems, Redis + S3", &backend).await?);
+    Ok(rows)
 }
 
 async fn small_uploads_on(
