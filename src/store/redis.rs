@@ -174,6 +174,18 @@ impl RedisStore {
         Ok(connection.clone())
     }
 
+    /// Awaits one Redis call within the timeout. A call that times out is
+    /// reported, never sent again (a resend could apply it twice).
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| store_error("timed out"))?
+            .map_err(store_error)
+    }
+
     /// Runs a script; the whole call, reload included, is bounded by the
     /// timeout, and never retried after it.
     async fn run<T: redis::FromRedisValue>(
@@ -190,10 +202,7 @@ impl RedisStore {
         for arg in args {
             invocation.arg(arg);
         }
-        tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection))
-            .await
-            .map_err(|_| store_error("timed out"))?
-            .map_err(store_error)
+        self.bounded(invocation.invoke_async(&mut connection)).await
     }
 
     fn photo_from_parts(parts: Vec<String>) -> Result<Option<Photo>, StoreError> {
@@ -263,10 +272,7 @@ impl StateStore for RedisStore {
     async fn create_photo(&self, new: NewPhoto) -> Result<Photo, StoreError> {
         let mut connection = self.connection().await?;
         // A crash between taking the id and storing the photo only skips an id.
-        let id: u64 = tokio::time::timeout(self.timeout, connection.incr(self.keys.photo_sequence(), 1))
-            .await
-            .map_err(|_| store_error("timed out"))?
-            .map_err(store_error)?;
+        let id: u64 = self.bounded(connection.incr(self.keys.photo_sequence(), 1)).await?;
         let meta = PhotoMeta {
             photo_id: PhotoId(id),
             tree_id: new.tree_id,
@@ -307,10 +313,7 @@ impl StateStore for RedisStore {
         let mut connection = self.connection().await?;
         let [key, _] = self.keys.token(token);
         let (grant, committed): (Option<String>, Option<u32>) =
-            tokio::time::timeout(self.timeout, connection.hmget(&key, &["grant", "committed"]))
-                .await
-                .map_err(|_| store_error("timed out"))?
-                .map_err(store_error)?;
+            self.bounded(connection.hmget(&key, &["grant", "committed"])).await?;
         match grant {
             Some(grant) => Ok(Some((decode(&grant)?, committed.unwrap_or(0)))),
             None => Ok(None),
@@ -405,19 +408,13 @@ impl StateStore for RedisStore {
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::EXAT(expires_at));
         let set: Option<String> =
-            tokio::time::timeout(self.timeout, connection.set_options(self.keys.nonce(key), 1, options))
-                .await
-                .map_err(|_| store_error("timed out"))?
-                .map_err(store_error)?;
+            self.bounded(connection.set_options(self.keys.nonce(key), 1, options)).await?;
         Ok(set.is_some())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
-        let _: String = tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut connection))
-            .await
-            .map_err(|_| store_error("timed out"))?
-            .map_err(store_error)?;
+        let _: String = self.bounded(redis::cmd("PING").query_async(&mut connection)).await?;
         Ok(())
     }
 }
