@@ -260,24 +260,17 @@ impl StateBackend {
         }
     }
 
-    /// Runs forever: the embedded store drops expired nonces and tokens
-    /// (Redis expires its keys itself); Redis finishes commits that a crashed
-    /// instance left between their two steps.
+    /// Runs forever: the embedded store drops expired nonces and tokens.
+    /// (Redis expires its keys itself and needs no upkeep.)
     async fn maintain(self) {
+        let StateBackend::Embedded(store) = self else { return };
         let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
         loop {
             ticks.tick().await;
-            match &self {
-                StateBackend::Embedded(store) => match store.purge_expired(crate::domain::unix_now()).await {
-                    Ok((0, 0)) => {}
-                    Ok((nonces, tokens)) => tracing::debug!(nonces, tokens, "purged expired state"),
-                    Err(e) => tracing::warn!(error = %e, "purging expired state failed"),
-                },
-                StateBackend::Redis(store) => match store.complete_pending_commits().await {
-                    Ok(0) => {}
-                    Ok(finished) => tracing::warn!(finished, "finished commits left half-done by a crash"),
-                    Err(e) => tracing::warn!(error = %e, "checking for half-done commits failed"),
-                },
+            match store.purge_expired(crate::domain::unix_now()).await {
+                Ok((0, 0)) => {}
+                Ok((nonces, tokens)) => tracing::debug!(nonces, tokens, "purged expired state"),
+                Err(e) => tracing::warn!(error = %e, "purging expired state failed"),
             }
         }
     }

@@ -170,7 +170,7 @@ impl StateStore for MeasuredState {
         result
     }
 
-    async fn issue_token(&self, grant: TokenGrant) -> Result<(), StoreError> {
+    async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError> {
         let started = Instant::now();
         let result = self.inner.issue_token(grant).await;
         self.done("issue_token", started, &result, |_| true);

@@ -114,9 +114,6 @@ pub async fn get_replace_token(state: &AppState, request: &ApiRequest) -> Result
     let valid_minutes = VALID_MINUTES.apply(params.single("valid_minutes")?)?;
     let max_uploads = MAX_UPLOADS.apply(params.single("max_uploads")?)?;
     let photo_id: PhotoId = photo_id.parse().map_err(|_| ApiError::NoSuchPhoto)?;
-    if state.state.photo(photo_id).await?.is_none() {
-        return Err(ApiError::NoSuchPhoto);
-    }
     let issued_at = unix_now();
     let grant = TokenGrant {
         token: ReplaceToken::generate(),
@@ -128,7 +125,9 @@ pub async fn get_replace_token(state: &AppState, request: &ApiRequest) -> Result
         background_return,
         issued_to: request.caller.consumer_key.clone().unwrap_or_default(),
     };
-    state.state.issue_token(grant.clone()).await?;
+    if !state.state.issue_token(grant.clone()).await? {
+        return Err(ApiError::NoSuchPhoto);
+    }
     tracing::info!(token = ?grant.token, max_uploads, valid_minutes, "replace token issued");
     Ok(Success {
         message: "The replace token is ready to use".to_owned(),

@@ -64,6 +64,10 @@ enum Case {
     ServeHello,
 }
 
+/// Signed requests prepared per second of the token-issuance case, above
+/// any rate seen here; past them, requests are signed as they go.
+const PRESIGNED_PER_SECOND: usize = 60_000;
+
 /// Concurrent connections of the request-rate cases.
 const CONNECTIONS: usize = 64;
 const MIB: u64 = 1024 * 1024;
@@ -309,6 +313,24 @@ fn signed_get(
     credential: &upload_receiver::auth::Credential,
     path_and_query: &str,
 ) -> hyper::Request<http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
+    get(address, &signed_target(address, credential, path_and_query))
+}
+
+/// A plain GET of `target` (path and query) on `address`.
+fn get(
+    address: &str,
+    target: &str,
+) -> hyper::Request<http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
+    hyper::Request::get(target).header("host", address).body(full(Bytes::new())).expect("a valid request")
+}
+
+/// The signed path and query of a GET of `path_and_query` on `address`,
+/// with a fresh nonce.
+fn signed_target(
+    address: &str,
+    credential: &upload_receiver::auth::Credential,
+    path_and_query: &str,
+) -> String {
     let url = url::Url::parse(&format!("http://{address}{path_and_query}")).expect("a valid URL");
     let signed = signature::signed_url(
         "GET",
@@ -319,8 +341,7 @@ fn signed_get(
         &random_string(ALPHANUMERIC, 24),
     );
     let signed = url::Url::parse(&signed).expect("a signed URL");
-    let target = format!("{}?{}", signed.path(), signed.query().unwrap_or_default());
-    hyper::Request::get(target).header("host", address).body(full(Bytes::new())).expect("a valid request")
+    format!("{}?{}", signed.path(), signed.query().unwrap_or_default())
 }
 
 /// Uploads a photo through the signed API; returns its id.
@@ -756,21 +777,26 @@ async fn tokens_on(
         let photo = upload_photo(&receiver.address, dir.path()).await?;
         let address = receiver.address.clone();
         let query = format!("/api/photo/get-replace-token?photo_id={photo}");
-        let (rate, _) =
-            load(&receiver.address, cli.seconds, 200, move || signed_get(&address, &credential, &query))
-                .await?;
+        // Signed before the clock starts, so that the load generator does
+        // the same work per request as for hello world: build and send.
+        let presigned = PRESIGNED_PER_SECOND * cli.seconds as usize;
+        eprintln!("{case}: signing {presigned} requests");
+        let targets: Arc<Vec<String>> =
+            Arc::new((0..presigned).map(|_| signed_target(&address, &credential, &query)).collect());
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (rate, _) = load(&receiver.address, cli.seconds, 200, move || {
+            match targets.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                Some(target) => get(&address, target),
+                None => signed_get(&address, &credential, &query),
+            }
+        })
+        .await?;
         rates.push(rate);
         drop(receiver);
 
         let hello = Server::start(&["serve-hello"], &[])?;
         let address = hello.address.clone();
-        let (rate, _) = load(&hello.address, cli.seconds, 200, move || {
-            hyper::Request::get("/")
-                .header("host", address.as_str())
-                .body(full(Bytes::new()))
-                .expect("a request")
-        })
-        .await?;
+        let (rate, _) = load(&hello.address, cli.seconds, 200, move || get(&address, "/")).await?;
         hello_rates.push(rate);
     }
     Ok(Row {

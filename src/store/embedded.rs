@@ -9,6 +9,15 @@
 //! still sees the effects of the ones before it, so each is atomic on its
 //! own; callers are answered only after the commit is durable. Reads use
 //! redb's MVCC read transactions and never wait for the writer.
+//!
+//! # Nonces answer early
+//! A nonce check is answered as soon as it is applied, before its batch is
+//! durable, which saves every signed request one wait for an fsync. This
+//! is safe because the request's own writes can only come after that answer,
+//! so they land in the same batch or a later one, and batches become durable
+//! in order: whenever a request's effects survive a crash, its nonce does
+//! too. A batch that fails to commit hands the nonces it answered for to the
+//! next batch, so a failed commit cannot reopen them for a replay either.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -71,8 +80,25 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("state records always serialize")
 }
 
-/// One queued write operation.
-trait Job: Send {
+/// One queued operation.
+enum Job {
+    /// A write answered once its batch is durable.
+    Write(Box<dyn DurableWrite>),
+    /// A nonce check, answered as soon as it is applied (see the module docs).
+    Nonce { identity: String, expires_at: u64, reply: oneshot::Sender<Result<bool, StoreError>> },
+}
+
+impl Job {
+    fn fail(self, error: StoreError) {
+        match self {
+            Job::Write(write) => write.fail(error),
+            Job::Nonce { reply, .. } => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+/// A write operation answered after its batch commits.
+trait DurableWrite: Send {
     /// Runs the operation inside the batch's transaction. Returns what to do
     /// once the commit's outcome is known, and whether the operation hit a
     /// storage error (which aborts the whole batch).
@@ -88,7 +114,7 @@ struct WriteJob<T, F> {
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
-impl<T, F> Job for WriteJob<T, F>
+impl<T, F> DurableWrite for WriteJob<T, F>
 where
     T: Send + 'static,
     F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send,
@@ -110,7 +136,7 @@ where
 pub struct EmbeddedStore {
     db: Arc<Database>,
     /// `None` only while dropping.
-    writer: Option<std::sync::mpsc::Sender<Box<dyn Job>>>,
+    writer: Option<std::sync::mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -144,7 +170,7 @@ impl EmbeddedStore {
             txn.open_table(META).map_err(store_error)?;
             txn.commit().map_err(store_error)?;
         }
-        let (writer, queue) = std::sync::mpsc::channel::<Box<dyn Job>>();
+        let (writer, queue) = std::sync::mpsc::channel::<Job>();
         let writer_db = Arc::clone(&db);
         let writer_thread = std::thread::Builder::new()
             .name("embedded-store-writer".into())
@@ -160,10 +186,19 @@ impl EmbeddedStore {
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        self.enqueue(Job::Write(Box::new(WriteJob { op, reply })), answer).await
+    }
+
+    /// Hands `job` to the writer and waits for its `answer`.
+    async fn enqueue<T>(
+        &self,
+        job: Job,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         self.writer
             .as_ref()
             .expect("the writer is present until drop")
-            .send(Box::new(WriteJob { op, reply }))
+            .send(job)
             .map_err(|_| StoreError::new("the embedded store's writer has stopped"))?;
         answer.await.map_err(|_| StoreError::new("the embedded store's writer dropped an operation"))?
     }
@@ -218,7 +253,9 @@ impl EmbeddedStore {
     }
 }
 
-fn run_writer(db: &Database, queue: &std::sync::mpsc::Receiver<Box<dyn Job>>) {
+fn run_writer(db: &Database, queue: &std::sync::mpsc::Receiver<Job>) {
+    // Nonces answered for in a batch that then failed to commit.
+    let mut carried: Vec<(String, u64)> = Vec::new();
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -239,10 +276,28 @@ fn run_writer(db: &Database, queue: &std::sync::mpsc::Receiver<Box<dyn Job>>) {
         };
         let mut finishes = Vec::with_capacity(batch.len());
         let mut poisoned = false;
+        let mut answered_nonces = Vec::new();
+        for (identity, expires_at) in carried.drain(..) {
+            poisoned |= record_nonce(&txn, &identity, expires_at).is_err();
+            answered_nonces.push((identity, expires_at));
+        }
         for job in batch {
-            let (finish, failed) = job.apply(&txn);
-            poisoned |= failed;
-            finishes.push(finish);
+            match job {
+                Job::Write(write) => {
+                    let (finish, failed) = write.apply(&txn);
+                    poisoned |= failed;
+                    finishes.push(finish);
+                }
+                Job::Nonce { identity, expires_at, reply } => {
+                    let first_use = record_nonce(&txn, &identity, expires_at);
+                    match &first_use {
+                        Ok(true) => answered_nonces.push((identity, expires_at)),
+                        Ok(false) => {}
+                        Err(_) => poisoned = true,
+                    }
+                    let _ = reply.send(first_use);
+                }
+            }
         }
         let outcome = if poisoned {
             // Dropping the transaction aborts it: none of the batch is applied.
@@ -251,10 +306,31 @@ fn run_writer(db: &Database, queue: &std::sync::mpsc::Receiver<Box<dyn Job>>) {
         } else {
             txn.commit().map_err(|e| e.to_string())
         };
+        if outcome.is_err() {
+            carried = answered_nonces;
+        }
         for finish in finishes {
             finish(outcome.clone().map_err(StoreError::new));
         }
     }
+}
+
+/// Records a nonce in `txn`: `true` the first time, `false` while an
+/// earlier record of it has not expired.
+fn record_nonce(txn: &WriteTransaction, identity: &str, expires_at: u64) -> Result<bool, StoreError> {
+    let now = crate::domain::unix_now();
+    let mut nonces = txn.open_table(NONCES).map_err(store_error)?;
+    let previous = nonces.get(identity).map_err(store_error)?.map(|v| v.value());
+    if previous.is_some_and(|expiry| expiry > now) {
+        return Ok(false);
+    }
+    let mut index = txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
+    if let Some(old_expiry) = previous {
+        index.remove((old_expiry, identity)).map_err(store_error)?;
+    }
+    nonces.insert(identity, expires_at).map_err(store_error)?;
+    index.insert((expires_at, identity), ()).map_err(store_error)?;
+    Ok(true)
 }
 
 fn get_token_state(
@@ -324,13 +400,22 @@ impl StateStore for EmbeddedStore {
         self.read(move |txn| get_photo(&txn.open_table(PHOTOS).map_err(store_error)?, id)).await
     }
 
-    async fn issue_token(&self, grant: TokenGrant) -> Result<(), StoreError> {
+    async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError> {
         self.write(move |txn| {
+            if txn
+                .open_table(PHOTOS)
+                .map_err(store_error)?
+                .get(grant.photo_id.0)
+                .map_err(store_error)?
+                .is_none()
+            {
+                return Ok(false);
+            }
             let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
             let key = grant.token.as_str().to_owned();
             let state = TokenState { grant, committed: 0, reservations: Vec::new() };
             tokens.insert(key.as_str(), encode(&state).as_slice()).map_err(store_error)?;
-            Ok(())
+            Ok(true)
         })
         .await
     }
@@ -452,23 +537,8 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError> {
-        let identity = nonce_identity(key);
-        self.write(move |txn| {
-            let now = crate::domain::unix_now();
-            let mut nonces = txn.open_table(NONCES).map_err(store_error)?;
-            let previous = nonces.get(identity.as_str()).map_err(store_error)?.map(|v| v.value());
-            if previous.is_some_and(|expiry| expiry > now) {
-                return Ok(false);
-            }
-            let mut index = txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
-            if let Some(old_expiry) = previous {
-                index.remove((old_expiry, identity.as_str())).map_err(store_error)?;
-            }
-            nonces.insert(identity.as_str(), expires_at).map_err(store_error)?;
-            index.insert((expires_at, identity.as_str()), ()).map_err(store_error)?;
-            Ok(true)
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Job::Nonce { identity: nonce_identity(key), expires_at, reply }, answer).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -525,6 +595,38 @@ mod tests {
         };
         assert_eq!(store.photo(photo.photo_id).await.unwrap(), Some(photo));
         assert!(store.token(&token).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_nonce_answered_in_a_batch_that_failed_stays_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let key = NonceKey { consumer_key: "ck".into(), token: "t".into(), nonce: "n".into(), timestamp: 1 };
+        let expires = crate::domain::unix_now() + 600;
+        // Hold the writer in a first batch so the next two jobs share one.
+        let (held, release) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.write(move |_| release.recv().map_err(store_error)).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let nonce = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            tokio::spawn(async move { store.first_use_of_nonce(&key, expires).await })
+        };
+        let failing = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.write(|_| Err::<(), _>(StoreError::new("injected"))).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        held.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        assert!(failing.await.unwrap().is_err(), "the injected failure aborts its batch");
+        assert!(nonce.await.unwrap().unwrap(), "answered as a first use before the batch failed");
+        assert!(
+            !store.first_use_of_nonce(&key, expires).await.unwrap(),
+            "the aborted batch's nonce was carried into the next one"
+        );
     }
 
     #[tokio::test]

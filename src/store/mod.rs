@@ -157,11 +157,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// The photo with this id, or `None`.
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError>;
 
-    /// Stores a newly issued token. The caller has checked that the photo
-    /// exists (photos are never deleted, so the check cannot go stale).
-    /// The token is kept at least until `valid_until`, and after that while
-    /// a reservation of it is live.
-    async fn issue_token(&self, grant: TokenGrant) -> Result<(), StoreError>;
+    /// Stores a newly issued token if its photo exists; `false` (storing
+    /// nothing) when there is no such photo. The token is kept at least
+    /// until `valid_until`, and after that while a reservation of it is live.
+    async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError>;
 
     /// The grant of a token, if it is known (expired or not), with the number
     /// of committed uploads. For inspection; redeems go through

@@ -1,24 +1,15 @@
 //! The Redis [`StateStore`], for many instances behind a load balancer.
 //!
 //! Each operation is one Lua script (run by SHA, loaded again when the
-//! server has forgotten it) or one command, so each is atomic on its own.
-//! Every script touches keys of one hash slot only — keys share a hash tag
-//! (`{t:<token>}`, `{p:<photo id>}`) — so the same state runs on a Redis
-//! Cluster. Keys live under a configurable prefix; token keys expire with
-//! their token.
-//!
-//! # Commit across two slots
-//! A commit changes a token (consume the slot) and a photo (append the
-//! version), which live in different slots. It runs in this order:
-//! 1. on the token: the lease must be live; it is removed, `committed` goes
-//!    up, and a `pending:<reservation>` record holds the version;
-//! 2. on the photo: the version is appended unless its object key is
-//!    already there (idempotent);
-//! 3. on the token: the pending record is deleted.
-//!
-//! A crash after 1 can only leave a slot consumed without its version (never
-//! an extra upload), plus the record from which
-//! [`RedisStore::complete_pending_commits`] finishes step 2.
+//! server has forgotten it), one command, or one `MULTI` block, so each is
+//! atomic on its own and costs one round trip. A redeem therefore needs one
+//! call to reserve its slot and one to commit it: the commit checks the
+//! lease, consumes it and appends the version to the photo in one script,
+//! so a slot is spent if and only if its version is recorded, whatever
+//! crashes. That script touches a token and a photo together, so the store
+//! needs one Redis primary (standalone, or a replicated service reached
+//! through its primary endpoint), not a Redis Cluster. Keys live under a configurable prefix;
+//! token keys expire with their token.
 //!
 //! # Timeouts
 //! Connecting and every command are bounded by `state.redis_timeout_secs`.
@@ -50,11 +41,8 @@ struct Scripts {
     reserve_slot: Script,
     renew_reservation: Script,
     refund_slot: Script,
-    consume_slot: Script,
     append_version: Script,
-    finish_commit: Script,
     create_photo: Script,
-    get_photo: Script,
 }
 
 impl Scripts {
@@ -64,11 +52,8 @@ impl Scripts {
             reserve_slot: Script::new(include_str!("lua/reserve_slot.lua")),
             renew_reservation: Script::new(include_str!("lua/renew_reservation.lua")),
             refund_slot: Script::new(include_str!("lua/refund_slot.lua")),
-            consume_slot: Script::new(include_str!("lua/consume_slot.lua")),
             append_version: Script::new(include_str!("lua/append_version.lua")),
-            finish_commit: Script::new(include_str!("lua/finish_commit.lua")),
             create_photo: Script::new(include_str!("lua/create_photo.lua")),
-            get_photo: Script::new(include_str!("lua/get_photo.lua")),
         }
     }
 }
@@ -83,27 +68,22 @@ struct PhotoMeta {
     created_at: u64,
 }
 
-/// What step 1 of a commit leaves for step 2.
-#[derive(Serialize, Deserialize)]
-struct PendingCommit {
-    photo_id: PhotoId,
-    version: VersionFile,
-}
-
 /// Key names, all under the configured prefix.
 struct Keys {
     prefix: String,
 }
 
 impl Keys {
+    /// The token's hash and its lease set.
     fn token(&self, token: &ReplaceToken) -> [String; 2] {
-        let tag = format!("{}{{t:{}}}", self.prefix, token.as_str());
-        [tag.clone(), format!("{tag}:leases")]
+        let hash = format!("{}t:{}", self.prefix, token.as_str());
+        [hash.clone(), format!("{hash}:leases")]
     }
 
-    fn photo(&self, id: PhotoId) -> [String; 3] {
-        let tag = format!("{}{{p:{id}}}", self.prefix);
-        [tag.clone(), format!("{tag}:versions"), format!("{tag}:keys")]
+    /// The photo's meta record and its version list.
+    fn photo(&self, id: PhotoId) -> [String; 2] {
+        let meta = format!("{}p:{id}", self.prefix);
+        [meta.clone(), format!("{meta}:versions")]
     }
 
     fn photo_sequence(&self) -> String {
@@ -205,65 +185,47 @@ impl RedisStore {
         self.bounded(invocation.invoke_async(&mut connection)).await
     }
 
-    fn photo_from_parts(parts: Vec<String>) -> Result<Option<Photo>, StoreError> {
-        let mut parts = parts.into_iter();
-        let Some(meta) = parts.next() else { return Ok(None) };
-        let meta: PhotoMeta = decode(&meta)?;
-        let versions = parts.map(|v| decode::<PhotoVersion>(&v)).collect::<Result<Vec<_>, _>>()?;
+    fn photo_from_parts(meta: &str, versions: &[String]) -> Result<Photo, StoreError> {
+        let meta: PhotoMeta = decode(meta)?;
+        let versions = versions.iter().map(|v| decode::<PhotoVersion>(v)).collect::<Result<Vec<_>, _>>()?;
         if versions.is_empty() {
             return Err(StoreError::new(format!("photo {} has no versions in redis", meta.photo_id)));
         }
-        Ok(Some(Photo {
+        Ok(Photo {
             photo_id: meta.photo_id,
             tree_id: meta.tree_id,
             token: meta.token,
             title: meta.title,
             created_at: meta.created_at,
             versions,
-        }))
+        })
     }
 
-    async fn append(&self, photo_id: PhotoId, version: &VersionFile) -> Result<Option<Photo>, StoreError> {
-        let parts: Vec<String> = self
-            .run(
-                &self.scripts.append_version,
-                &self.keys.photo(photo_id),
-                &[version.object_key.clone(), encode(version)],
-            )
-            .await?;
-        Self::photo_from_parts(parts)
-    }
-
-    /// Finishes commits interrupted between their steps (see the module
-    /// docs): for every pending record, appends its version (idempotent)
-    /// and deletes the record. Returns how many were finished.
-    pub async fn complete_pending_commits(&self) -> Result<usize, StoreError> {
-        let mut connection = self.connection().await?;
-        let pattern = format!("{}{{t:*}}", self.keys.prefix);
-        let mut token_keys = Vec::new();
-        {
-            let mut iter: redis::AsyncIter<String> =
-                connection.scan_match(&pattern).await.map_err(store_error)?;
-            while let Some(item) = futures_util::StreamExt::next(&mut iter).await {
-                token_keys.push(item.map_err(store_error)?);
-            }
+    /// Runs `append_version.lua`: appends `version` to the photo, consuming
+    /// `commit`'s reservation (its `(now, reservation)`) in the same script.
+    async fn append(
+        &self,
+        photo_id: PhotoId,
+        version: &VersionFile,
+        commit: Option<(u64, &Reservation)>,
+    ) -> Result<Result<Photo, CommitError>, StoreError> {
+        let mut keys = self.keys.photo(photo_id).to_vec();
+        let mut args = vec![encode(version)];
+        if let Some((now, reservation)) = commit {
+            keys.extend(self.keys.token(&reservation.grant.token));
+            args.extend([now.to_string(), reservation.id.clone()]);
         }
-        let mut finished = 0;
-        for key in token_keys {
-            let fields: Vec<(String, String)> = connection.hgetall(&key).await.map_err(store_error)?;
-            for (field, json) in fields {
-                let Some(reservation) = field.strip_prefix("pending:") else { continue };
-                let pending: PendingCommit = decode(&json)?;
-                if self.append(pending.photo_id, &pending.version).await?.is_none() {
-                    tracing::warn!(photo_id = %pending.photo_id, "a pending commit names a photo that is gone");
-                }
-                let _: i64 = self
-                    .run(&self.scripts.finish_commit, std::slice::from_ref(&key), &[reservation.to_owned()])
-                    .await?;
-                finished += 1;
+        let answer: Vec<String> = self.run(&self.scripts.append_version, &keys, &args).await?;
+        match answer.split_first() {
+            Some((status, rest)) if status == "ok" => {
+                let (meta, versions) =
+                    rest.split_first().ok_or_else(|| store_error("append answered without the photo"))?;
+                Ok(Ok(Self::photo_from_parts(meta, versions)?))
             }
+            Some((status, _)) if status == "lease_lost" => Ok(Err(CommitError::LeaseLost)),
+            Some((status, _)) if status == "no_photo" => Ok(Err(CommitError::NoSuchPhoto)),
+            other => Err(store_error(format!("unexpected append answer {other:?}"))),
         }
-        Ok(finished)
     }
 }
 
@@ -280,7 +242,7 @@ impl StateStore for RedisStore {
             title: new.title,
             created_at: new.first_version.created_at,
         };
-        let args = [encode(&meta), new.first_version.object_key.clone(), encode(&new.first_version)];
+        let args = [encode(&meta), encode(&new.first_version)];
         let _: i64 = self.run(&self.scripts.create_photo, &self.keys.photo(meta.photo_id), &args).await?;
         Ok(Photo {
             photo_id: meta.photo_id,
@@ -293,20 +255,26 @@ impl StateStore for RedisStore {
     }
 
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
-        let keys = self.keys.photo(id);
-        let parts: Vec<String> = self.run(&self.scripts.get_photo, &keys[..2], &[]).await?;
-        Self::photo_from_parts(parts)
+        let mut connection = self.connection().await?;
+        let [meta, versions] = self.keys.photo(id);
+        // One MULTI block: the meta and the versions of one snapshot.
+        let (meta, versions): (Option<String>, Vec<String>) = self
+            .bounded(redis::pipe().atomic().get(meta).lrange(versions, 0, -1).query_async(&mut connection))
+            .await?;
+        meta.map(|meta| Self::photo_from_parts(&meta, &versions)).transpose()
     }
 
-    async fn issue_token(&self, grant: TokenGrant) -> Result<(), StoreError> {
+    async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError> {
+        let [photo_meta, _] = self.keys.photo(grant.photo_id);
+        let [token, leases] = self.keys.token(&grant.token);
         let args = [
             encode(&grant),
             grant.max_uploads.to_string(),
             grant.valid_until.to_string(),
             (grant.valid_until + EXPIRED_TOKEN_RETENTION_SECS).to_string(),
         ];
-        let _: i64 = self.run(&self.scripts.issue_token, &self.keys.token(&grant.token), &args).await?;
-        Ok(())
+        let issued: i64 = self.run(&self.scripts.issue_token, &[token, leases, photo_meta], &args).await?;
+        Ok(issued == 1)
     }
 
     async fn token(&self, token: &ReplaceToken) -> Result<Option<(TokenGrant, u32)>, StoreError> {
@@ -376,22 +344,7 @@ impl StateStore for RedisStore {
         version: VersionFile,
         now: u64,
     ) -> Result<Photo, CommitError> {
-        let token_keys = self.keys.token(&reservation.grant.token);
-        let photo_id = reservation.grant.photo_id;
-        let pending = encode(&PendingCommit { photo_id, version: version.clone() });
-        let consumed: i64 = self
-            .run(&self.scripts.consume_slot, &token_keys, &[now.to_string(), reservation.id.clone(), pending])
-            .await?;
-        if consumed != 1 {
-            return Err(CommitError::LeaseLost);
-        }
-        // Photos are never deleted; if this one is gone all the same, the
-        // pending record stays until the token expires and the slot is spent.
-        let photo = self.append(photo_id, &version).await?.ok_or(CommitError::NoSuchPhoto)?;
-        let _: i64 = self
-            .run(&self.scripts.finish_commit, &token_keys[..1], std::slice::from_ref(&reservation.id))
-            .await?;
-        Ok(photo)
+        self.append(reservation.grant.photo_id, &version, Some((now, reservation))).await?
     }
 
     async fn add_version(
@@ -399,7 +352,11 @@ impl StateStore for RedisStore {
         photo_id: PhotoId,
         version: VersionFile,
     ) -> Result<Option<Photo>, StoreError> {
-        self.append(photo_id, &version).await
+        match self.append(photo_id, &version, None).await? {
+            Ok(photo) => Ok(Some(photo)),
+            Err(CommitError::NoSuchPhoto) => Ok(None),
+            Err(other) => Err(store_error(format!("appending without a reservation failed: {other}"))),
+        }
     }
 
     async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError> {

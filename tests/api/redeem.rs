@@ -160,7 +160,7 @@ async fn unknown_expired_and_used_up_tokens_get_plain_text_that_stops_resumable_
         background_return: false,
         issued_to: "test".into(),
     };
-    f.app.running.as_ref().unwrap().state.state.issue_token(grant).await.unwrap();
+    assert!(f.app.running.as_ref().unwrap().state.state.issue_token(grant).await.unwrap());
     assert_plain_refusal(f.redeem(expired.as_str(), b"x", &[]).await, 404, "unknown or has expired").await;
 
     let once = f.token(&[("return_url", "http://www.example.com/done")]).await;

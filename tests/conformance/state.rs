@@ -46,7 +46,7 @@ async fn new_token(
         background_return: true,
         issued_to: "ck".into(),
     };
-    store.issue_token(grant).await.unwrap();
+    assert!(store.issue_token(grant).await.unwrap(), "the photo exists");
     token
 }
 
@@ -148,6 +148,12 @@ async fn tokens_are_stored_with_their_terms_case(s: &dyn StateStore) {
     assert_eq!((grant.photo_id, grant.max_uploads, used), (photo, 4, 0));
     assert_eq!(grant.return_url.as_deref(), Some("http://example.com/cb"));
     assert!(s.token(&ReplaceToken::generate()).await.unwrap().is_none());
+
+    let (mut orphan, _) = s.token(&token).await.unwrap().unwrap();
+    orphan.token = ReplaceToken::generate();
+    orphan.photo_id = PhotoId(u64::MAX / 2);
+    assert!(!s.issue_token(orphan.clone()).await.unwrap(), "no token for a photo that does not exist");
+    assert!(s.token(&orphan.token).await.unwrap().is_none(), "nothing stored");
 }
 
 async fn reservations_refuse_unknown_expired_and_used_up_tokens_case(s: &dyn StateStore) {
@@ -270,7 +276,7 @@ mod redis_specific {
         let store = RedisStore::new(&servers::redis_url(), &prefix, Duration::from_secs(2)).unwrap();
         let photo = new_photo(&store).await;
         let token = new_token(&store, photo, 1, unix_now() + 600).await;
-        let key = format!("{prefix}{{t:{}}}", token.as_str());
+        let key = format!("{prefix}t:{}", token.as_str());
         let ttl: i64 = ::redis::cmd("TTL").arg(&key).query_async(&mut raw_connection().await).await.unwrap();
         assert!((595..=660).contains(&ttl), "ttl {ttl}");
     }
@@ -289,42 +295,105 @@ mod redis_specific {
         assert_eq!(store.token(&token).await.unwrap().unwrap().1, 1);
         assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);
     }
+}
 
-    #[tokio::test]
-    async fn a_commit_cut_between_its_steps_is_finished_by_the_repair() {
-        let prefix = servers::unique_prefix();
-        let store = RedisStore::new(&servers::redis_url(), &prefix, Duration::from_secs(2)).unwrap();
-        let now = unix_now();
-        let photo = new_photo(&store).await;
-        let token = new_token(&store, photo, 1, now + 600).await;
-        let reservation = store.reserve_slot(&token, now, 60).await.unwrap();
-        // Step 1 only, as if the instance died right after it.
-        let pending = serde_json::json!({"photo_id": photo, "version": version("media/cut")}).to_string();
-        let consume = ::redis::Script::new(include_str!("../../src/store/lua/consume_slot.lua"));
-        let key = format!("{prefix}{{t:{}}}", token.as_str());
-        let done: i64 = consume
-            .key(&key)
-            .key(format!("{key}:leases"))
-            .arg(now)
-            .arg(&reservation.id)
-            .arg(pending)
-            .invoke_async(&mut raw_connection().await)
-            .await
-            .unwrap();
-        assert_eq!(done, 1);
-        assert_eq!(
-            store.photo(photo).await.unwrap().unwrap().versions.len(),
-            1,
-            "the version is not there yet"
-        );
-        assert!(
-            matches!(store.reserve_slot(&token, now, 60).await, Err(ReserveError::UsedUp)),
-            "the slot is spent"
-        );
-        assert_eq!(store.complete_pending_commits().await.unwrap(), 1);
-        let versions = store.photo(photo).await.unwrap().unwrap().versions;
-        assert_eq!(versions.last().unwrap().file.object_key, "media/cut");
-        assert_eq!(store.complete_pending_commits().await.unwrap(), 0, "finished once");
-        assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);
+/// A TCP relay in front of Redis that records the commands clients send.
+mod counting_relay {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Everything clients sent through the relay, as raw RESP.
+    #[derive(Clone, Default)]
+    pub struct Sent(Arc<Mutex<Vec<u8>>>);
+
+    impl Sent {
+        /// The command names sent since the last call (RESP arrays of bulk
+        /// strings, as every client sends them), in order.
+        pub fn take_commands(&self) -> Vec<String> {
+            let bytes = std::mem::take(&mut *self.0.lock().unwrap());
+            let mut commands = Vec::new();
+            let mut rest = &bytes[..];
+            let line = |rest: &mut &[u8]| {
+                let end = rest.windows(2).position(|w| w == b"\r\n").expect("a complete RESP line");
+                let text = std::str::from_utf8(&rest[1..end]).unwrap().parse::<usize>().unwrap();
+                *rest = &rest[end + 2..];
+                text
+            };
+            while !rest.is_empty() {
+                assert_eq!(rest[0], b'*', "clients send arrays");
+                let parts = line(&mut rest);
+                for index in 0..parts {
+                    assert_eq!(rest[0], b'$', "clients send bulk strings");
+                    let len = line(&mut rest);
+                    if index == 0 {
+                        commands.push(String::from_utf8_lossy(&rest[..len]).to_uppercase());
+                    }
+                    rest = &rest[len + 2..];
+                }
+            }
+            commands
+        }
     }
+
+    /// Starts a relay to `upstream` (host:port); returns its URL and the log.
+    pub async fn start(upstream: String) -> (String, Sent) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}/", listener.local_addr().unwrap());
+        let sent = Sent::default();
+        let log = sent.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = client.split();
+                    let (mut server_read, mut server_write) = server.split();
+                    let upstream = async {
+                        let mut buffer = vec![0; 64 * 1024];
+                        loop {
+                            let n = client_read.read(&mut buffer).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            log.0.lock().unwrap().extend_from_slice(&buffer[..n]);
+                            server_write.write_all(&buffer[..n]).await?;
+                        }
+                    };
+                    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+                    let _ = tokio::join!(upstream, downstream);
+                });
+            }
+        });
+        (url, sent)
+    }
+}
+
+#[tokio::test]
+async fn a_redis_redeem_costs_one_call_to_reserve_and_one_to_commit() {
+    let upstream = url::Url::parse(&servers::redis_url()).unwrap();
+    let upstream = format!("{}:{}", upstream.host_str().unwrap(), upstream.port().unwrap_or(6379));
+    let (url, sent) = counting_relay::start(upstream).await;
+    let store = RedisStore::new(&url, &servers::unique_prefix(), Duration::from_secs(2)).unwrap();
+    let now = unix_now();
+    let photo = new_photo(&store).await;
+    let token = new_token(&store, photo, 1, now + 600).await;
+    sent.take_commands();
+
+    // Another test flushes the server's script cache; a call that meets the
+    // flush is refused (NOSCRIPT), loads its script and runs again. That
+    // reload is not part of the operation, so it is taken out here.
+    let calls = || {
+        let mut commands = sent.take_commands();
+        if let Some(load) = commands.iter().position(|c| c == "SCRIPT") {
+            commands.drain(load - 1..=load);
+        }
+        commands
+    };
+    let reservation = store.reserve_slot(&token, now, 60).await.unwrap();
+    assert_eq!(calls(), ["EVALSHA"], "one script call reserves the slot");
+    store.commit_version(&reservation, version("media/one-call"), now).await.unwrap();
+    assert_eq!(calls(), ["EVALSHA"], "one script call commits slot and version together");
+    assert_eq!(store.token(&token).await.unwrap().unwrap().1, 1);
+    assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);
 }

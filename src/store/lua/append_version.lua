@@ -1,18 +1,30 @@
--- Appends a version to a photo unless a version with the same object key is
--- already there (so finishing an interrupted commit twice is harmless).
--- KEYS[1] photo meta (string), KEYS[2] versions (list), KEYS[3] object keys (set)
--- ARGV[1] object key, ARGV[2] version JSON without its number (an object)
--- Returns {meta, version JSON...} after the append, or {} for no photo.
+-- Appends a version to a photo, making it the current one. With a
+-- reservation id it is the commit of a redeem: the reservation's lease must
+-- be live, and it is consumed in this same script, so the slot is spent if
+-- and only if the version is recorded.
+-- KEYS[1] photo meta (string), KEYS[2] versions (list);
+-- for a commit also KEYS[3] token hash, KEYS[4] its lease set.
+-- ARGV[1] version JSON without its number (an object);
+-- for a commit also ARGV[2] now, ARGV[3] reservation id.
+-- Returns {'ok', meta, version JSON...} or {'lease_lost'} / {'no_photo'}.
+if ARGV[3] then
+  local lease = redis.call('ZSCORE', KEYS[4], ARGV[3])
+  if not lease or tonumber(lease) <= tonumber(ARGV[2]) then
+    return {'lease_lost'}
+  end
+end
 local meta = redis.call('GET', KEYS[1])
 if not meta then
-  return {}
+  return {'no_photo'}
 end
-if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
-  local number = redis.call('LLEN', KEYS[2]) + 1
-  redis.call('RPUSH', KEYS[2], '{"number":' .. number .. ',' .. string.sub(ARGV[2], 2))
+if ARGV[3] then
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'committed', 1)
 end
-local photo = {meta}
+local number = redis.call('LLEN', KEYS[2]) + 1
+redis.call('RPUSH', KEYS[2], '{"number":' .. number .. ',' .. string.sub(ARGV[1], 2))
+local answer = {'ok', meta}
 for _, version in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-  photo[#photo + 1] = version
+  answer[#answer + 1] = version
 end
-return photo
+return answer
