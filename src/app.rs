@@ -62,6 +62,7 @@ impl AppState {
             max_field_bytes: limits.max_field_bytes,
             max_part_header_bytes: limits.max_part_header_bytes,
             idle_timeout: Duration::from_secs(self.config.server.body_idle_timeout_secs),
+            allowed_media_types: limits.allowed_media_types.clone(),
         }
     }
 

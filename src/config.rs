@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::auth::credentials::Credential;
+use crate::upload::media::MediaTypes;
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "UPLOAD_RECEIVER__";
@@ -237,6 +238,13 @@ pub struct LimitsConfig {
     /// Multipart uploads received at once; more are answered 503 at once.
     /// Bounds memory: an S3 upload holds about part_size × (parts_in_flight + 1).
     pub max_concurrent_uploads: usize,
+    /// What a file's first bytes must identify it as (`type/subtype`,
+    /// `type/*`, or `*/*` for anything).
+    pub allowed_media_types: MediaTypes,
+    /// Failed redeems (unknown, expired or used-up tokens) one client
+    /// address (an IPv6 client: its /64) may make per minute; past it, its
+    /// redeems are answered 429 until the minute ends. 0: no limit.
+    pub redeem_rate_limit_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
@@ -248,6 +256,9 @@ impl Default for LimitsConfig {
             max_field_bytes: 64 * 1024,
             max_part_header_bytes: 16 * 1024,
             max_concurrent_uploads: 64,
+            allowed_media_types: MediaTypes::parse(&["image/*".to_owned(), "video/*".to_owned()])
+                .expect("the default media types parse"),
+            redeem_rate_limit_per_minute: 60,
         }
     }
 }

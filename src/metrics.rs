@@ -268,6 +268,20 @@ impl StateStore for MeasuredState {
         result
     }
 
+    async fn redeem_failures(&self, client: &str, window: u64) -> Result<u32, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.redeem_failures(client, window).await;
+        self.done("redeem_failures", started, &result, |_| true);
+        result
+    }
+
+    async fn count_redeem_failure(&self, client: &str, window: u64) -> Result<u32, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.count_redeem_failure(client, window).await;
+        self.done("count_redeem_failure", started, &result, |_| true);
+        result
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let started = Instant::now();
         let result = self.inner.ping().await;

@@ -214,6 +214,11 @@ pub struct ApiRequest {
     pub peer: IpAddr,
 }
 
+/// The client's address: the peer, or what trusted proxies forwarded.
+pub(crate) fn client_address(headers: &HeaderMap, peer: SocketAddr, trusted: &[ipnet::IpNet]) -> IpAddr {
+    ClientView::of(headers, &http::Uri::default(), peer, trusted).address
+}
+
 /// How the client addressed us, believing forwarded headers only from
 /// trusted proxies.
 struct ClientView {

@@ -161,9 +161,10 @@ fn clean_title(raw: &str) -> String {
 /// How a failed multipart receive is reported.
 pub fn upload_error(error: UploadError) -> ApiError {
     match &error {
-        UploadError::Malformed(_) | UploadError::TooLarge(_) | UploadError::FileTooLarge(_) => {
-            ApiError::InvalidInput(error.to_string())
-        }
+        UploadError::Malformed(_)
+        | UploadError::TooLarge(_)
+        | UploadError::FileTooLarge(_)
+        | UploadError::MediaType(_) => ApiError::InvalidInput(error.to_string()),
         UploadError::Interrupted(_) => ApiError::ErrorProcessingUpload(error.to_string()),
         UploadError::Storage(why) => ApiError::StorageFailed(why.clone()),
     }

@@ -7,7 +7,7 @@
 //! background callback). A token that is unknown, expired or used up gets a
 //! plain-text error with a status that makes Resumable.js stop retrying.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,12 +27,16 @@ use crate::upload::{self, FileGate, Gate, ReceiveError, UploadError};
 const TOKEN_FIELD: &str = "replace_token";
 
 /// Serves the redeem endpoint.
-pub async fn handle(state: &Arc<AppState>, request: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+pub async fn handle(state: &Arc<AppState>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     match *request.method() {
         // Resumable.js asks (testChunks) whether a chunk is already there
         // before sending it; anything but 200 means "send it".
         http::Method::GET | http::Method::HEAD => empty(StatusCode::NO_CONTENT),
-        http::Method::POST => redeem(state, request).await,
+        http::Method::POST => {
+            let address =
+                super::client_address(request.headers(), peer, &state.config.server.trusted_proxies);
+            redeem(state, request, &client_key(address)).await
+        }
         _ => {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
@@ -68,6 +72,9 @@ enum Refusal {
     Unavailable(String),
     /// `limits.max_concurrent_uploads` uploads are in progress.
     Busy,
+    /// The client used up `limits.redeem_rate_limit_per_minute`; the
+    /// window ends in this many seconds.
+    TooManyFailures(u64),
 }
 
 impl Refusal {
@@ -90,6 +97,14 @@ impl Refusal {
             Refusal::Busy => {
                 tracing::warn!("redeem refused: limits.max_concurrent_uploads reached");
                 retry_later()
+            }
+            Refusal::TooManyFailures(seconds) => {
+                let message = format!(
+                    "Too many failed uploads from your address; please try again in {seconds} seconds.\n"
+                );
+                let mut response = text(StatusCode::TOO_MANY_REQUESTS, message);
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+                response
             }
         }
     }
@@ -117,11 +132,56 @@ impl Drop for Permit {
     }
 }
 
+/// Who a failed redeem is counted against: an IPv4 address, or the /64
+/// network of an IPv6 one (what one subscriber usually holds).
+fn client_key(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(network))
+            }
+        },
+    }
+}
+
 /// Opens when the request names a replace token that has an upload left.
 struct TokenGate<'a> {
     state: &'a Arc<AppState>,
     /// `replace_token` values from the query string.
     from_query: Vec<String>,
+    /// The client, for `limits.redeem_rate_limit_per_minute`.
+    client: &'a str,
+}
+
+impl TokenGate<'_> {
+    /// Refuses a client that has failed too often this minute. Checked
+    /// before the token is looked up, so a guesser over the limit learns
+    /// nothing more about any token.
+    async fn check_failure_budget(&self, now: u64) -> Result<(), Refusal> {
+        let limit = self.state.config.limits.redeem_rate_limit_per_minute;
+        if limit == 0 {
+            return Ok(());
+        }
+        let failures = self.state.state.redeem_failures(self.client, now / 60).await;
+        match failures {
+            Ok(count) if count >= limit => Err(Refusal::TooManyFailures(60 - now % 60)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Counts a failed redeem against the client.
+    async fn count_failure(&self, now: u64) {
+        if self.state.config.limits.redeem_rate_limit_per_minute == 0 {
+            return;
+        }
+        if let Err(e) = self.state.state.count_redeem_failure(self.client, now / 60).await {
+            tracing::warn!(error = %e, "a failed redeem could not be counted");
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -142,16 +202,26 @@ impl FileGate for TokenGate<'_> {
         if tokens.next().is_some() {
             return Err(Refusal::Duplicate);
         }
-        // A malformed token cannot exist: it is simply unknown.
-        let token: ReplaceToken = token.parse().map_err(|_| Refusal::Unknown)?;
+        let now = unix_now();
+        self.check_failure_budget(now).await?;
         let lease = self.state.config.state.slot_lease_secs;
-        let reservation = match self.state.state.reserve_slot(&token, unix_now(), lease).await {
-            Ok(reservation) => reservation,
-            Err(ReserveError::Unknown | ReserveError::Expired) => return Err(Refusal::Unknown),
-            Err(ReserveError::UsedUp) => return Err(Refusal::UsedUp),
-            Err(ReserveError::Store(e)) => return Err(Refusal::Unavailable(e.to_string())),
+        // A malformed token cannot exist: it is simply unknown.
+        let reserved = match token.parse::<ReplaceToken>() {
+            Ok(token) => self.state.state.reserve_slot(&token, now, lease).await,
+            Err(_) => Err(ReserveError::Unknown),
         };
-        tracing::info!(token = ?token, reservation = %reservation.id, "upload slot reserved");
+        let reservation = match reserved {
+            Ok(reservation) => reservation,
+            Err(ReserveError::Store(e)) => return Err(Refusal::Unavailable(e.to_string())),
+            Err(refused) => {
+                self.count_failure(now).await;
+                return Err(match refused {
+                    ReserveError::UsedUp => Refusal::UsedUp,
+                    _ => Refusal::Unknown,
+                });
+            }
+        };
+        tracing::info!(token = ?reservation.grant.token, reservation = %reservation.id, "upload slot reserved");
         let renewal = tokio::spawn(renew_lease(Arc::clone(self.state), reservation.clone()));
         Ok(Gate::Open(Permit { reservation, renewal }))
     }
@@ -180,7 +250,7 @@ async fn renew_lease(state: Arc<AppState>, reservation: Reservation) {
 }
 
 #[tracing::instrument(skip_all)]
-async fn redeem(state: &Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
+async fn redeem(state: &Arc<AppState>, request: Request<Incoming>, client: &str) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let query = parts.uri.query().map(|q| parse_urlencoded(q.as_bytes())).unwrap_or_default();
     let boundary = match body_kind(&parts.method, &parts.headers) {
@@ -195,6 +265,7 @@ async fn redeem(state: &Arc<AppState>, request: Request<Incoming>) -> Response<B
     let mut gate = TokenGate {
         state,
         from_query: query.iter().filter(|(n, _)| n == TOKEN_FIELD).map(|(_, v)| v.clone()).collect(),
+        client,
     };
     let limits = state.multipart_limits();
     let stream = upload::body_stream(body, limits.idle_timeout);

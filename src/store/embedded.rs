@@ -135,6 +135,10 @@ where
 /// The embedded state store.
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Failed redeems per client in the current and recent windows. Kept in
+    /// memory only (one process owns the data directory); a restart forgets
+    /// them, which only gives a guesser a fresh minute.
+    redeem_failures: std::sync::Mutex<std::collections::HashMap<(String, u64), u32>>,
     /// `None` only while dropping.
     writer: Option<std::sync::mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -176,7 +180,17 @@ impl EmbeddedStore {
             .name("embedded-store-writer".into())
             .spawn(move || run_writer(&writer_db, &queue))
             .map_err(store_error)?;
-        Ok(EmbeddedStore { db, writer: Some(writer), writer_thread: Some(writer_thread) })
+        Ok(EmbeddedStore {
+            db,
+            redeem_failures: Default::default(),
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+        })
+    }
+
+    fn failure_counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, u64), u32>> {
+        // A panic while the lock was held cannot leave a count half-updated.
+        self.redeem_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `op` in the writer's next batch and waits for the durable commit.
@@ -216,9 +230,11 @@ impl EmbeddedStore {
         op(&txn)
     }
 
-    /// Deletes nonces past their expiry and tokens expired long ago with no
-    /// live reservation. Run periodically by the application.
+    /// Deletes nonces past their expiry, tokens expired long ago with no
+    /// live reservation, and failed-redeem counts of past windows. Run
+    /// periodically by the application.
     pub async fn purge_expired(&self, now: u64) -> Result<(u64, u64), StoreError> {
+        self.failure_counts().retain(|(_, window), _| (window + 1) * 60 > now);
         self.write(move |txn| {
             let mut nonces_purged = 0;
             let mut index = txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
@@ -539,6 +555,17 @@ impl StateStore for EmbeddedStore {
     async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.enqueue(Job::Nonce { identity: nonce_identity(key), expires_at, reply }, answer).await
+    }
+
+    async fn redeem_failures(&self, client: &str, window: u64) -> Result<u32, StoreError> {
+        Ok(self.failure_counts().get(&(client.to_owned(), window)).copied().unwrap_or(0))
+    }
+
+    async fn count_redeem_failure(&self, client: &str, window: u64) -> Result<u32, StoreError> {
+        let mut counts = self.failure_counts();
+        let count = counts.entry((client.to_owned(), window)).or_default();
+        *count += 1;
+        Ok(*count)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -212,6 +212,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// on every later call until `expires_at` has passed.
     async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError>;
 
+    /// How many failed redeems `client` (an address or network, see the
+    /// redeem endpoint) has made in `window` (a Unix minute: seconds / 60).
+    async fn redeem_failures(&self, client: &str, window: u64) -> Result<u32, StoreError>;
+
+    /// Counts one more failed redeem of `client` in `window`; returns the
+    /// new count. Counts are kept at least until the window is over.
+    async fn count_redeem_failure(&self, client: &str, window: u64) -> Result<u32, StoreError>;
+
     /// Succeeds when the store can serve requests (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -90,6 +90,10 @@ impl Keys {
         format!("{}photo_seq", self.prefix)
     }
 
+    fn redeem_failures(&self, client: &str, window: u64) -> String {
+        format!("{}f:{client}:{window}", self.prefix)
+    }
+
     fn nonce(&self, key: &NonceKey) -> String {
         // Hashed: nonces are client-chosen and may be long or odd.
         use sha2::Digest;
@@ -367,6 +371,30 @@ impl StateStore for RedisStore {
         let set: Option<String> =
             self.bounded(connection.set_options(self.keys.nonce(key), 1, options)).await?;
         Ok(set.is_some())
+    }
+
+    async fn redeem_failures(&self, client: &str, window: u64) -> Result<u32, StoreError> {
+        let mut connection = self.connection().await?;
+        let count: Option<u32> =
+            self.bounded(connection.get(self.keys.redeem_failures(client, window))).await?;
+        Ok(count.unwrap_or(0))
+    }
+
+    async fn count_redeem_failure(&self, client: &str, window: u64) -> Result<u32, StoreError> {
+        let mut connection = self.connection().await?;
+        let key = self.keys.redeem_failures(client, window);
+        // Kept one minute past the window's end, for clock differences.
+        let (count,): (u32,) = self
+            .bounded(
+                redis::pipe()
+                    .atomic()
+                    .incr(&key, 1)
+                    .expire_at(&key, ((window + 2) * 60) as i64)
+                    .ignore()
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(count)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -9,6 +9,7 @@
 //! spooled to a bounded temporary file and streamed on once the gate opens.
 
 mod guard;
+pub mod media;
 mod spool;
 
 pub use guard::{PartHeadersTooLarge, limit_part_headers, repair_bare_delimiters};
@@ -22,6 +23,7 @@ use http_body_util::BodyExt;
 
 use crate::storage::{ByteStream, ObjectKey, ObjectStore, StorageError, StoredObject};
 use crate::store::VersionFile;
+use media::MediaTypes;
 use spool::Spool;
 
 /// The name of the multipart part that carries the file.
@@ -36,6 +38,8 @@ pub struct MultipartLimits {
     /// Largest part header block (and preamble).
     pub max_part_header_bytes: u64,
     pub idle_timeout: Duration,
+    /// What the file's first bytes may identify it as.
+    pub allowed_media_types: MediaTypes,
 }
 
 /// Why a multipart body could not be received.
@@ -54,6 +58,9 @@ pub enum UploadError {
     /// The client stopped sending (idle timeout) or went away.
     #[error("the upload was interrupted: {0}")]
     Interrupted(String),
+    /// The file's content is not of an allowed media type.
+    #[error("the file's content ({0}) is not an accepted kind of file")]
+    MediaType(&'static str),
     /// The object store failed.
     #[error("{0}")]
     Storage(String),
@@ -63,7 +70,8 @@ pub enum UploadError {
 #[derive(Debug)]
 pub struct ReceivedFile {
     pub stored: StoredObject,
-    /// The essence (`type/subtype`) of the part's declared type.
+    /// The media type identified from the file's first bytes (never the
+    /// type the client declared).
     pub content_type: String,
     /// The client's file name, cleaned for display; never used in a key.
     pub filename: Option<String>,
@@ -215,7 +223,6 @@ pub async fn delete_quietly(store: &dyn ObjectStore, key: &ObjectKey) {
 /// A file part waiting in the spool for the gate to open.
 struct Spooled {
     spool: Spool,
-    content_type: String,
     filename: Option<String>,
 }
 
@@ -270,10 +277,6 @@ impl<P: Send> Run<'_, P> {
             if self.received.file.is_some() || spooled.is_some() {
                 return Err(UploadError::Malformed("more than one file part".into()).into());
             }
-            let content_type = field
-                .content_type()
-                .map(|m| m.essence_str().to_owned())
-                .unwrap_or_else(|| "application/octet-stream".to_owned());
             let filename = field.file_name().map(clean_filename);
             let bytes: ByteStream = Box::pin(field.map_err(std::io::Error::other));
             if self.permit.is_none() {
@@ -281,12 +284,12 @@ impl<P: Send> Run<'_, P> {
                     Gate::Open(permit) => self.permit = Some(permit),
                     Gate::NotYet => {
                         let spool = Spool::fill(self.spool_dir, bytes).await.map_err(storage_error)?;
-                        spooled = Some(Spooled { spool, content_type, filename });
+                        spooled = Some(Spooled { spool, filename });
                         continue;
                     }
                 }
             }
-            self.store_file(bytes, content_type, filename).await?;
+            self.store_file(bytes, filename).await?;
         }
         if self.permit.is_none() {
             match gate.open(&self.received.fields, true).await.map_err(ReceiveError::Refused)? {
@@ -298,22 +301,23 @@ impl<P: Send> Run<'_, P> {
                 }
             }
         }
-        if let Some(Spooled { spool, content_type, filename }) = spooled {
+        if let Some(Spooled { spool, filename }) = spooled {
             let bytes = spool.drain().await.map_err(|e| UploadError::Storage(e.to_string()))?;
-            self.store_file(bytes, content_type, filename).await?;
+            self.store_file(bytes, filename).await?;
         }
         Ok(())
     }
 
-    async fn store_file(
-        &mut self,
-        bytes: ByteStream,
-        content_type: String,
-        filename: Option<String>,
-    ) -> Result<(), UploadError> {
+    /// Identifies the file from its first bytes, refuses a type that is not
+    /// allowed before anything is stored, and stores the rest.
+    async fn store_file(&mut self, bytes: ByteStream, filename: Option<String>) -> Result<(), UploadError> {
+        let (media_type, bytes) = media::sniff(bytes).await.map_err(|e| classify_io(&e))?;
+        if !self.limits.allowed_media_types.allows(media_type) {
+            return Err(UploadError::MediaType(media_type));
+        }
         let key = ObjectKey::new_media();
-        let stored = self.store.put(&key, &content_type, bytes).await.map_err(storage_error)?;
-        self.received.file = Some(ReceivedFile { stored, content_type, filename });
+        let stored = self.store.put(&key, media_type, bytes).await.map_err(storage_error)?;
+        self.received.file = Some(ReceivedFile { stored, content_type: media_type.to_owned(), filename });
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ use upload_receiver::App;
 use upload_receiver::RunningApp;
 use upload_receiver::auth::{Credential, Permission, Secret};
 use upload_receiver::config::Config;
+use upload_receiver::upload::media::MediaTypes;
 
 use crate::servers;
 
@@ -37,6 +38,11 @@ pub fn credential(name: &str, permission: Permission) -> Credential {
 /// A configuration for tests: three credential sets (`read`, `write`,
 /// `super`) and the backend `UPLOAD_RECEIVER_TEST_BACKEND` names.
 /// [`spawn_app_from`] gives it a data directory and port 0.
+/// The first bytes of a JPEG (JFIF) file.
+pub const JPEG_SIGNATURE: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00";
+/// The first bytes of a PNG file.
+pub const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR";
+
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".to_owned();
@@ -46,6 +52,10 @@ pub fn test_config() -> Config {
         credential("writer", Permission::Write),
         credential("super", Permission::Super),
     ];
+    // Most tests upload arbitrary bytes and many failing redeems from one
+    // address; the tests of media types and of the failure limit set these.
+    config.limits.allowed_media_types = MediaTypes::parse(&["*/*".to_owned()]).unwrap();
+    config.limits.redeem_rate_limit_per_minute = 0;
     use_test_backend(&mut config);
     config
 }

@@ -8,6 +8,7 @@ mod servers;
 mod authentication;
 mod browser;
 mod get_replace_token;
+mod hardening;
 mod independent_clients;
 mod redeem;
 mod response_formats;

@@ -103,6 +103,12 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn failed_redeems_are_counted_per_client_and_minute() {
+                let (s, _dir) = store().await;
+                failed_redeems_are_counted_per_client_and_minute_case(&*s).await;
+            }
+
+            #[tokio::test]
             async fn a_nonce_is_accepted_once() {
                 let (s, _dir) = store().await;
                 a_nonce_is_accepted_once_case(&*s).await;
@@ -245,6 +251,17 @@ async fn concurrent_reservations_never_exceed_max_uploads_case(s: Arc<dyn StateS
     let photo = s.photo(photo).await.unwrap().unwrap();
     let numbers: Vec<u32> = photo.versions.iter().map(|v| v.number).collect();
     assert_eq!(numbers, [1, 2, 3, 4]);
+}
+
+async fn failed_redeems_are_counted_per_client_and_minute_case(s: &dyn StateStore) {
+    let window = unix_now() / 60;
+    let client = "203.0.113.5";
+    assert_eq!(s.redeem_failures(client, window).await.unwrap(), 0);
+    assert_eq!(s.count_redeem_failure(client, window).await.unwrap(), 1);
+    assert_eq!(s.count_redeem_failure(client, window).await.unwrap(), 2);
+    assert_eq!(s.redeem_failures(client, window).await.unwrap(), 2);
+    assert_eq!(s.redeem_failures(client, window + 1).await.unwrap(), 0, "a new minute starts afresh");
+    assert_eq!(s.redeem_failures("2001:db8::/64", window).await.unwrap(), 0, "another client");
 }
 
 async fn a_nonce_is_accepted_once_case(s: &dyn StateStore) {
