@@ -513,6 +513,22 @@ fn parse_env_value(raw: &str) -> toml::Value {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_example_file_holds_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config.example.toml");
+        let table: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+        let example = Config::from_table(table.clone()).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(toml::Table::try_from(example).unwrap(), defaults, "the example's values are the defaults");
+        for (section, keys) in &defaults {
+            let Some(keys) = keys.as_table() else { continue };
+            for key in keys.keys() {
+                let listed = table.get(section).and_then(|s| s.get(key)).is_some();
+                assert!(listed, "deploy/config.example.toml lacks {section}.{key}");
+            }
+        }
+    }
+
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
