@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::auth::credentials::{self, Credential, Provenance};
@@ -144,7 +144,8 @@ impl App {
             state.clone(),
         );
 
-        let listener = TcpListener::bind(&config.server.listen)
+        let backlog = u32::try_from(config.server.max_connections).unwrap_or(u32::MAX);
+        let listener = bind(&config.server.listen, backlog)
             .await
             .map_err(|source| StartError::Listen { address: config.server.listen.clone(), source })?;
         let callbacks = BackgroundCaller::new(
@@ -194,6 +195,17 @@ impl App {
             state.shutting_down.store(true, Ordering::Relaxed);
         })
         .await;
+        // Slots of cut uploads go back, their multipart uploads are aborted.
+        // Each is one store call, bounded by that store's own timeout.
+        let config = &self.state.config;
+        let limit = config.storage.timeout_secs.max(config.state.redis_timeout_secs);
+        let unfinished = crate::cleanup::finish(Duration::from_secs(limit)).await;
+        if unfinished > 0 {
+            tracing::warn!(
+                unfinished,
+                "clean-up tasks still running at exit; leases and the sweep will finish them"
+            );
+        }
         for task in upkeep {
             task.abort();
             // Awaiting the aborted task drops its handle on the store now.
@@ -248,6 +260,23 @@ async fn sweep_orphans(s3: Arc<S3ObjectStore>, every: Duration, min_age: Duratio
 enum StateBackend {
     Embedded(Arc<EmbeddedStore>),
     Redis(Arc<RedisStore>),
+}
+
+/// Listens on `address` with room for `backlog` connections waiting to be
+/// accepted (the kernel caps it at `net.core.somaxconn`): a burst of
+/// connections, or many slow ones, then waits in the queue instead of
+/// having its handshakes dropped and retried seconds later.
+async fn bind(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host(address).await? {
+        let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(address).and_then(|()| socket.listen(backlog)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("the address resolved to nothing")))
 }
 
 /// How often the state store's upkeep runs.

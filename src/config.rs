@@ -519,7 +519,11 @@ mod tests {
         let table: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
         let example = Config::from_table(table.clone()).unwrap();
         let defaults = toml::Table::try_from(Config::default()).unwrap();
-        assert_eq!(toml::Table::try_from(example).unwrap(), defaults, "the example's values are the defaults");
+        assert_eq!(
+            toml::Table::try_from(example).unwrap(),
+            defaults,
+            "the example's values are the defaults"
+        );
         for (section, keys) in &defaults {
             let Some(keys) = keys.as_table() else { continue };
             for key in keys.keys() {

@@ -25,6 +25,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod callback;
+pub mod cleanup;
 pub mod config;
 pub mod domain;
 pub mod envelope;

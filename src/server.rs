@@ -1,6 +1,16 @@
 //! The accept loop: HTTP/1.1 connections with a cap on their number, a
 //! header-read timeout that is really enforced (hyper needs a timer for it),
-//! and a graceful shutdown that drains in-flight requests up to a deadline.
+//! and a graceful shutdown.
+//!
+//! # Shutdown
+//! When `shutdown` completes, the state is marked as shutting down (so
+//! `/readyz` fails and every new request is answered 503 with `Connection:
+//! close`), open connections finish the request they are in and close, and
+//! the listener keeps accepting so that clients arriving during the drain get
+//! that 503 (a load balancer retries them elsewhere) instead of a refused
+//! connection. Once every connection that was open has finished, or
+//! `shutdown_drain_secs` have passed, the listener closes and whatever is
+//! left is cut; the uploads of cut requests clean up as their tasks drop.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,18 +74,42 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
         while connections.try_join_next().is_some() {}
     }
 
-    drop(listener);
     let drain = Duration::from_secs(state.config.server.shutdown_drain_secs);
     tracing::info!(
         open_connections = connections.len(),
         drain_secs = drain.as_secs(),
         "shutting down: draining"
     );
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections finished"),
-        () = tokio::time::sleep(drain) => {
-            tracing::warn!(cut = connections.len(), "drain deadline passed; cutting the remaining connections");
+    let deadline = tokio::time::sleep(drain);
+    let mut deadline = std::pin::pin!(deadline);
+    let mut drained = std::pin::pin!(graceful.shutdown());
+    // Late arrivals get one answer (503, see `crate::api::handle`) and close.
+    builder.keep_alive(false);
+    loop {
+        tokio::select! {
+            () = &mut drained => {
+                tracing::info!("every open connection finished");
+                break;
+            }
+            () = &mut deadline => {
+                tracing::warn!(cut = connections.len(), "drain deadline passed; cutting the remaining connections");
+                break;
+            }
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let state = Arc::clone(&state);
+                let service = service_fn(move |request| crate::api::handle(Arc::clone(&state), request, peer));
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                connections.spawn(async move {
+                    let _ = connection.await;
+                });
+            }
         }
     }
+    drop(listener);
+    // Late arrivals were answered at once; give the last of them a moment
+    // (within the deadline) to read their 503.
+    let grace = deadline.deadline().min(tokio::time::Instant::now() + Duration::from_secs(1));
+    let _ = tokio::time::timeout_at(grace, async { while connections.join_next().await.is_some() {} }).await;
     connections.shutdown().await;
 }

@@ -140,6 +140,18 @@ async fn route(state: &Arc<AppState>, request: Request<Incoming>, peer: SocketAd
     let Some(endpoint) = Endpoint::from_path(request.uri().path()) else {
         return plain(StatusCode::NOT_FOUND, "no such endpoint\n");
     };
+    // During a graceful shutdown only the probes and metrics are served;
+    // everything else is sent elsewhere (requests already running go on).
+    if state.is_shutting_down()
+        && !matches!(endpoint, Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics)
+    {
+        let mut response =
+            plain(StatusCode::SERVICE_UNAVAILABLE, "This instance is shutting down; please try again.\n");
+        let headers = response.headers_mut();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
     // The redeem answers in plain text, redirects or forms, not envelopes.
     if endpoint == Endpoint::PhotoRedeemReplaceToken {
         return redeem::handle(state, request, peer).await;
@@ -279,11 +291,16 @@ fn body_kind(method: &Method, headers: &HeaderMap) -> Result<BodyKind, ApiError>
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     match essence.as_str() {
         "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
-        "multipart/form-data" => {
-            multer::parse_boundary(content_type).map(BodyKind::Multipart).map_err(|_| {
-                ApiError::InvalidInput("the multipart/form-data content type has no usable boundary".into())
-            })
-        }
+        "multipart/form-data" => multer::parse_boundary(content_type)
+            .ok()
+            // RFC 2046: one to seventy characters.
+            .filter(|boundary| (1..=70).contains(&boundary.len()))
+            .map(BodyKind::Multipart)
+            .ok_or_else(|| {
+                ApiError::InvalidInput(
+                    "the multipart/form-data content type has no usable boundary (1 to 70 characters)".into(),
+                )
+            }),
         _ => Ok(BodyKind::None),
     }
 }

@@ -124,11 +124,19 @@ fn retry_later() -> Response<Body> {
 struct Permit {
     reservation: Reservation,
     renewal: tokio::task::JoinHandle<()>,
+    state: Arc<AppState>,
+    /// Committed or given back; until then, dropping the permit (the request
+    /// was cut, e.g. at the shutdown deadline) gives the slot back.
+    settled: bool,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.renewal.abort();
+        if !self.settled {
+            let (state, reservation) = (Arc::clone(&self.state), self.reservation.clone());
+            crate::cleanup::spawn(async move { refund(&state, &reservation).await });
+        }
     }
 }
 
@@ -223,7 +231,7 @@ impl FileGate for TokenGate<'_> {
         };
         tracing::info!(token = ?reservation.grant.token, reservation = %reservation.id, "upload slot reserved");
         let renewal = tokio::spawn(renew_lease(Arc::clone(self.state), reservation.clone()));
-        Ok(Gate::Open(Permit { reservation, renewal }))
+        Ok(Gate::Open(Permit { reservation, renewal, state: Arc::clone(self.state), settled: false }))
     }
 }
 
@@ -271,7 +279,7 @@ async fn redeem(state: &Arc<AppState>, request: Request<Incoming>, client: &str)
     let stream = upload::body_stream(body, limits.idle_timeout);
     let receipt =
         upload::receive(stream, &boundary, &limits, &*state.objects, &state.spool_dir(), &mut gate).await;
-    let Some(permit) = receipt.permit else {
+    let Some(mut permit) = receipt.permit else {
         return match receipt.result {
             Err(ReceiveError::Refused(refusal)) => {
                 tracing::info!(?refusal, "redeem refused");
@@ -293,13 +301,13 @@ async fn redeem(state: &Arc<AppState>, request: Request<Incoming>, client: &str)
                 if let Some(file) = &received.file {
                     upload::delete_quietly(&*state.objects, &file.stored.key).await;
                 }
-                give_back(state, &permit).await;
+                give_back(state, &mut permit).await;
                 return Refusal::Duplicate.answer();
             }
-            (finish(state, &permit, received.file).await, received.fields, false)
+            (finish(state, &mut permit, received.file).await, received.fields, false)
         }
         Err(ReceiveError::Upload(e)) => {
-            give_back(state, &permit).await;
+            give_back(state, &mut permit).await;
             tracing::info!(error = %e, "redeem upload failed; slot given back");
             // A body that breaks the multipart rules or the limits on its
             // fields is the client's bug, not an upload outcome for the site.
@@ -323,14 +331,17 @@ async fn redeem(state: &Arc<AppState>, request: Request<Incoming>, client: &str)
 }
 
 /// Commits the slot with the stored file, or gives it back.
-async fn finish(state: &AppState, permit: &Permit, file: Option<upload::ReceivedFile>) -> Outcome {
+async fn finish(state: &AppState, permit: &mut Permit, file: Option<upload::ReceivedFile>) -> Outcome {
     let Some(file) = file else {
         give_back(state, permit).await;
         return Outcome::Failed { error_message: "No file was included in the request.".into() };
     };
     let key = file.stored.key.clone();
     let size = file.stored.size;
-    match state.state.commit_version(&permit.reservation, file.into_version(unix_now()), unix_now()).await {
+    let committed =
+        state.state.commit_version(&permit.reservation, file.into_version(unix_now()), unix_now()).await;
+    permit.settled = true;
+    match committed {
         Ok(photo) => {
             tracing::info!(photo_id = %photo.photo_id, version = photo.current_version().number, size, "photo replaced");
             Outcome::Replaced {
@@ -355,10 +366,16 @@ async fn finish(state: &AppState, permit: &Permit, file: Option<upload::Received
     }
 }
 
+/// Gives the permit's slot back, settling it.
+async fn give_back(state: &AppState, permit: &mut Permit) {
+    permit.settled = true;
+    refund(state, &permit.reservation).await;
+}
+
 /// Refunds a slot; a failure is logged (the lease returns it in the end).
-async fn give_back(state: &AppState, permit: &Permit) {
-    if let Err(e) = state.state.refund_slot(&permit.reservation).await {
-        tracing::warn!(reservation = %permit.reservation.id, error = %e, "slot refund failed; its lease will expire");
+async fn refund(state: &AppState, reservation: &Reservation) {
+    if let Err(e) = state.state.refund_slot(reservation).await {
+        tracing::warn!(reservation = %reservation.id, error = %e, "slot refund failed; its lease will expire");
     }
 }
 

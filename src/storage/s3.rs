@@ -196,13 +196,11 @@ impl Drop for AbortOnDrop {
             (self.client.clone(), self.bucket.clone(), self.key.clone(), self.upload_id.clone());
         // Drop cannot wait; the abort runs on its own. If it fails, the
         // periodic sweep aborts the upload later.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(e) = abort(&client, &bucket, &key, &upload_id).await {
-                    tracing::warn!(%key, error = %e, "aborting a multipart upload failed; the sweep will retry");
-                }
-            });
-        }
+        crate::cleanup::spawn(async move {
+            if let Err(e) = abort(&client, &bucket, &key, &upload_id).await {
+                tracing::warn!(%key, error = %e, "aborting a multipart upload failed; the sweep will retry");
+            }
+        });
     }
 }
 

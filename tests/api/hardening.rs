@@ -206,3 +206,190 @@ async fn unknown_and_expired_tokens_take_the_same_time_to_refuse() {
         "unknown {unknown:?} vs expired {expired:?}: a difference a guesser could measure"
     );
 }
+
+/// An app with one photo and a one-upload token for it (no return URL:
+/// outcomes are answered in plain text), on a test configuration.
+async fn one_upload_token(adjust: impl FnOnce(&mut Config)) -> (TestApp, String, String) {
+    let (app, photo_id) = app_with_photo(adjust).await;
+    let token = replace_token(&app, &photo_id, &[("max_uploads", "1")]).await;
+    (app, photo_id, token)
+}
+
+/// Posts `body` raw to the redeem endpoint with `content_type`.
+async fn raw_redeem(app: &TestApp, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    app.http.post(app.url(REDEEM)).header("content-type", content_type).body(body).send().await.unwrap()
+}
+
+fn token_part(boundary: &str, token: &str) -> Vec<u8> {
+    format!("--{boundary}\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n")
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn malformed_multipart_bodies_are_400_use_no_slot_and_store_nothing() {
+    let (app, _, token) = one_upload_token(|_| {}).await;
+    let objects_before = app.stored_objects().await;
+    let long = "b".repeat(200);
+    let cases: Vec<(&str, String, Vec<u8>)> = vec![
+        (
+            "truncated closing boundary",
+            "multipart/form-data; boundary=B".into(),
+            [
+                token_part("B", &token),
+                b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc\r\n--B"
+                    .to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "empty field name",
+            "multipart/form-data; boundary=B".into(),
+            [
+                token_part("B", &token),
+                b"--B\r\nContent-Disposition: form-data; name=\"\"\r\n\r\nv\r\n--B--\r\n".to_vec(),
+            ]
+            .concat(),
+        ),
+        ("missing boundary", "multipart/form-data".into(), token_part("B", &token)),
+        (
+            "200-character boundary",
+            format!("multipart/form-data; boundary={long}"),
+            [token_part(&long, &token), format!("--{long}--\r\n").into_bytes()].concat(),
+        ),
+        (
+            "non-UTF-8 field name",
+            "multipart/form-data; boundary=B".into(),
+            [
+                token_part("B", &token),
+                b"--B\r\nContent-Disposition: form-data; name=\"\xff\xfe\"\r\n\r\nv\r\n--B--\r\n".to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "no part headers end",
+            "multipart/form-data; boundary=B".into(),
+            [token_part("B", &token), b"--B\r\nContent-Disposition: form-data; name=\"file\"".to_vec()]
+                .concat(),
+        ),
+    ];
+    for (case, content_type, body) in cases {
+        let response = raw_redeem(&app, &content_type, body).await;
+        assert_eq!(response.status(), 400, "{case}: {}", response.text().await.unwrap());
+        assert_eq!(uploads_used(&app, &token).await, 0, "{case}: no slot used");
+    }
+    assert_eq!(app.stored_objects().await, objects_before);
+}
+
+#[tokio::test]
+async fn a_file_name_with_a_path_is_stored_in_the_receivers_own_key_space() {
+    let (app, photo_id, token) = one_upload_token(|_| {}).await;
+    let body = [
+        token_part("B", &token),
+        b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"../../../../tmp/evil.sh\"\r\n\r\n#!/bin/sh\r\n--B--\r\n".to_vec(),
+    ]
+    .concat();
+    let response = raw_redeem(&app, "multipart/form-data; boundary=B", body).await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let photo =
+        app.running.as_ref().unwrap().state.state.photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+    let version = &photo.current_version().file;
+    assert!(
+        version.object_key.starts_with("media/") && !version.object_key.contains(".."),
+        "{}",
+        version.object_key
+    );
+    assert_eq!(version.original_filename.as_deref(), Some("evil.sh"), "kept for display, without its path");
+    let outside: Vec<_> = walk_files(&app.data_dir())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "evil.sh"))
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_fields_or_megabytes_of_text_are_refused_at_the_caps() {
+    let (app, _, token) = one_upload_token(|_| {}).await;
+    let limits = app.config.limits.clone();
+    let mut many = token_part("B", &token);
+    for i in 0..100_000 {
+        many.extend(format!("--B\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nv\r\n").as_bytes());
+    }
+    many.extend(b"--B--\r\n");
+    let response = raw_redeem(&app, "multipart/form-data; boundary=B", many).await;
+    assert_eq!(response.status(), 400);
+    let text = response.text().await.unwrap();
+    assert!(text.contains(&format!("more than {} form fields", limits.max_fields)), "{text}");
+
+    let mut huge = token_part("B", &token);
+    huge.extend(b"--B\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n");
+    huge.extend(vec![b'n'; 8 * 1024 * 1024]);
+    huge.extend(b"\r\n--B--\r\n");
+    let response = raw_redeem(&app, "multipart/form-data; boundary=B", huge).await;
+    assert_eq!(response.status(), 400);
+    let text = response.text().await.unwrap();
+    assert!(text.contains(&format!("limit of {} bytes", limits.max_field_bytes)), "{text}");
+    assert_eq!(uploads_used(&app, &token).await, 0);
+}
+
+/// Sends a chunked redeem of a `file_bytes`-byte file (a JPEG by its first
+/// bytes), of which only the first `sent` bytes go out (all when `None`);
+/// returns the answer, which must come within 5 s while the client holds
+/// back whatever it did not send.
+async fn chunked_redeem(app: &TestApp, token: &str, file_bytes: usize, sent: Option<usize>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.running.as_ref().unwrap().address;
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST {REDEEM} HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = token_part("B", token);
+    body.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n");
+    let file_starts = body.len();
+    body.extend(JPEG_SIGNATURE);
+    body.resize(file_starts + file_bytes, b'j');
+    body.extend(b"\r\n--B--\r\n");
+    let end = sent.map_or(body.len(), |sent| file_starts + sent);
+    socket.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body[..end].chunks(64 * 1024) {
+        socket.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
+        socket.write_all(chunk).await.unwrap();
+        socket.write_all(b"\r\n").await.unwrap();
+    }
+    if sent.is_none() {
+        socket.write_all(b"0\r\n\r\n").await.unwrap();
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buffer = [0u8; 4096];
+        // Up to the end of the answer's body (the server closes).
+        while let Ok(n) = socket.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    });
+    read.await.expect("answered while the client still holds the rest");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_chunked_file_one_byte_over_the_limit_is_refused_before_the_rest_is_read() {
+    const LIMIT: usize = 1024 * 1024;
+    let (app, _, token) = one_upload_token(|config| config.limits.max_upload_bytes = LIMIT as u64).await;
+    let refused = |answer: &str| {
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains(&format!("limit of {LIMIT} bytes")), "{answer}");
+    };
+    // A 10 MiB file of which the client sends the limit plus 64 KiB, then
+    // waits: the refusal comes without the other 9 MiB.
+    refused(&chunked_redeem(&app, &token, 10 * LIMIT, Some(LIMIT + 64 * 1024)).await);
+    assert_eq!(uploads_used(&app, &token).await, 0, "the slot is back");
+    // The whole body, with a file of the limit plus one byte.
+    refused(&chunked_redeem(&app, &token, LIMIT + 1, None).await);
+    assert_eq!(uploads_used(&app, &token).await, 0, "the slot is back");
+    // A file of exactly the limit is accepted, in the slot still there.
+    let accepted = chunked_redeem(&app, &token, LIMIT, None).await;
+    assert!(accepted.starts_with("HTTP/1.1 200"), "{accepted}");
+    assert_eq!(uploads_used(&app, &token).await, 1);
+}

@@ -15,4 +15,5 @@ mod response_formats;
 mod restart;
 mod server;
 mod site;
+mod ssrf;
 mod uploads;

@@ -1,5 +1,5 @@
-//! Backend faults: Redis gone before a redeem, the S3 server killed in the
-//! middle of an upload.
+//! Backend faults: Redis gone, paused or restarted around a redeem, the S3
+//! server killed in the middle of an upload.
 
 use std::time::{Duration, Instant};
 
@@ -103,4 +103,85 @@ async fn with_the_s3_server_killed_mid_upload_the_client_gets_the_error_and_the_
     assert_eq!(response.status(), 303);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.contains("photo_id="), "{location}");
+}
+
+/// An app on Redis state at `redis` (1 s timeouts) and S3, with one photo;
+/// returns it with a token of `max_uploads` for the photo.
+async fn app_on_redis(redis: &processes::Owned, max_uploads: u32) -> (TestApp, String, String) {
+    let mut config: Config = test_config();
+    use_redis_and_s3(&mut config);
+    config.state.redis_url = Some(format!("redis://127.0.0.1:{}/", redis.port));
+    config.state.redis_timeout_secs = 1;
+    let app = spawn_app_from(config).await;
+    let photo_id = app.upload_photo(b"original".to_vec()).await;
+    let max = max_uploads.to_string();
+    let body =
+        app.call("/api/photo/get-replace-token", &[("photo_id", &photo_id), ("max_uploads", &max)]).await;
+    let token = xml_field(&body, "replace_token").unwrap_or_else(|| panic!("{body}"));
+    (app, photo_id, token)
+}
+
+async fn redeem(app: &TestApp, token: &str, file: &[u8]) -> reqwest::Response {
+    let form = Form::new()
+        .text("replace_token", token.to_owned())
+        .part("file", Part::bytes(file.to_vec()).file_name("a.jpg"));
+    app.http.post(app.url("/api/photo/redeem-replace-token")).multipart(form).send().await.unwrap()
+}
+
+/// Committed uploads of `token` and versions of `photo_id`, read from the store.
+async fn counts(app: &TestApp, token: &str, photo_id: &str) -> (u32, usize) {
+    let state = &app.running.as_ref().unwrap().state.state;
+    let used = state.token(&token.parse().unwrap()).await.unwrap().unwrap().1;
+    let versions = state.photo(photo_id.parse().unwrap()).await.unwrap().unwrap().versions.len();
+    (used, versions)
+}
+
+#[tokio::test]
+async fn a_paused_redis_fails_the_reserve_with_503_and_nothing_is_applied_twice() {
+    let redis = processes::redis();
+    let (app, photo_id, token) = app_on_redis(&redis, 3).await;
+
+    redis.signal("STOP");
+    let started = Instant::now();
+    let response = redeem(&app, &token, b"during the pause").await;
+    let waited = started.elapsed();
+    redis.signal("CONT");
+    assert_eq!(response.status(), 503, "{}", response.text().await.unwrap());
+    assert!(waited < Duration::from_secs(3), "refused after the 1 s timeout, not hung: {waited:?}");
+
+    // The reserve sent during the pause runs when Redis resumes: at most
+    // that one slot is held (by a lease nobody will commit), never more.
+    assert_eq!(counts(&app, &token, &photo_id).await, (0, 1), "nothing was committed");
+    let mut accepted = 0;
+    for attempt in 0..3 {
+        match redeem(&app, &token, format!("after {attempt}").as_bytes()).await.status().as_u16() {
+            200 => accepted += 1,
+            404 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!((2..=3).contains(&accepted), "off by at most the one in-flight reserve: {accepted} of 3");
+    assert_eq!(counts(&app, &token, &photo_id).await, (accepted, 1 + accepted as usize), "each counted once");
+}
+
+#[tokio::test]
+async fn a_restarted_redis_serves_the_next_redeem_and_counts_once() {
+    let redis = processes::redis_in(tempfile::tempdir().unwrap(), processes::free_port(), true);
+    let (app, photo_id, token) = app_on_redis(&redis, 2).await;
+    assert_eq!(redeem(&app, &token, b"before").await.status(), 200);
+
+    // A restart empties the script cache and drops every connection.
+    let _redis = redis.restart_redis();
+    let mut status = 0;
+    for _ in 0..20 {
+        // The first call after the restart may still meet the dead connection.
+        status = redeem(&app, &token, b"after the restart").await.status().as_u16();
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(status, 200);
+    assert_eq!(counts(&app, &token, &photo_id).await, (2, 3), "both uploads counted once");
+    assert_eq!(redeem(&app, &token, b"one too many").await.status(), 404);
 }

@@ -26,6 +26,12 @@ impl Owned {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        assert!(sent.unwrap().success(), "kill -{signal}");
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -80,16 +86,34 @@ fn nginx_binary() -> &'static str {
     if Path::new("/usr/sbin/nginx").exists() { "/usr/sbin/nginx" } else { "nginx" }
 }
 
-/// A redis-server of the test's own.
+/// A redis-server of the test's own, keeping nothing on disk.
 pub fn redis() -> Owned {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    redis_in(tempfile::tempdir().unwrap(), free_port(), false)
+}
+
+/// A redis-server on `port` in `dir`; with `durable`, every write goes to
+/// its append-only file at once, so a restart in the same `dir` keeps it.
+pub fn redis_in(dir: tempfile::TempDir, port: u16, durable: bool) -> Owned {
     let mut command = Command::new("redis-server");
-    command
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path());
+    command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+    if durable {
+        command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+    } else {
+        command.args(["--appendonly", "no"]);
+    }
+    command.arg("--dir").arg(dir.path());
     spawn(&mut command, dir, port, "redis-server")
+}
+
+impl Owned {
+    /// Kills a redis-server started by [`redis_in`] and starts it again on
+    /// the same port and directory.
+    pub fn restart_redis(self) -> Owned {
+        let mut old = self;
+        old.kill();
+        let dir = std::mem::replace(&mut old._dir, tempfile::tempdir().unwrap());
+        redis_in(dir, old.port, true)
+    }
 }
 
 /// A moto S3 server of the test's own, on `port` (0 for a free one).
