@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::{ByteStream, Digesting, ObjectKey, ObjectStore, StorageError, StoredObject, TempFile};
+use super::{ByteStream, ObjectKey, ObjectStore, ParallelDigest, StorageError, StoredObject, TempFile};
 use crate::domain::random_bytes;
 
 /// Files under one root directory.
@@ -50,10 +50,10 @@ impl ObjectStore for FsObjectStore {
     ) -> Result<StoredObject, StorageError> {
         let final_path = self.path_of(key);
         let (mut file, temp) = TempFile::create(&self.tmp).await.map_err(backend)?;
-        let mut digest = Digesting::default();
+        let mut digest = ParallelDigest::default();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(StorageError::Source)?;
-            digest.update(&chunk);
+            digest.update(&chunk).await;
             file.write_all(&chunk).await.map_err(backend)?;
         }
         file.sync_all().await.map_err(backend)?;
@@ -63,7 +63,7 @@ impl ObjectStore for FsObjectStore {
         }
         tokio::fs::rename(temp.path(), &final_path).await.map_err(backend)?;
         temp.keep();
-        Ok(digest.finish(key.clone()))
+        digest.finish(key.clone()).await
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Option<ByteStream>, StorageError> {

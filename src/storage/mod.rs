@@ -112,6 +112,52 @@ pub struct Digesting {
     size: u64,
 }
 
+/// A [`Digesting`] that hashes on a blocking-pool thread, in parallel with
+/// whatever the caller does with the bytes (parse, write). Chunks are
+/// shared, not copied; at most `QUEUE` wait, which bounds the extra memory.
+pub struct ParallelDigest {
+    chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    hasher: tokio::task::JoinHandle<Digesting>,
+}
+
+impl Default for ParallelDigest {
+    fn default() -> Self {
+        const QUEUE: usize = 4;
+        let (chunks, mut queue) = tokio::sync::mpsc::channel::<bytes::Bytes>(QUEUE);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut digest = Digesting::default();
+            while let Some(chunk) = queue.blocking_recv() {
+                digest.update(&chunk);
+            }
+            digest
+        });
+        ParallelDigest { chunks: Some(chunks), hasher }
+    }
+}
+
+impl ParallelDigest {
+    pub async fn update(&mut self, chunk: &bytes::Bytes) {
+        if let Some(chunks) = &self.chunks {
+            // The hasher only stops when this sender is dropped.
+            let _ = chunks.send(chunk.clone()).await;
+        }
+    }
+
+    pub async fn finish(mut self, key: ObjectKey) -> Result<StoredObject, StorageError> {
+        drop(self.chunks.take());
+        let digest =
+            (&mut self.hasher).await.map_err(|e| StorageError::Backend(format!("hashing failed: {e}")))?;
+        Ok(digest.finish(key))
+    }
+}
+
+impl Drop for ParallelDigest {
+    fn drop(&mut self) {
+        // An abandoned upload: the hasher ends when its queue closes.
+        drop(self.chunks.take());
+    }
+}
+
 impl Digesting {
     pub fn update(&mut self, chunk: &[u8]) {
         self.hasher.update(chunk);

@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
-use super::{ByteStream, Digesting, ObjectKey, ObjectStore, StorageError, StoredObject};
+use super::{ByteStream, ObjectKey, ObjectStore, ParallelDigest, StorageError, StoredObject};
 use crate::config::StorageConfig;
 
 /// Every key the receiver writes starts with this (see [`ObjectKey`]).
@@ -209,7 +209,7 @@ impl Drop for AbortOnDrop {
 /// next part), and updates the digest as bytes arrive.
 struct PartReader {
     body: ByteStream,
-    digest: Digesting,
+    digest: ParallelDigest,
     /// The rest of a chunk that crossed the previous part boundary.
     carry: Option<Bytes>,
     part_size: usize,
@@ -224,7 +224,7 @@ impl PartReader {
                 None => match self.body.next().await {
                     Some(chunk) => {
                         let chunk = chunk.map_err(StorageError::Source)?;
-                        self.digest.update(&chunk);
+                        self.digest.update(&chunk).await;
                         chunk
                     }
                     None => return Ok(false),
@@ -263,11 +263,11 @@ impl ObjectStore for S3ObjectStore {
         body: ByteStream,
     ) -> Result<StoredObject, StorageError> {
         let mut reader =
-            PartReader { body, digest: Digesting::default(), carry: None, part_size: self.part_size };
+            PartReader { body, digest: ParallelDigest::default(), carry: None, part_size: self.part_size };
         let mut buffer = BytesMut::with_capacity(self.part_size);
         if !reader.fill(&mut buffer).await? {
             self.put_single(key, content_type, buffer.freeze()).await?;
-            return Ok(reader.digest.finish(key.clone()));
+            return reader.digest.finish(key.clone()).await;
         }
 
         let created = self
@@ -353,7 +353,7 @@ impl ObjectStore for S3ObjectStore {
             .await
             .map_err(sdk_error)?;
         guard.completed = true;
-        Ok(reader.digest.finish(key.clone()))
+        reader.digest.finish(key.clone()).await
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Option<ByteStream>, StorageError> {
