@@ -10,14 +10,16 @@
 //! own; callers are answered only after the commit is durable. Reads use
 //! redb's MVCC read transactions and never wait for the writer.
 //!
-//! # Nonces answer early
-//! A nonce check is answered as soon as it is applied, before its batch is
-//! durable, which saves every signed request one wait for an fsync. This
-//! is safe because the request's own writes can only come after that answer,
-//! so they land in the same batch or a later one, and batches become durable
-//! in order: whenever a request's effects survive a crash, its nonce does
-//! too. A batch that fails to commit hands the nonces it answered for to the
-//! next batch, so a failed commit cannot reopen them for a replay either.
+//! # Nonces without a wait
+//! A nonce is checked on the calling thread, against the nonces queued but
+//! not yet committed (a set in memory) and a snapshot of the committed ones,
+//! and its record is queued for the writer without waiting for it. That
+//! saves every signed request one wait for an fsync, and stays safe: the
+//! request's own writes are queued after its nonce, so they land in the same
+//! batch or a later one, and batches become durable in order: whenever a
+//! request's effects survive a crash, its nonce does too. A nonce leaves the
+//! set only once its batch is durable; a batch that fails to commit hands
+//! its nonces to the next one.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -84,17 +86,16 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 enum Job {
     /// A write answered once its batch is durable.
     Write(Box<dyn DurableWrite>),
-    /// A nonce check, answered as soon as it is applied (see the module docs).
-    Nonce { identity: String, expires_at: u64, reply: oneshot::Sender<Result<bool, StoreError>> },
+    /// A nonce to record; nobody waits for it (see the module docs).
+    Nonce { identity: String, expires_at: u64 },
 }
 
-impl Job {
-    fn fail(self, error: StoreError) {
-        match self {
-            Job::Write(write) => write.fail(error),
-            Job::Nonce { reply, .. } => drop(reply.send(Err(error))),
-        }
-    }
+/// Nonces queued for the writer and not yet durable.
+type PendingNonces = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+fn lock_pending(pending: &PendingNonces) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    // Every update is a single insert or remove: a panic cannot leave it torn.
+    pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A write operation answered after its batch commits.
@@ -139,6 +140,7 @@ pub struct EmbeddedStore {
     /// memory only (one process owns the data directory); a restart forgets
     /// them, which only gives a guesser a fresh minute.
     redeem_failures: std::sync::Mutex<std::collections::HashMap<(String, u64), u32>>,
+    pending_nonces: PendingNonces,
     /// `None` only while dropping.
     writer: Option<std::sync::mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -176,13 +178,16 @@ impl EmbeddedStore {
         }
         let (writer, queue) = std::sync::mpsc::channel::<Job>();
         let writer_db = Arc::clone(&db);
+        let pending_nonces = PendingNonces::default();
+        let writer_pending = Arc::clone(&pending_nonces);
         let writer_thread = std::thread::Builder::new()
             .name("embedded-store-writer".into())
-            .spawn(move || run_writer(&writer_db, &queue))
+            .spawn(move || run_writer(&writer_db, &queue, &writer_pending))
             .map_err(store_error)?;
         Ok(EmbeddedStore {
             db,
             redeem_failures: Default::default(),
+            pending_nonces,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
         })
@@ -203,18 +208,30 @@ impl EmbeddedStore {
         self.enqueue(Job::Write(Box::new(WriteJob { op, reply })), answer).await
     }
 
+    /// Whether a nonce with this identity is recorded and unexpired, in the
+    /// committed state (a fresh snapshot).
+    fn nonce_is_committed(&self, identity: &str, now: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(store_error)?;
+        let nonces = txn.open_table(NONCES).map_err(store_error)?;
+        Ok(nonces.get(identity).map_err(store_error)?.is_some_and(|expiry| expiry.value() > now))
+    }
+
     /// Hands `job` to the writer and waits for its `answer`.
     async fn enqueue<T>(
         &self,
         job: Job,
         answer: oneshot::Receiver<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.send(job)?;
+        answer.await.map_err(|_| StoreError::new("the embedded store's writer dropped an operation"))?
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
         self.writer
             .as_ref()
             .expect("the writer is present until drop")
             .send(job)
-            .map_err(|_| StoreError::new("the embedded store's writer has stopped"))?;
-        answer.await.map_err(|_| StoreError::new("the embedded store's writer dropped an operation"))?
+            .map_err(|_| StoreError::new("the embedded store's writer has stopped"))
     }
 
     /// Runs a read-only closure on a fresh snapshot, on the calling thread.
@@ -269,8 +286,8 @@ impl EmbeddedStore {
     }
 }
 
-fn run_writer(db: &Database, queue: &std::sync::mpsc::Receiver<Job>) {
-    // Nonces answered for in a batch that then failed to commit.
+fn run_writer(db: &Database, queue: &std::sync::mpsc::Receiver<Job>, pending: &PendingNonces) {
+    // Nonces of a batch that failed to commit, to be written by the next.
     let mut carried: Vec<(String, u64)> = Vec::new();
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -280,40 +297,33 @@ fn run_writer(db: &Database, queue: &std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let mut nonces = std::mem::take(&mut carried);
+        let mut writes = Vec::with_capacity(batch.len());
+        for job in batch {
+            match job {
+                Job::Write(write) => writes.push(write),
+                Job::Nonce { identity, expires_at } => nonces.push((identity, expires_at)),
+            }
+        }
         let txn = match db.begin_write() {
             Ok(txn) => txn,
             Err(e) => {
                 let message = e.to_string();
-                for job in batch {
-                    job.fail(StoreError::new(&message));
+                for write in writes {
+                    write.fail(StoreError::new(&message));
                 }
+                carried = nonces;
                 continue;
             }
         };
-        let mut finishes = Vec::with_capacity(batch.len());
-        let mut poisoned = false;
-        let mut answered_nonces = Vec::new();
-        for (identity, expires_at) in carried.drain(..) {
-            poisoned |= record_nonce(&txn, &identity, expires_at).is_err();
-            answered_nonces.push((identity, expires_at));
-        }
-        for job in batch {
-            match job {
-                Job::Write(write) => {
-                    let (finish, failed) = write.apply(&txn);
-                    poisoned |= failed;
-                    finishes.push(finish);
-                }
-                Job::Nonce { identity, expires_at, reply } => {
-                    let first_use = record_nonce(&txn, &identity, expires_at);
-                    match &first_use {
-                        Ok(true) => answered_nonces.push((identity, expires_at)),
-                        Ok(false) => {}
-                        Err(_) => poisoned = true,
-                    }
-                    let _ = reply.send(first_use);
-                }
-            }
+        // Nonces first: they were queued before the writes of their requests.
+        let mut poisoned =
+            nonces.iter().any(|(identity, expires_at)| record_nonce(&txn, identity, *expires_at).is_err());
+        let mut finishes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (finish, failed) = write.apply(&txn);
+            poisoned |= failed;
+            finishes.push(finish);
         }
         let outcome = if poisoned {
             // Dropping the transaction aborts it: none of the batch is applied.
@@ -322,8 +332,13 @@ fn run_writer(db: &Database, queue: &std::sync::mpsc::Receiver<Job>) {
         } else {
             txn.commit().map_err(|e| e.to_string())
         };
-        if outcome.is_err() {
-            carried = answered_nonces;
+        if outcome.is_ok() {
+            let mut pending = lock_pending(pending);
+            for (identity, _) in &nonces {
+                pending.remove(identity);
+            }
+        } else {
+            carried = nonces;
         }
         for finish in finishes {
             finish(outcome.clone().map_err(StoreError::new));
@@ -553,8 +568,18 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.enqueue(Job::Nonce { identity: nonce_identity(key), expires_at, reply }, answer).await
+        let identity = nonce_identity(key);
+        {
+            // Held across the snapshot read: a nonce leaves the set only after
+            // its commit, so a snapshot taken under the lock sees it.
+            let mut pending = lock_pending(&self.pending_nonces);
+            if pending.contains(&identity) || self.nonce_is_committed(&identity, crate::domain::unix_now())? {
+                return Ok(false);
+            }
+            pending.insert(identity.clone());
+        }
+        self.send(Job::Nonce { identity, expires_at })?;
+        Ok(true)
     }
 
     async fn redeem_failures(&self, client: &str, window: u64) -> Result<u32, StoreError> {
@@ -625,7 +650,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_nonce_answered_in_a_batch_that_failed_stays_recorded() {
+    async fn a_nonce_queued_in_a_batch_that_failed_is_made_durable_by_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let key = NonceKey { consumer_key: "ck".into(), token: "t".into(), nonce: "n".into(), timestamp: 1 };
@@ -637,10 +662,7 @@ mod tests {
             tokio::spawn(async move { store.write(move |_| release.recv().map_err(store_error)).await })
         };
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let nonce = {
-            let (store, key) = (Arc::clone(&store), key.clone());
-            tokio::spawn(async move { store.first_use_of_nonce(&key, expires).await })
-        };
+        assert!(store.first_use_of_nonce(&key, expires).await.unwrap(), "answered without waiting");
         let failing = {
             let store = Arc::clone(&store);
             tokio::spawn(async move { store.write(|_| Err::<(), _>(StoreError::new("injected"))).await })
@@ -648,11 +670,19 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         held.send(()).unwrap();
         holder.await.unwrap().unwrap();
-        assert!(failing.await.unwrap().is_err(), "the injected failure aborts its batch");
-        assert!(nonce.await.unwrap().unwrap(), "answered as a first use before the batch failed");
+        assert!(failing.await.unwrap().is_err(), "the injected failure aborts its batch, nonce and all");
+        assert!(!store.first_use_of_nonce(&key, expires).await.unwrap(), "a replay meanwhile is refused");
+        store.ping().await.unwrap();
+        drop(store);
+        let reopened = loop {
+            match EmbeddedStore::open(dir.path()) {
+                Ok(store) => break store,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
         assert!(
-            !store.first_use_of_nonce(&key, expires).await.unwrap(),
-            "the aborted batch's nonce was carried into the next one"
+            !reopened.first_use_of_nonce(&key, expires).await.unwrap(),
+            "the next batch made the aborted batch's nonce durable"
         );
     }
 
