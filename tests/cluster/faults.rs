@@ -185,3 +185,133 @@ async fn a_restarted_redis_serves_the_next_redeem_and_counts_once() {
     assert_eq!(counts(&app, &token, &photo_id).await, (2, 3), "both uploads counted once");
     assert_eq!(redeem(&app, &token, b"one too many").await.status(), 404);
 }
+
+/// An app on the shared Redis and S3 at `endpoint` (2 s S3 call timeout,
+/// 5 MiB parts), with one photo and a one-upload token that reports to
+/// `http://www.example.com/done`.
+async fn app_on_s3(endpoint: &str) -> (TestApp, String, String) {
+    let mut config: Config = test_config();
+    use_redis_and_s3(&mut config);
+    config.storage.endpoint = Some(endpoint.to_owned());
+    config.storage.timeout_secs = 2;
+    config.storage.part_size = 5 * 1024 * 1024;
+    servers::create_bucket_at(endpoint, config.storage.bucket.as_ref().unwrap()).await;
+    let app = spawn_app_from(config).await;
+    let photo_id = app.upload_photo(b"original".to_vec()).await;
+    let params = [("photo_id", photo_id.as_str()), ("return_url", "http://www.example.com/done")];
+    let body = app.call("/api/photo/get-replace-token", &params).await;
+    let token = xml_field(&body, "replace_token").unwrap();
+    (app, photo_id, token)
+}
+
+/// The `error_message` a redeem's redirect carries, if any.
+fn redirect_error(response: &reqwest::Response) -> Option<String> {
+    let location = url::Url::parse(response.headers().get("location")?.to_str().ok()?).ok()?;
+    location.query_pairs().find(|(n, _)| n == "error_message").map(|(_, v)| v.into_owned())
+}
+
+#[tokio::test]
+async fn an_s3_server_paused_mid_part_times_out_gives_the_slot_back_and_leaves_no_orphan() {
+    let s3 = processes::moto(0);
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let (app, photo_id, token) = app_on_s3(&endpoint).await;
+    let bucket = app.config.storage.bucket.clone().unwrap();
+
+    // 12 MiB: the first 5 MiB part goes out while the body still arrives;
+    // the server is paused as soon as the multipart upload exists.
+    let body = vec![b'p'; 12 * 1024 * 1024];
+    let upload = tokio::spawn({
+        let app = TestApp::handle_of(&app);
+        let token = token.clone();
+        async move { redeem(&app, &token, &body).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty() {
+        assert!(Instant::now() < deadline, "no multipart upload began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s3.signal("STOP");
+    let started = Instant::now();
+    let response = upload.await.unwrap();
+    let waited = started.elapsed();
+    s3.signal("CONT");
+    assert_eq!(response.status(), 303);
+    let message = redirect_error(&response).expect("an error outcome for the site");
+    assert!(message.contains("could not be stored"), "{message}");
+    assert!(waited < Duration::from_secs(15), "the per-call timeout (2 s) fired: {waited:?}");
+    assert_eq!(counts(&app, &token, &photo_id).await, (0, 1), "the slot is back, no version");
+
+    // The abort sent while the server was paused may have failed; the sweep
+    // (here with no minimum age) finishes the job.
+    let mut config = app.config.storage.clone();
+    config.endpoint = Some(endpoint.clone());
+    let store = upload_receiver::storage::s3::S3ObjectStore::new(&config).await.unwrap();
+    store.sweep(Duration::ZERO).await.unwrap();
+    assert!(servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty(), "no orphan after the sweep");
+    assert_eq!(redeem(&app, &token, b"again").await.status(), 303, "the slot is usable again");
+}
+
+/// A relay in front of an S3 server that answers every
+/// `CompleteMultipartUpload` itself with `200 OK` and an error document, as
+/// S3 does when a completion fails after the response has begun.
+async fn complete_fails_with_200(upstream: String) -> String {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let client = reqwest::Client::new();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (client, upstream) = (client.clone(), upstream.clone());
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let (client, upstream) = (client.clone(), upstream.clone());
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let body = body.collect().await?.to_bytes();
+                    let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+                    let is_complete = parts.method == hyper::Method::POST && target.contains("uploadId=");
+                    if is_complete {
+                        let error = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message><RequestId>1</RequestId></Error>";
+                        return Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(error))));
+                    }
+                    let mut forwarded = client.request(parts.method.clone(), format!("{upstream}{target}"));
+                    for (name, value) in &parts.headers {
+                        forwarded = forwarded.header(name, value);
+                    }
+                    let answer = forwarded.body(body).send().await.expect("the S3 server answers");
+                    let mut response = hyper::Response::builder().status(answer.status());
+                    for (name, value) in answer.headers() {
+                        response = response.header(name, value);
+                    }
+                    let bytes = answer.bytes().await.expect("the S3 server's body");
+                    Ok(response.body(http_body_util::Full::new(bytes)).unwrap())
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn an_s3_complete_answered_200_with_an_error_is_a_failure() {
+    let endpoint = servers::s3_endpoint();
+    let relay = complete_fails_with_200(endpoint.clone()).await;
+    let (app, photo_id, token) = app_on_s3(&relay).await;
+    let bucket = app.config.storage.bucket.clone().unwrap();
+
+    let response = redeem(&app, &token, &vec![b'c'; 6 * 1024 * 1024]).await;
+    assert_eq!(response.status(), 303);
+    let message = redirect_error(&response).expect("an error outcome, not a success");
+    assert!(message.contains("could not be stored"), "{message}");
+    assert_eq!(counts(&app, &token, &photo_id).await, (0, 1), "no version recorded, the slot back");
+    // The failed upload was aborted (through the relay, which passes aborts on).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty() {
+        assert!(Instant::now() < deadline, "the failed multipart upload was left open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(servers::s3_keys(&bucket).await.len(), 1, "only the original object exists");
+}
