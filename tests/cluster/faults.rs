@@ -1,6 +1,8 @@
 //! Backend faults: Redis gone, paused or restarted around a redeem, the S3
 //! server killed in the middle of an upload.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::multipart::{Form, Part};
@@ -254,51 +256,60 @@ async fn an_s3_server_paused_mid_part_times_out_gives_the_slot_back_and_leaves_n
 /// A relay in front of an S3 server that answers every
 /// `CompleteMultipartUpload` itself with `200 OK` and an error document, as
 /// S3 does when a completion fails after the response has begun.
-async fn complete_fails_with_200(upstream: String) -> String {
+async fn complete_fails_with_200(upstream: String) -> (String, Arc<AtomicUsize>) {
     use http_body_util::BodyExt;
+    let completions = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&completions);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let client = reqwest::Client::new();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (client, upstream) = (client.clone(), upstream.clone());
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let (client, upstream) = (client.clone(), upstream.clone());
-                async move {
-                    let (parts, body) = request.into_parts();
-                    let body = body.collect().await?.to_bytes();
-                    let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
-                    let is_complete = parts.method == hyper::Method::POST && target.contains("uploadId=");
-                    if is_complete {
-                        let error = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message><RequestId>1</RequestId></Error>";
-                        return Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(error))));
+            let (client, upstream, counted) = (client.clone(), upstream.clone(), Arc::clone(&counted));
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let (client, upstream, counted) =
+                        (client.clone(), upstream.clone(), Arc::clone(&counted));
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+                        let is_complete = parts.method == hyper::Method::POST && target.contains("uploadId=");
+                        if is_complete {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            let error = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message><RequestId>1</RequestId></Error>";
+                            return Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(error),
+                            )));
+                        }
+                        let mut forwarded =
+                            client.request(parts.method.clone(), format!("{upstream}{target}"));
+                        for (name, value) in &parts.headers {
+                            forwarded = forwarded.header(name, value);
+                        }
+                        let answer = forwarded.body(body).send().await.expect("the S3 server answers");
+                        let mut response = hyper::Response::builder().status(answer.status());
+                        for (name, value) in answer.headers() {
+                            response = response.header(name, value);
+                        }
+                        let bytes = answer.bytes().await.expect("the S3 server's body");
+                        Ok(response.body(http_body_util::Full::new(bytes)).unwrap())
                     }
-                    let mut forwarded = client.request(parts.method.clone(), format!("{upstream}{target}"));
-                    for (name, value) in &parts.headers {
-                        forwarded = forwarded.header(name, value);
-                    }
-                    let answer = forwarded.body(body).send().await.expect("the S3 server answers");
-                    let mut response = hyper::Response::builder().status(answer.status());
-                    for (name, value) in answer.headers() {
-                        response = response.header(name, value);
-                    }
-                    let bytes = answer.bytes().await.expect("the S3 server's body");
-                    Ok(response.body(http_body_util::Full::new(bytes)).unwrap())
-                }
-            });
+                },
+            );
             tokio::spawn(
                 hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
             );
         }
     });
-    format!("http://{address}")
+    (format!("http://{address}"), completions)
 }
 
 #[tokio::test]
 async fn an_s3_complete_answered_200_with_an_error_is_a_failure() {
     let endpoint = servers::s3_endpoint();
-    let relay = complete_fails_with_200(endpoint.clone()).await;
+    let (relay, completions) = complete_fails_with_200(endpoint.clone()).await;
     let (app, photo_id, token) = app_on_s3(&relay).await;
     let bucket = app.config.storage.bucket.clone().unwrap();
 
@@ -306,6 +317,9 @@ async fn an_s3_complete_answered_200_with_an_error_is_a_failure() {
     assert_eq!(response.status(), 303);
     let message = redirect_error(&response).expect("an error outcome, not a success");
     assert!(message.contains("could not be stored"), "{message}");
+    // The SDK takes the 200 for the error it is, and retries it as one.
+    let completions = completions.load(Ordering::SeqCst);
+    assert!(completions >= 1, "the parts went through and the completion met the error: {completions}");
     assert_eq!(counts(&app, &token, &photo_id).await, (0, 1), "no version recorded, the slot back");
     // The failed upload was aborted (through the relay, which passes aborts on).
     let deadline = Instant::now() + Duration::from_secs(5);
