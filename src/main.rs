@@ -65,14 +65,23 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Prints a line of the start-up banner. A closed or broken standard output
+/// (its reader went away) must not stop the service, so errors are ignored.
+macro_rules! banner {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let app = App::build(config.clone()).await?;
         let address = app.local_addr();
-        println!("upload-receiver listening on http://{address}");
-        println!(
+        banner!("upload-receiver listening on http://{address}");
+        banner!(
             "  state: embedded store in {}; files: {}",
             config.data_dir.join("state.redb").display(),
             config.data_dir.join("objects").display()
@@ -94,21 +103,21 @@ fn print_generated_credential(
 ) {
     let path = credentials::generated_credentials_path(&config.data_dir);
     if *provenance == Provenance::LoadedFromDataDir {
-        println!("  credentials: the generated `write` set in {}", path.display());
+        banner!("  credentials: the generated `write` set in {}", path.display());
         return;
     }
-    println!(
+    banner!(
         "\nNo credentials are configured, so a `write` credential set was generated\nand kept in {}:\n",
         path.display()
     );
-    println!("  consumer_key        = {}", credential.consumer_key);
-    println!("  consumer_secret     = {}", credential.consumer_secret.expose());
-    println!("  access_token        = {}", credential.access_token);
-    println!("  access_token_secret = {}", credential.access_token_secret.expose());
-    println!("\nTry a signed call (the `sign` command signs with this set):\n");
-    println!("  curl -s \"$(cargo run -q --release -- sign 'http://{address}/api/echo?hello=world')\"\n");
-    println!("or from Python with requests-oauthlib:\n");
-    println!(
+    banner!("  consumer_key        = {}", credential.consumer_key);
+    banner!("  consumer_secret     = {}", credential.consumer_secret.expose());
+    banner!("  access_token        = {}", credential.access_token);
+    banner!("  access_token_secret = {}", credential.access_token_secret.expose());
+    banner!("\nTry a signed call (the `sign` command signs with this set):\n");
+    banner!("  curl -s \"$(cargo run -q --release -- sign 'http://{address}/api/echo?hello=world')\"\n");
+    banner!("or from Python with requests-oauthlib:\n");
+    banner!(
         "  python3 -c \"import requests, requests_oauthlib as o; print(requests.get('http://{address}/api/echo?hello=world', auth=o.OAuth1('{}', '{}', '{}', '{}')).text)\"\n",
         credential.consumer_key,
         credential.consumer_secret.expose(),

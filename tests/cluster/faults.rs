@@ -329,3 +329,117 @@ async fn an_s3_complete_answered_200_with_an_error_is_a_failure() {
     }
     assert_eq!(servers::s3_keys(&bucket).await.len(), 1, "only the original object exists");
 }
+
+/// The real binary as a second instance on the same Redis prefix and bucket
+/// as `config`; killed when dropped. Returns it with its address.
+fn second_instance(config: &Config, data_dir: &std::path::Path) -> (KillOnDrop, String) {
+    use std::io::BufRead;
+    let storage = &config.storage;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upload-receiver"))
+        .env("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0")
+        .env("UPLOAD_RECEIVER__DATA_DIR", data_dir)
+        .env("UPLOAD_RECEIVER__STATE__REDIS_URL", config.state.redis_url.as_deref().unwrap())
+        .env("UPLOAD_RECEIVER__STATE__KEY_PREFIX", &config.state.key_prefix)
+        .env("UPLOAD_RECEIVER__STATE__SLOT_LEASE_SECS", config.state.slot_lease_secs.to_string())
+        .env("UPLOAD_RECEIVER__STORAGE__BUCKET", storage.bucket.as_deref().unwrap())
+        .env("UPLOAD_RECEIVER__STORAGE__ENDPOINT", storage.endpoint.as_deref().unwrap())
+        .env("UPLOAD_RECEIVER__STORAGE__FORCE_PATH_STYLE", "true")
+        .env("UPLOAD_RECEIVER__STORAGE__PART_SIZE", storage.part_size.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the upload-receiver binary starts");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let address = first
+        .trim()
+        .strip_prefix("upload-receiver listening on http://")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    (KillOnDrop(child), address)
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a redeem of a `total`-byte JPEG on `address` and sends its first
+/// `sent` bytes; returns the socket, still open.
+async fn partial_redeem(address: &str, token: &str, total: usize, sent: usize) -> tokio::net::TcpStream {
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut head =
+        format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n")
+            .into_bytes();
+    head.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n\r\n");
+    let length = head.len() + total + "\r\n--B--\r\n".len();
+    let request = format!(
+        "POST /api/photo/redeem-replace-token HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {length}\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    socket.write_all(&head).await.unwrap();
+    let mut file = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00".to_vec();
+    file.resize(sent, b'k');
+    socket.write_all(&file).await.unwrap();
+    socket
+}
+
+#[tokio::test]
+async fn one_of_two_instances_killed_mid_upload_leaves_the_other_unaffected_and_the_sweep_cleans_up() {
+    let mut config: Config = test_config();
+    use_redis_and_s3(&mut config);
+    config.storage.part_size = 5 * 1024 * 1024;
+    config.state.slot_lease_secs = 3;
+    let bucket = config.storage.bucket.clone().unwrap();
+    let endpoint = config.storage.endpoint.clone().unwrap();
+    let survivor = spawn_app_from(config.clone()).await;
+    let b_dir = tempfile::tempdir().unwrap();
+    let (mut doomed, doomed_address) = second_instance(&config, b_dir.path());
+    let photo_id = survivor.upload_photo(b"original".to_vec()).await;
+    let params = [("photo_id", photo_id.as_str()), ("max_uploads", "1")];
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let body = survivor.call("/api/photo/get-replace-token", &params).await;
+        tokens.push(xml_field(&body, "replace_token").unwrap());
+    }
+    let (on_doomed, on_survivor) = (tokens[0].clone(), tokens[1].clone());
+
+    // Both instances are mid-upload; the doomed one has sent a part to S3.
+    let mut doomed_socket =
+        partial_redeem(&doomed_address, &on_doomed, 12 * 1024 * 1024, 6 * 1024 * 1024).await;
+    let survivor_address = survivor.running.as_ref().unwrap().address.to_string();
+    let mut survivor_socket =
+        partial_redeem(&survivor_address, &on_survivor, 12 * 1024 * 1024, 6 * 1024 * 1024).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while servers::s3_open_uploads_at(&endpoint, &bucket).await.len() < 2 {
+        assert!(Instant::now() < deadline, "both multipart uploads began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.0.kill().unwrap();
+    doomed.0.wait().unwrap();
+    let mut cut = Vec::new();
+    let _ = doomed_socket.read_to_end(&mut cut).await;
+
+    // The survivor's upload finishes as if nothing happened.
+    survivor_socket.write_all(&vec![b'k'; 6 * 1024 * 1024]).await.unwrap();
+    survivor_socket.write_all(b"\r\n--B--\r\n").await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = survivor_socket.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(counts(&survivor, &on_survivor, &photo_id).await, (1, 2));
+
+    // The dead instance left its multipart upload open; the sweep aborts it.
+    assert_eq!(servers::s3_open_uploads_at(&endpoint, &bucket).await.len(), 1, "the orphan is there");
+    let store = upload_receiver::storage::s3::S3ObjectStore::new(&survivor.config.storage).await.unwrap();
+    assert_eq!(store.sweep(Duration::ZERO).await.unwrap(), 1);
+    assert!(servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty());
+    // Its slot comes back when the lease (3 s) runs out.
+    assert_eq!(redeem(&survivor, &on_doomed, b"\xff\xd8\xff\xe0 retry").await.status(), 404, "still leased");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(redeem(&survivor, &on_doomed, b"\xff\xd8\xff\xe0 retry").await.status(), 200);
+}
