@@ -4,12 +4,6 @@
 
 use std::path::PathBuf;
 
-/// mimalloc instead of glibc's allocator: many small, short-lived
-/// allocations across threads (requests, store batches) cost less, and
-/// freed part buffers go back to the system instead of lingering.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;

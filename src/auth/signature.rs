@@ -31,8 +31,9 @@ pub enum HeaderError {
 
 /// Whether an `Authorization` header value uses the `OAuth` scheme.
 pub fn is_oauth_header(value: &str) -> bool {
-    value.len() >= 5
-        && value[..5].eq_ignore_ascii_case("oauth")
+    // `get`: a value whose fifth byte is inside a character is not OAuth
+    // (and must not panic).
+    value.get(..5).is_some_and(|scheme| scheme.eq_ignore_ascii_case("oauth"))
         && value[5..].chars().next().is_none_or(|c| c == ' ' || c == '\t')
 }
 
@@ -40,6 +41,9 @@ pub fn is_oauth_header(value: &str) -> bool {
 /// into decoded name/value pairs, `realm` excluded. Duplicates are kept so the
 /// caller can refuse them.
 pub fn parse_authorization_header(value: &str) -> Result<Vec<(String, String)>, HeaderError> {
+    if !is_oauth_header(value) {
+        return Err(HeaderError::Malformed(truncate(value)));
+    }
     let rest = value[5..].trim();
     let mut params = Vec::new();
     if rest.is_empty() {
@@ -192,6 +196,16 @@ pub fn signed_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_that_are_not_oauth_are_refused_without_a_panic() {
+        // Found by the `oauth_params` fuzz target: an empty value panicked.
+        for value in ["", "OAut", "oaut\u{e9}", "oaut\u{e9} oauth_nonce=\"n\"", "Basic abc"] {
+            assert!(!is_oauth_header(value), "{value:?}");
+            assert!(parse_authorization_header(value).is_err(), "{value:?}");
+        }
+        assert!(parse_authorization_header("OAuth").unwrap().is_empty());
+    }
 
     /// RFC 5849 §3.4.1.1's example request, signed with the §1.2 secrets.
     #[test]

@@ -11,12 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// mimalloc instead of glibc's allocator: many small, short-lived
-/// allocations across threads (requests, store batches) cost less, and
-/// freed part buffers go back to the system instead of lingering.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};

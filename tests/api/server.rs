@@ -337,3 +337,71 @@ async fn two_thousand_slowloris_sockets_are_closed_at_the_header_timeout_and_oth
         "legitimate requests kept their latency: {median_before:?} before, {median_during:?} during"
     );
 }
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[tokio::test]
+async fn hostile_bodies_leave_the_binarys_memory_flat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = binary()
+        .env("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0")
+        .env("UPLOAD_RECEIVER__DATA_DIR", dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let address = first.trim().strip_prefix("upload-receiver listening on http://").unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/api/photo/redeem-replace-token");
+    let token = "0123456789abcdef0123456789abcdef01234567";
+    let warm = client.post(&url).header("content-type", "multipart/form-data; boundary=B").body("--B--\r\n");
+    warm.send().await.unwrap();
+    let (idle, _) = memory_kib(child.id());
+
+    let mut fields =
+        format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n");
+    for i in 0..100_000 {
+        fields.push_str(&format!("--B\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nv\r\n"));
+    }
+    let mut text = String::from("--B\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n");
+    text.push_str(&"n".repeat(16 * 1024 * 1024));
+    let mut headers = String::from("--B\r\nContent-Disposition: form-data; name=\"file\"");
+    headers.push_str(&"; x=\"yyyyyyyy\"".repeat(1024 * 1024));
+    for (case, body) in
+        [("100,000 fields", fields), ("16 MiB of text", text), ("16 MiB of part headers", headers)]
+    {
+        for _ in 0..4 {
+            let response = client
+                .post(&url)
+                .header("content-type", "multipart/form-data; boundary=B")
+                .body(body.clone())
+                .send()
+                .await;
+            // Refused at the cap; the rest may be cut off unread.
+            if let Ok(response) = response {
+                assert_eq!(response.status(), 400, "{case}");
+            }
+        }
+        let (_, peak) = memory_kib(child.id());
+        eprintln!("after {case}: peak {} KiB above idle", peak.saturating_sub(idle));
+    }
+    let (_, peak) = memory_kib(child.id());
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    child.wait().unwrap();
+    let grew_mib = peak.saturating_sub(idle) as f64 / 1024.0;
+    eprintln!("idle {} KiB, peak {} KiB: {grew_mib:.1} MiB above idle", idle, peak);
+    assert!(grew_mib < 8.0, "memory stayed flat: {grew_mib:.1} MiB above idle");
+}
