@@ -21,7 +21,12 @@ struct MemoryStore(Mutex<HashMap<String, Vec<u8>>>);
 
 #[async_trait::async_trait]
 impl ObjectStore for MemoryStore {
-    async fn put(&self, key: &ObjectKey, _: &str, mut body: ByteStream) -> Result<StoredObject, StorageError> {
+    async fn put(
+        &self,
+        key: &ObjectKey,
+        _: &str,
+        mut body: ByteStream,
+    ) -> Result<StoredObject, StorageError> {
         let mut bytes = Vec::new();
         while let Some(chunk) = body.next().await {
             bytes.extend_from_slice(&chunk.map_err(StorageError::Source)?);
@@ -55,7 +60,11 @@ impl FileGate for TokenGate {
     type Refusal = ();
 
     async fn open(&mut self, fields: &[(String, String)], complete: bool) -> Result<Gate<()>, ()> {
-        if complete || fields.iter().any(|(name, _)| name == "token") { Ok(Gate::Open(())) } else { Ok(Gate::NotYet) }
+        if complete || fields.iter().any(|(name, _)| name == "token") {
+            Ok(Gate::Open(()))
+        } else {
+            Ok(Gate::NotYet)
+        }
     }
 }
 
@@ -63,7 +72,8 @@ fuzz_target!(|data: &[u8]| {
     // The first byte picks how the body is cut into chunks.
     let Some((&cut, body)) = data.split_first() else { return };
     let chunk = usize::from(cut % 64) + 1;
-    let chunks: Vec<std::io::Result<Bytes>> = body.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let chunks: Vec<std::io::Result<Bytes>> =
+        body.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
     let limits = MultipartLimits {
         max_file_bytes: 4096,
         max_fields: 8,
