@@ -210,6 +210,18 @@ fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_upload-receiver"))
 }
 
+/// The binary on the embedded default in `data_dir`, on a free port, with
+/// its standard output (the banner) piped.
+fn spawn_binary(data_dir: &std::path::Path) -> std::process::Child {
+    binary()
+        .env("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0")
+        .env("UPLOAD_RECEIVER__DATA_DIR", data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_bad_configuration_key_stops_the_binary_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -224,13 +236,7 @@ fn a_bad_configuration_key_stops_the_binary_with_its_name() {
 #[test]
 fn the_plain_binary_serves_on_the_embedded_default_and_prints_its_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = binary()
-        .env("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0")
-        .env("UPLOAD_RECEIVER__DATA_DIR", dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_binary(dir.path());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let address = first
@@ -354,13 +360,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 #[tokio::test]
 async fn hostile_bodies_leave_the_binarys_memory_flat() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = binary()
-        .env("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0")
-        .env("UPLOAD_RECEIVER__DATA_DIR", dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_binary(dir.path());
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     let address = first.trim().strip_prefix("upload-receiver listening on http://").unwrap().to_owned();
