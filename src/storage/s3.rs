@@ -166,15 +166,14 @@ fn is_orphaned(started: Option<SystemTime>, cutoff: SystemTime) -> bool {
 }
 
 async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) -> Result<(), StorageError> {
-    client
-        .abort_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .send()
-        .await
-        .map_err(sdk_error)?;
-    Ok(())
+    let aborted = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id).send().await;
+    match aborted {
+        Ok(_) => Ok(()),
+        // Aborted meanwhile by someone else (another instance's sweep, a
+        // clean-up task) or completed: gone either way, which is the point.
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_upload()) => Ok(()),
+        Err(e) => Err(sdk_error(e)),
+    }
 }
 
 /// Aborts the multipart upload when dropped, unless it completed: covers
