@@ -331,13 +331,15 @@ async fn an_s3_complete_answered_200_with_an_error_is_a_failure() {
 }
 
 /// The real binary as a second instance on the same Redis prefix and bucket
-/// as `config`; killed when dropped. Returns it with its address.
-fn second_instance(config: &Config, data_dir: &std::path::Path) -> (KillOnDrop, String) {
+/// as `config`, in a data directory of its own; killed when dropped.
+/// Returns it with its address.
+fn second_instance(config: &Config) -> (processes::Owned, String) {
     use std::io::BufRead;
+    let data_dir = tempfile::tempdir().unwrap();
     let storage = &config.storage;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upload-receiver"))
         .env("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0")
-        .env("UPLOAD_RECEIVER__DATA_DIR", data_dir)
+        .env("UPLOAD_RECEIVER__DATA_DIR", data_dir.path())
         .env("UPLOAD_RECEIVER__STATE__REDIS_URL", config.state.redis_url.as_deref().unwrap())
         .env("UPLOAD_RECEIVER__STATE__KEY_PREFIX", &config.state.key_prefix)
         .env("UPLOAD_RECEIVER__STATE__SLOT_LEASE_SECS", config.state.slot_lease_secs.to_string())
@@ -356,16 +358,8 @@ fn second_instance(config: &Config, data_dir: &std::path::Path) -> (KillOnDrop, 
         .strip_prefix("upload-receiver listening on http://")
         .unwrap_or_else(|| panic!("{first}"))
         .to_owned();
-    (KillOnDrop(child), address)
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    let port = address.rsplit_once(':').and_then(|(_, port)| port.parse().ok()).expect("a port");
+    (processes::Owned::adopt(child, data_dir, port), address)
 }
 
 /// Starts a redeem of a `total`-byte JPEG on `address` and sends its first
@@ -397,8 +391,7 @@ async fn one_of_two_instances_killed_mid_upload_leaves_the_other_unaffected_and_
     let bucket = config.storage.bucket.clone().unwrap();
     let endpoint = config.storage.endpoint.clone().unwrap();
     let survivor = spawn_app_from(config.clone()).await;
-    let b_dir = tempfile::tempdir().unwrap();
-    let (mut doomed, doomed_address) = second_instance(&config, b_dir.path());
+    let (mut doomed, doomed_address) = second_instance(&config);
     let photo_id = survivor.upload_photo(b"original".to_vec()).await;
     let params = [("photo_id", photo_id.as_str()), ("max_uploads", "1")];
     let mut tokens = Vec::new();
@@ -419,8 +412,7 @@ async fn one_of_two_instances_killed_mid_upload_leaves_the_other_unaffected_and_
         assert!(Instant::now() < deadline, "both multipart uploads began");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    doomed.0.kill().unwrap();
-    doomed.0.wait().unwrap();
+    doomed.kill();
     let mut cut = Vec::new();
     let _ = doomed_socket.read_to_end(&mut cut).await;
 

@@ -27,6 +27,12 @@ impl Owned {
         let _ = self.child.wait();
     }
 
+    /// Takes charge of a child already listening on `port`, with the
+    /// directory it works in.
+    pub fn adopt(child: Child, dir: tempfile::TempDir, port: u16) -> Owned {
+        Owned { child, _dir: dir, port }
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, …) to the process.
     pub fn signal(&self, signal: &str) {
         let sent = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
