@@ -144,17 +144,20 @@ async fn serve_minimal(sink: Option<(PathBuf, bool)>) -> anyhow::Result<()> {
     }
 }
 
-/// A child server process, killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
+/// A child process, killed (and reaped) when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A child server process, killed when dropped.
+struct Server {
+    child: Reaped,
+    address: String,
 }
 
 impl Server {
@@ -172,12 +175,13 @@ impl Server {
         std::io::BufReader::new(stdout).read_line(&mut line)?;
         let address =
             line.trim().strip_prefix("listening ").context("the server printed no address")?.to_owned();
-        Ok(Server { child, address })
+        Ok(Server { child: Reaped(child), address })
     }
 
     /// Resident memory now and at its peak, in KiB (from /proc).
     fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -204,16 +208,9 @@ impl Server {
 
 /// A redis-server of the harness's own on a free port, stopped when dropped.
 struct Redis {
-    child: Child,
+    _child: Reaped,
     url: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Redis {
@@ -234,7 +231,7 @@ impl Redis {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Redis { child, url: format!("redis://127.0.0.1:{port}/"), _dir: dir })
+        Ok(Redis { _child: Reaped(child), url: format!("redis://127.0.0.1:{port}/"), _dir: dir })
     }
 
     fn backend(&self) -> Vec<(&'static str, String)> {
@@ -559,16 +556,9 @@ async fn upload_fs(cli: &Cli) -> anyhow::Result<Vec<Row>> {
 /// dropped. The binary comes from `S3S_FS` or the `PATH`; install it with
 /// `cargo install s3s-fs --version 0.14.1 --features binary`.
 struct S3Server {
-    child: Child,
+    _child: Reaped,
     endpoint: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const S3_KEY: &str = "bench-access-key";
@@ -597,7 +587,8 @@ impl S3Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}"), _dir: dir };
+        let server =
+            S3Server { _child: Reaped(child), endpoint: format!("http://127.0.0.1:{port}"), _dir: dir };
         server.client().await.create_bucket().bucket(S3_BUCKET).send().await?;
         Ok(server)
     }
