@@ -328,7 +328,7 @@ fn signed_get(
     credential: &upload_receiver::auth::Credential,
     path_and_query: &str,
 ) -> hyper::Request<http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
-    get(address, &signed_target(address, credential, path_and_query))
+    get(address, &signed_target("GET", address, credential, path_and_query))
 }
 
 /// A plain GET of `target` (path and query) on `address`.
@@ -339,16 +339,17 @@ fn get(
     hyper::Request::get(target).header("host", address).body(full(Bytes::new())).expect("a valid request")
 }
 
-/// The signed path and query of a GET of `path_and_query` on `address`,
-/// with a fresh nonce.
+/// The signed path and query of a `method` request of `path_and_query` on
+/// `address` (parameters in the query), with a fresh nonce.
 fn signed_target(
+    method: &str,
     address: &str,
     credential: &upload_receiver::auth::Credential,
     path_and_query: &str,
 ) -> String {
     let url = url::Url::parse(&format!("http://{address}{path_and_query}")).expect("a valid URL");
     let signed = signature::signed_url(
-        "GET",
+        method,
         &url,
         (&credential.consumer_key, &credential.access_token),
         (credential.consumer_secret.expose(), credential.access_token_secret.expose()),
@@ -363,16 +364,6 @@ fn signed_target(
 async fn upload_photo(address: &str, dir: &Path) -> anyhow::Result<String> {
     let credential = credentials(dir)?;
     let mut connection = Connection::open(address).await?;
-    let url = url::Url::parse(&format!("http://{address}/api/photo/upload"))?;
-    let signed = signature::signed_url(
-        "POST",
-        &url,
-        (&credential.consumer_key, &credential.access_token),
-        (credential.consumer_secret.expose(), credential.access_token_secret.expose()),
-        unix_now(),
-        &random_string(ALPHANUMERIC, 24),
-    );
-    let signed = url::Url::parse(&signed)?;
     let body = [
         format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n\r\n")
             .as_bytes(),
@@ -380,7 +371,7 @@ async fn upload_photo(address: &str, dir: &Path) -> anyhow::Result<String> {
         format!("\r\n--{BOUNDARY}--\r\n").as_bytes(),
     ]
     .concat();
-    let request = hyper::Request::post(format!("{}?{}", signed.path(), signed.query().unwrap_or_default()))
+    let request = hyper::Request::post(signed_target("POST", address, &credential, "/api/photo/upload"))
         .header("host", address)
         .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
         .body(full(body))?;
@@ -811,7 +802,7 @@ async fn tokens_on(
         let presigned = PRESIGNED_PER_SECOND * cli.seconds as usize;
         eprintln!("{case}: signing {presigned} requests");
         let targets: Arc<Vec<String>> =
-            Arc::new((0..presigned).map(|_| signed_target(&address, &credential, &query)).collect());
+            Arc::new((0..presigned).map(|_| signed_target("GET", &address, &credential, &query)).collect());
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (rate, _) = load(&receiver.address, cli.seconds, 200, move || {
             match targets.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
