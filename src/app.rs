@@ -1,12 +1,12 @@
-//! Assembling the application from its configuration: the stores, the
-//! authenticator, the listener; and running it until told to stop.
+//! Assembling the application from its configuration — the only place that
+//! names concrete backends — and running it until told to stop: the stores,
+//! the authenticator, the listener, the upkeep of the stores.
 //!
 //! `main` and the integration tests build the very same [`App`], so the tests
 //! exercise what production runs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -14,16 +14,17 @@ use tokio::sync::watch;
 
 use crate::auth::credentials::{self, Credential, Provenance};
 use crate::auth::{Authenticator, Credentials};
-use crate::callback::BackgroundCaller;
 use crate::config::Config;
+use crate::context::Context;
+use crate::domain::{PhotoId, ReplaceToken, unix_now};
 use crate::metrics::{MeasuredObjects, MeasuredState, Metrics};
 use crate::storage::ObjectStore;
 use crate::storage::fs::FsObjectStore;
 use crate::storage::s3::S3ObjectStore;
-use crate::store::StateStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
-use crate::upload::MultipartLimits;
+use crate::store::{Photo, StateStore, StoreError, TokenGrant, TokenStatus};
+use crate::tasks::Cleanup;
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,67 +32,20 @@ pub enum StartError {
     #[error("cannot create the data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
     #[error("cannot open the state store: {0}")]
-    State(crate::store::StoreError),
+    State(StoreError),
     #[error("cannot open the object store: {0}")]
-    Objects(String),
+    Objects(crate::storage::StorageError),
     #[error("cannot read or create the generated credentials: {0}")]
     Credentials(std::io::Error),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
 }
 
-/// Everything a request handler needs, shared by all connections.
-pub struct AppState {
-    pub config: Config,
-    pub auth: Authenticator,
-    pub state: Arc<dyn StateStore>,
-    pub objects: Arc<dyn ObjectStore>,
-    pub callbacks: BackgroundCaller,
-    pub metrics: Arc<Metrics>,
-    /// One permit per multipart upload being received.
-    uploads: Arc<tokio::sync::Semaphore>,
-    shutting_down: AtomicBool,
-}
-
-impl AppState {
-    pub fn multipart_limits(&self) -> MultipartLimits {
-        let limits = &self.config.limits;
-        MultipartLimits {
-            max_file_bytes: limits.max_upload_bytes,
-            max_fields: limits.max_fields,
-            max_field_bytes: limits.max_field_bytes,
-            max_part_header_bytes: limits.max_part_header_bytes,
-            idle_timeout: Duration::from_secs(self.config.server.body_idle_timeout_secs),
-            allowed_media_types: limits.allowed_media_types.clone(),
-        }
-    }
-
-    /// A permit to receive one multipart upload, or `None` when
-    /// `limits.max_concurrent_uploads` are already in progress.
-    pub fn try_begin_upload(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        Arc::clone(&self.uploads).try_acquire_owned().ok()
-    }
-
-    /// Where file parts wait when they arrive before the fields they need.
-    pub fn spool_dir(&self) -> std::path::PathBuf {
-        self.config.data_dir.join("spool")
-    }
-
-    /// True from the moment a shutdown begins; `/readyz` then fails so the
-    /// load balancer stops sending new requests.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-}
-
 /// A built application, bound to its address but not yet serving.
 pub struct App {
-    state: Arc<AppState>,
+    ctx: Arc<Context>,
     listener: TcpListener,
     generated: Option<(Credential, Provenance)>,
-    state_backend: StateBackend,
-    /// The S3 store, when in use, for its sweep of orphaned uploads.
-    s3: Option<Arc<S3ObjectStore>>,
 }
 
 impl App {
@@ -99,35 +53,26 @@ impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        let state_backend = match &config.state.redis_url {
+        let metrics = Arc::new(Metrics::new());
+        let cleanup = Cleanup::default();
+        let state: Arc<dyn StateStore> = match &config.state.redis_url {
             Some(url) => {
                 let timeout = Duration::from_secs(config.state.redis_timeout_secs);
-                let store =
-                    RedisStore::new(url, &config.state.key_prefix, timeout).map_err(StartError::State)?;
-                StateBackend::Redis(Arc::new(store))
+                Arc::new(RedisStore::new(url, &config.state.key_prefix, timeout).map_err(StartError::State)?)
             }
-            None => StateBackend::Embedded(Arc::new(
-                EmbeddedStore::open(&config.data_dir).map_err(StartError::State)?,
-            )),
+            None => Arc::new(EmbeddedStore::open(&config.data_dir).map_err(StartError::State)?),
         };
-        let metrics = Arc::new(Metrics::new());
-        let state: Arc<dyn StateStore> =
-            Arc::new(MeasuredState::new(state_backend.store(), Arc::clone(&metrics)));
-        let s3 = match config.storage.bucket {
-            Some(_) => Some(Arc::new(
-                S3ObjectStore::new(&config.storage).await.map_err(|e| StartError::Objects(e.to_string()))?,
-            )),
-            None => None,
-        };
-        let unmeasured: Arc<dyn ObjectStore> = match &s3 {
-            Some(s3) => s3.clone(),
+        let state: Arc<dyn StateStore> = Arc::new(MeasuredState::new(state, Arc::clone(&metrics)));
+        let objects: Arc<dyn ObjectStore> = match config.storage.bucket {
+            Some(_) => Arc::new(
+                S3ObjectStore::new(&config.storage, cleanup.clone()).await.map_err(StartError::Objects)?,
+            ),
             None => Arc::new(
                 FsObjectStore::open(&config.data_dir.join("objects"))
-                    .map_err(|e| StartError::Objects(e.to_string()))?,
+                    .map_err(|e| StartError::Objects(crate::storage::StorageError::backend(e)))?,
             ),
         };
-
-        let objects: Arc<dyn ObjectStore> = Arc::new(MeasuredObjects::new(unmeasured, Arc::clone(&metrics)));
+        let objects: Arc<dyn ObjectStore> = Arc::new(MeasuredObjects::new(objects, Arc::clone(&metrics)));
 
         let mut configured = config.credentials.clone();
         let generated = if configured.is_empty() {
@@ -148,22 +93,8 @@ impl App {
         let listener = bind(&config.server.listen, backlog)
             .await
             .map_err(|source| StartError::Listen { address: config.server.listen.clone(), source })?;
-        let callbacks = BackgroundCaller::new(
-            &config.callback.allowed_hosts,
-            Duration::from_secs(config.callback.timeout_secs),
-        );
-        let uploads = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_uploads));
-        let state = Arc::new(AppState {
-            config,
-            auth,
-            state,
-            objects,
-            callbacks,
-            uploads,
-            metrics,
-            shutting_down: AtomicBool::new(false),
-        });
-        Ok(App { state, listener, generated, state_backend, s3 })
+        let ctx = Arc::new(Context::new(config, auth, state, objects, metrics, cleanup));
+        Ok(App { ctx, listener, generated })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -176,59 +107,85 @@ impl App {
         self.generated.as_ref()
     }
 
-    pub fn state(&self) -> &Arc<AppState> {
-        &self.state
-    }
-
     /// Serves until `shutdown` completes, then drains (see [`crate::server`]).
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send) {
-        let mut upkeep = vec![tokio::spawn(self.state_backend.clone().maintain())];
-        if let Some(s3) = self.s3.clone() {
-            let storage = &self.state.config.storage;
-            let every = Duration::from_secs(storage.sweep_interval_secs);
-            let min_age = Duration::from_secs(storage.sweep_min_age_secs);
-            upkeep.push(tokio::spawn(sweep_orphans(s3, every, min_age)));
-        }
-        let state = Arc::clone(&self.state);
-        crate::server::serve(self.listener, Arc::clone(&self.state), async move {
+        let upkeep = tokio::spawn(upkeep(Arc::clone(&self.ctx)));
+        let server = &self.ctx.config.server;
+        let settings = crate::server::Settings {
+            max_connections: server.max_connections,
+            header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+            shutdown_drain: Duration::from_secs(server.shutdown_drain_secs),
+        };
+        let ctx = Arc::clone(&self.ctx);
+        let handler = move |request, peer| crate::api::handle(Arc::clone(&ctx), request, peer);
+        let draining = Arc::clone(&self.ctx);
+        crate::server::serve(self.listener, &settings, handler, async move {
             shutdown.await;
-            state.shutting_down.store(true, Ordering::Relaxed);
+            draining.begin_shutdown();
         })
         .await;
-        // Slots of cut uploads go back, their multipart uploads are aborted.
-        // Each is one store call, bounded by that store's own timeout.
-        let config = &self.state.config;
+        // Slots of cut uploads go back, their files are deleted, their
+        // multipart uploads aborted. Each is one store call, bounded by that
+        // store's own timeout.
+        let config = &self.ctx.config;
         let limit = config.storage.timeout_secs.max(config.state.redis_timeout_secs);
-        let unfinished = crate::cleanup::finish(Duration::from_secs(limit)).await;
+        let unfinished = self.ctx.cleanup.finish(Duration::from_secs(limit)).await;
         if unfinished > 0 {
             tracing::warn!(
                 unfinished,
                 "clean-up tasks still running at exit; leases and the sweep will finish them"
             );
         }
-        for task in upkeep {
-            task.abort();
-            // Awaiting the aborted task drops its handle on the store now.
-            let _ = task.await;
-        }
+        upkeep.abort();
+        // Awaiting the aborted task drops its handle on the stores now.
+        let _ = upkeep.await;
     }
 
     /// Serves in a background task; for tests and embedding.
     pub fn spawn(self) -> RunningApp {
         let address = self.local_addr();
-        let state = Arc::clone(&self.state);
+        let inspection = Inspection { ctx: Arc::clone(&self.ctx) };
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(self.run_until(async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
-        RunningApp { address, state, stop, task }
+        RunningApp { address, inspection, stop, task }
     }
+}
+
+/// What the configuration names as its backends, for the start-up banner:
+/// the state store, then the object store. Credentials in a Redis URL are
+/// left out.
+pub fn backends(config: &Config) -> [String; 2] {
+    let state = match &config.state.redis_url {
+        Some(url) => {
+            let shown = match url::Url::parse(url) {
+                Ok(mut parsed) => {
+                    let _ = parsed.set_password(None);
+                    let _ = parsed.set_username("");
+                    parsed.to_string()
+                }
+                Err(_) => "(an unparsable URL)".to_owned(),
+            };
+            format!("Redis at {shown} (key prefix {:?})", config.state.key_prefix)
+        }
+        None => format!("embedded store in {}", config.data_dir.join("state.redb").display()),
+    };
+    let storage = &config.storage;
+    let files = match &storage.bucket {
+        Some(bucket) => {
+            let endpoint = storage.endpoint.as_deref().unwrap_or("the AWS endpoint of the region");
+            format!("S3 bucket {bucket} at {endpoint} (region {})", storage.region)
+        }
+        None => format!("local files in {}", config.data_dir.join("objects").display()),
+    };
+    [state, files]
 }
 
 /// An application serving in the background.
 pub struct RunningApp {
     pub address: SocketAddr,
-    pub state: Arc<AppState>,
+    inspection: Inspection,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -239,27 +196,39 @@ impl RunningApp {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
-}
 
-/// Aborts, every `every`, the multipart uploads older than `min_age` that a
-/// crashed instance left open.
-async fn sweep_orphans(s3: Arc<S3ObjectStore>, every: Duration, min_age: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    loop {
-        ticks.tick().await;
-        match s3.sweep(min_age).await {
-            Ok(0) => {}
-            Ok(aborted) => tracing::warn!(aborted, "aborted orphaned multipart uploads"),
-            Err(e) => tracing::warn!(error = %e, "sweeping orphaned multipart uploads failed"),
-        }
+    /// A read-mostly view of the running app's state, for tests and tools.
+    pub fn inspect(&self) -> &Inspection {
+        &self.inspection
     }
 }
 
-/// The state store in use, for its backend-specific upkeep.
+/// What a test or a tool may look at (and plant) in a running app's state,
+/// through the same store the app uses.
 #[derive(Clone)]
-enum StateBackend {
-    Embedded(Arc<EmbeddedStore>),
-    Redis(Arc<RedisStore>),
+pub struct Inspection {
+    ctx: Arc<Context>,
+}
+
+impl Inspection {
+    pub async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
+        self.ctx.state.photo(id).await
+    }
+
+    pub async fn token_status(&self, token: &ReplaceToken) -> Result<Option<TokenStatus>, StoreError> {
+        self.ctx.state.token_status(token, unix_now()).await
+    }
+
+    /// Stores a token with any terms (an expired one, say), as
+    /// get-replace-token would; `false` when its photo does not exist.
+    pub async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError> {
+        self.ctx.state.issue_token(grant).await
+    }
+
+    /// True once a graceful shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.ctx.is_shutting_down()
+    }
 }
 
 /// Listens on `address` with room for `backlog` connections waiting to be
@@ -279,29 +248,52 @@ async fn bind(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
     Err(last_error.unwrap_or_else(|| std::io::Error::other("the address resolved to nothing")))
 }
 
-/// How often the state store's upkeep runs.
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the state store forgets what has expired.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
-impl StateBackend {
-    fn store(&self) -> Arc<dyn StateStore> {
-        match self {
-            StateBackend::Embedded(store) => store.clone(),
-            StateBackend::Redis(store) => store.clone(),
+/// Runs forever: the state store's purge every [`PURGE_INTERVAL`], the
+/// object store's sweep every `storage.sweep_interval_secs`.
+async fn upkeep(ctx: Arc<Context>) {
+    let storage = &ctx.config.storage;
+    let min_age = Duration::from_secs(storage.sweep_min_age_secs);
+    let mut purges = tokio::time::interval(PURGE_INTERVAL);
+    let mut sweeps = tokio::time::interval(Duration::from_secs(storage.sweep_interval_secs));
+    loop {
+        tokio::select! {
+            _ = purges.tick() => match ctx.state.purge_expired(unix_now()).await {
+                Ok(purged) if purged == Default::default() => {}
+                Ok(purged) => tracing::debug!(?purged, "purged expired state"),
+                Err(e) => tracing::warn!(error = %crate::causes::chain(&e), "purging expired state failed"),
+            },
+            _ = sweeps.tick() => match ctx.objects.sweep(min_age).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::warn!(removed, "removed what crashed uploads left in the object store"),
+                Err(e) => tracing::warn!(error = %crate::causes::chain(&e), "sweeping the object store failed"),
+            },
         }
     }
+}
 
-    /// Runs forever: the embedded store drops expired nonces and tokens.
-    /// (Redis expires its keys itself and needs no upkeep.)
-    async fn maintain(self) {
-        let StateBackend::Embedded(store) = self else { return };
-        let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
-        loop {
-            ticks.tick().await;
-            match store.purge_expired(crate::domain::unix_now()).await {
-                Ok((0, 0)) => {}
-                Ok((nonces, tokens)) => tracing::debug!(nonces, tokens, "purged expired state"),
-                Err(e) => tracing::warn!(error = %e, "purging expired state failed"),
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_names_the_backends_configured_without_credentials() {
+        let mut config = Config { data_dir: "/var/lib/upload-receiver".into(), ..Config::default() };
+        let [state, files] = backends(&config);
+        assert_eq!(state, "embedded store in /var/lib/upload-receiver/state.redb");
+        assert_eq!(files, "local files in /var/lib/upload-receiver/objects");
+        config.state.redis_url = Some("redis://user:hunter2@redis.internal:6379/2".into());
+        config.state.key_prefix = "ur:".into();
+        config.storage.bucket = Some("videos".into());
+        config.storage.endpoint = Some("http://minio:9000".into());
+        let [state, files] = backends(&config);
+        assert_eq!(state, "Redis at redis://redis.internal:6379/2 (key prefix \"ur:\")");
+        assert!(!state.contains("hunter2"));
+        assert_eq!(
+            files,
+            format!("S3 bucket videos at http://minio:9000 (region {})", config.storage.region)
+        );
     }
 }

@@ -85,21 +85,59 @@ pub fn url_with(return_url: &Url, params: &[(String, String)]) -> Url {
     url
 }
 
+/// How the return data reaches `return_url`.
+enum Delivery {
+    /// In the URL's query, when the whole URL is under [`GET_LIMIT`].
+    Get(Url),
+    /// As a form-urlencoded POST to the return URL itself.
+    Post(Vec<(String, String)>),
+}
+
+/// GET when the URL with the parameters is short enough, else POST: the
+/// one rule for browsers and background callbacks alike.
+fn delivery(return_url: &Url, data: &ReturnData) -> Delivery {
+    let params = data.params();
+    let with_params = url_with(return_url, &params);
+    if with_params.as_str().len() < GET_LIMIT { Delivery::Get(with_params) } else { Delivery::Post(params) }
+}
+
+/// `[callback] allowed_hosts`, lowercased: the hosts a return URL may name
+/// and that callbacks may reach at any address. An empty list lists none
+/// and permits every host.
+#[derive(Clone, Debug, Default)]
+pub struct AllowedHosts(Vec<String>);
+
+impl AllowedHosts {
+    pub fn new(hosts: &[String]) -> Self {
+        AllowedHosts(hosts.iter().map(|h| h.to_ascii_lowercase()).collect())
+    }
+
+    /// Whether `host` is on the list.
+    pub fn lists(&self, host: &str) -> bool {
+        self.0.iter().any(|allowed| allowed.eq_ignore_ascii_case(host))
+    }
+
+    /// Whether a return URL may name `host`.
+    pub fn permits(&self, host: &str) -> bool {
+        self.0.is_empty() || self.lists(host)
+    }
+}
+
 /// The answer for a browser: a `303 See Other` to the return URL with the
 /// parameters when it is short enough for a GET, else a page that POSTs
 /// them there (by script at once, or by its button without scripts).
 pub fn browser_answer(return_url: &Url, data: &ReturnData) -> Response<Full<Bytes>> {
-    let params = data.params();
-    let target = url_with(return_url, &params);
-    if target.as_str().len() < GET_LIMIT {
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::SEE_OTHER;
-        let location =
-            HeaderValue::from_str(target.as_str()).expect("a serialized URL is a valid header value");
-        response.headers_mut().insert(header::LOCATION, location);
-        return response;
+    match delivery(return_url, data) {
+        Delivery::Get(target) => {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::SEE_OTHER;
+            let location =
+                HeaderValue::from_str(target.as_str()).expect("a serialized URL is a valid header value");
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+        }
+        Delivery::Post(params) => post_form_page(return_url, &params),
     }
-    post_form_page(return_url, &params)
 }
 
 fn post_form_page(return_url: &Url, params: &[(String, String)]) -> Response<Full<Bytes>> {
@@ -125,8 +163,7 @@ fn post_form_page(return_url: &Url, params: &[(String, String)]) -> Response<Ful
     let mut response = Response::new(Full::new(Bytes::from(html)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    crate::http::mark_private(headers);
     // Only our own inline script runs, and the form may only go where the
     // site asked to be returned to.
     let policy = format!(
@@ -190,7 +227,7 @@ pub struct CallbackReport {
 /// never followed; the answer is read up to a cap; the whole call is bounded
 /// by a timeout.
 pub struct BackgroundCaller {
-    allowed_hosts: Vec<String>,
+    allowed_hosts: AllowedHosts,
     timeout: Duration,
     tls: tokio_rustls::TlsConnector,
 }
@@ -208,22 +245,27 @@ impl BackgroundCaller {
             .with_root_certificates(roots)
             .with_no_client_auth();
         BackgroundCaller {
-            allowed_hosts: allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            allowed_hosts: AllowedHosts::new(allowed_hosts),
             timeout,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
         }
     }
 
+    /// The hosts return URLs may name.
+    pub fn allowed_hosts(&self) -> &AllowedHosts {
+        &self.allowed_hosts
+    }
+
     /// Calls `return_url` with the return data: GET when the URL with the
     /// parameters is under [`GET_LIMIT`] characters, else POST.
     pub async fn call(&self, return_url: &Url, data: &ReturnData) -> CallbackReport {
-        let params = data.params();
-        let with_params = url_with(return_url, &params);
-        let (method, url, body) = if with_params.as_str().len() < GET_LIMIT {
-            (Method::GET, with_params, None)
-        } else {
-            let form = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
-            (Method::POST, return_url.clone(), Some(form))
+        let (method, url, body) = match delivery(return_url, data) {
+            Delivery::Get(url) => (Method::GET, url, None),
+            Delivery::Post(params) => {
+                let form =
+                    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+                (Method::POST, return_url.clone(), Some(form))
+            }
         };
         let result = match tokio::time::timeout(self.timeout, self.request(&method, &url, body)).await {
             Ok(result) => result,
@@ -257,9 +299,8 @@ impl BackgroundCaller {
     async fn resolve(&self, url: &Url) -> Result<SocketAddr, CallbackError> {
         let host = url.host().ok_or_else(|| CallbackError::Forbidden("no host".into()))?;
         let port = url.port_or_known_default().ok_or_else(|| CallbackError::Forbidden("no port".into()))?;
-        let listed =
-            self.allowed_hosts.iter().any(|allowed| *allowed == host.to_string().to_ascii_lowercase());
-        if !self.allowed_hosts.is_empty() && !listed {
+        let listed = self.allowed_hosts.lists(&host.to_string());
+        if !self.allowed_hosts.permits(&host.to_string()) {
             return Err(CallbackError::Forbidden(host.to_string()));
         }
         let addresses: Vec<SocketAddr> = match host {

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::auth::credentials::Credential;
-use crate::upload::media::MediaTypes;
+pub use crate::upload::media::MediaTypes;
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "UPLOAD_RECEIVER__";

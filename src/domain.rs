@@ -1,5 +1,5 @@
 //! Domain newtypes parsed at the edge: photo ids, replace tokens, secret photo
-//! tokens and the random values behind them.
+//! tokens and the random values behind them; 23's permission levels.
 //!
 //! Every value that arrives from a client is parsed into one of these types
 //! before it reaches a store, so the stores never see unchecked strings.
@@ -151,6 +151,38 @@ impl PhotoSecret {
 impl fmt::Debug for PhotoSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PhotoSecret(redacted)")
+    }
+}
+
+/// 23's permission levels, in ascending order: each level includes the ones
+/// below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    None,
+    Anonymous,
+    Read,
+    Write,
+    Admin,
+    Super,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::None => "none",
+            Permission::Anonymous => "anonymous",
+            Permission::Read => "read",
+            Permission::Write => "write",
+            Permission::Admin => "admin",
+            Permission::Super => "super",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

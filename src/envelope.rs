@@ -7,8 +7,8 @@ use std::fmt::Write;
 
 use serde_json::{Map, Value};
 
-use crate::auth::Permission;
 use crate::config::SiteConfig;
+use crate::domain::Permission;
 use crate::error::ApiError;
 
 /// How the client asked for the answer.

@@ -4,7 +4,9 @@
 //! from 23's list and a message safe to show a client. Internal causes (a
 //! store's error text, an I/O error) go to the log, never to the client.
 
-use crate::auth::Permission;
+use crate::auth::AuthError;
+use crate::domain::Permission;
+use crate::upload::UploadError;
 
 /// A failed API call, as the client will see it.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,29 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Unavailable(e.to_string())
+        ApiError::Unavailable(crate::causes::chain(&e))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Refused(reason) => ApiError::InvalidSignature(reason),
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// How a failed multipart receive of a signed upload is reported.
+impl From<UploadError> for ApiError {
+    fn from(error: UploadError) -> Self {
+        match &error {
+            UploadError::Malformed(_)
+            | UploadError::TooLarge(_)
+            | UploadError::FileTooLarge(_)
+            | UploadError::MediaType(_) => ApiError::InvalidInput(error.to_string()),
+            UploadError::Interrupted(_) => ApiError::ErrorProcessingUpload(error.to_string()),
+            UploadError::Storage(_) => ApiError::StorageFailed(crate::causes::chain(&error)),
+        }
     }
 }

@@ -5,36 +5,58 @@
 //! token's uses are counted exactly.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration, environment overrides, validation.
-//! - [`app`]: builds the stores and the listener from a configuration.
-//! - [`server`]: the hyper accept loop, connection cap, timeouts, shutdown.
-//! - [`api`]: routing, parameters, authentication and rendering per request.
-//! - [`auth`]: OAuth 1.0a verification, credentials, permission levels.
-//! - [`envelope`]: 23's XML / JSON / JSONP response formats.
-//! - [`error`]: [`error::ApiError`], the one map to 23 error codes.
+//! - [`app`]: the only place that names concrete backends: builds the
+//!   services from a [`Config`], binds, runs the upkeep; [`RunningApp`]
+//!   and its inspection view for tests.
+//! - `context`: the services every request shares, as one value.
+//! - `server`: the hyper accept loop, connection cap, timeouts, shutdown;
+//!   generic over its handler, it knows no API.
+//! - `api`: routing; `api::call` for the enveloped API methods;
+//!   `api::redeem`, the redeem's walk (parts → token → slot → stored file →
+//!   commit → answer).
+//! - `http`: request helpers (parameters, client address, body kinds and
+//!   streams) and plain responses.
+//! - [`auth`]: OAuth 1.0a verification, credentials, its own error type.
+//! - `envelope`: 23's XML / JSON / JSONP response formats; `error`: the
+//!   one map of API failures to 23 error codes.
 //! - [`store`]: the [`store::StateStore`] seam (tokens, slots, photos,
 //!   nonces), its embedded (redb) and Redis implementations.
 //! - [`storage`]: the [`storage::ObjectStore`] seam, its local-files and S3
-//!   implementations.
-//! - [`upload`]: the streaming multipart pipeline into an object store.
-//! - [`callback`]: return data, redirects, POST forms, background callbacks.
-//! - [`metrics`]: Prometheus metrics and the decorators measuring the stores.
-//! - [`domain`]: newtypes parsed at the edge (photo ids, tokens).
+//!   implementations (and an in-memory double for tests).
+//! - `upload`: the streaming multipart pipeline into an object store.
+//! - `callback`: return data, redirects, POST forms, background callbacks.
+//! - `metrics`: Prometheus metrics and the decorators measuring the stores.
+//! - [`domain`]: newtypes parsed at the edge (photo ids, tokens, permissions).
+//! - [`tasks`]: the clean-up tasks an application owns; `causes`: error
+//!   causes kept for the logs.
+//!
+//! The `testing` feature makes `upload`, `callback` and the in-memory
+//! object store public, for the fuzz targets.
 
-pub mod api;
+mod api;
 pub mod app;
 pub mod auth;
-pub mod callback;
-pub mod cleanup;
+mod causes;
 pub mod config;
+mod context;
 pub mod domain;
-pub mod envelope;
-pub mod error;
-pub mod metrics;
-pub mod server;
+mod envelope;
+mod error;
+mod http;
+mod metrics;
+mod server;
 pub mod storage;
 pub mod store;
+pub mod tasks;
+
+#[cfg(feature = "testing")]
+pub mod callback;
+#[cfg(not(feature = "testing"))]
+mod callback;
+#[cfg(feature = "testing")]
 pub mod upload;
+#[cfg(not(feature = "testing"))]
+mod upload;
 
 pub use app::{App, RunningApp};
 pub use config::Config;

@@ -8,10 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use upload_receiver::App;
-use upload_receiver::auth::credentials::{self, Credential, Permission, Provenance};
+use upload_receiver::auth::credentials::{self, Credential, Provenance};
 use upload_receiver::auth::signature;
 use upload_receiver::config::{Config, LogFormat};
-use upload_receiver::domain::{ALPHANUMERIC, random_string, unix_now};
+use upload_receiver::domain::{ALPHANUMERIC, Permission, random_string, unix_now};
 
 #[derive(Parser)]
 #[command(name = "upload-receiver", version, about = "Receives browser uploads for the 23 Video API")]
@@ -75,11 +75,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let app = App::build(config.clone()).await?;
         let address = app.local_addr();
         banner!("upload-receiver listening on http://{address}");
-        banner!(
-            "  state: embedded store in {}; files: {}",
-            config.data_dir.join("state.redb").display(),
-            config.data_dir.join("objects").display()
-        );
+        let [state, files] = upload_receiver::app::backends(&config);
+        banner!("  state: {state}; files: {files}");
         if let Some((credential, provenance)) = app.generated_credential() {
             print_generated_credential(credential, provenance, &config, address);
         }

@@ -13,8 +13,8 @@ use prometheus::{
 use crate::domain::{PhotoId, ReplaceToken};
 use crate::storage::{ByteStream, ObjectKey, ObjectStore, StorageError, StoredObject};
 use crate::store::{
-    CommitError, NewPhoto, NonceKey, Photo, Reservation, ReserveError, StateStore, StoreError, TokenGrant,
-    VersionFile,
+    CommitError, NewPhoto, NonceKey, Photo, Purged, Reservation, ReserveError, StateStore, StoreError,
+    TokenGrant, TokenStatus, VersionFile,
 };
 
 /// Every metric of the process.
@@ -142,46 +142,47 @@ impl MeasuredState {
         MeasuredState { inner, metrics }
     }
 
-    fn done<T, E>(
+    /// Times `call`; an error counts as failed when `is_backend_error` says
+    /// it is the backend's own (not a domain outcome such as "used up").
+    async fn timed<T, E>(
         &self,
         operation: &str,
-        started: Instant,
-        result: &Result<T, E>,
+        call: impl std::future::Future<Output = Result<T, E>>,
         is_backend_error: impl Fn(&E) -> bool,
-    ) {
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = call.await;
         let failed = result.as_ref().err().is_some_and(is_backend_error);
         self.metrics.observe("state", operation, started, failed);
+        result
     }
+
+    /// Counts one slot operation by its outcome.
+    fn slot(&self, operation: &str, outcome: &str) {
+        self.metrics.slots.with_label_values(&[operation, outcome]).inc();
+    }
+}
+
+fn any_error<E>(_: &E) -> bool {
+    true
 }
 
 #[async_trait]
 impl StateStore for MeasuredState {
     async fn create_photo(&self, new: NewPhoto) -> Result<Photo, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.create_photo(new).await;
-        self.done("create_photo", started, &result, |_| true);
-        result
+        self.timed("create_photo", self.inner.create_photo(new), any_error).await
     }
 
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.photo(id).await;
-        self.done("photo", started, &result, |_| true);
-        result
+        self.timed("photo", self.inner.photo(id), any_error).await
     }
 
     async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.issue_token(grant).await;
-        self.done("issue_token", started, &result, |_| true);
-        result
+        self.timed("issue_token", self.inner.issue_token(grant), any_error).await
     }
 
-    async fn token(&self, token: &ReplaceToken) -> Result<Option<(TokenGrant, u32)>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.token(token).await;
-        self.done("token", started, &result, |_| true);
-        result
+    async fn token_status(&self, token: &ReplaceToken, now: u64) -> Result<Option<TokenStatus>, StoreError> {
+        self.timed("token_status", self.inner.token_status(token, now), any_error).await
     }
 
     async fn reserve_slot(
@@ -190,17 +191,18 @@ impl StateStore for MeasuredState {
         now: u64,
         lease_secs: u64,
     ) -> Result<Reservation, ReserveError> {
-        let started = Instant::now();
-        let result = self.inner.reserve_slot(token, now, lease_secs).await;
-        self.done("reserve_slot", started, &result, |e| matches!(e, ReserveError::Store(_)));
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(ReserveError::Unknown) => "unknown",
-            Err(ReserveError::Expired) => "expired",
-            Err(ReserveError::UsedUp) => "used_up",
-            Err(ReserveError::Store(_)) => "error",
-        };
-        self.metrics.slots.with_label_values(&["reserve", outcome]).inc();
+        let call = self.inner.reserve_slot(token, now, lease_secs);
+        let result = self.timed("reserve_slot", call, |e| matches!(e, ReserveError::Store(_))).await;
+        self.slot(
+            "reserve",
+            match &result {
+                Ok(_) => "ok",
+                Err(ReserveError::Unknown) => "unknown",
+                Err(ReserveError::Expired) => "expired",
+                Err(ReserveError::UsedUp) => "used_up",
+                Err(ReserveError::Store(_)) => "error",
+            },
+        );
         result
     }
 
@@ -210,24 +212,22 @@ impl StateStore for MeasuredState {
         now: u64,
         lease_secs: u64,
     ) -> Result<bool, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.renew_reservation(reservation, now, lease_secs).await;
-        self.done("renew_reservation", started, &result, |_| true);
-        let outcome = match &result {
-            Ok(true) => "ok",
-            Ok(false) => "lease_lost",
-            Err(_) => "error",
-        };
-        self.metrics.slots.with_label_values(&["renew", outcome]).inc();
+        let call = self.inner.renew_reservation(reservation, now, lease_secs);
+        let result = self.timed("renew_reservation", call, any_error).await;
+        self.slot(
+            "renew",
+            match &result {
+                Ok(true) => "ok",
+                Ok(false) => "lease_lost",
+                Err(_) => "error",
+            },
+        );
         result
     }
 
     async fn refund_slot(&self, reservation: &Reservation) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let result = self.inner.refund_slot(reservation).await;
-        self.done("refund_slot", started, &result, |_| true);
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        self.metrics.slots.with_label_values(&["refund", outcome]).inc();
+        let result = self.timed("refund_slot", self.inner.refund_slot(reservation), any_error).await;
+        self.slot("refund", if result.is_ok() { "ok" } else { "error" });
         result
     }
 
@@ -237,16 +237,17 @@ impl StateStore for MeasuredState {
         version: VersionFile,
         now: u64,
     ) -> Result<Photo, CommitError> {
-        let started = Instant::now();
-        let result = self.inner.commit_version(reservation, version, now).await;
-        self.done("commit_version", started, &result, |e| matches!(e, CommitError::Store(_)));
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(CommitError::LeaseLost) => "lease_lost",
-            Err(CommitError::NoSuchPhoto) => "no_such_photo",
-            Err(CommitError::Store(_)) => "error",
-        };
-        self.metrics.slots.with_label_values(&["commit", outcome]).inc();
+        let call = self.inner.commit_version(reservation, version, now);
+        let result = self.timed("commit_version", call, |e| matches!(e, CommitError::Store(_))).await;
+        self.slot(
+            "commit",
+            match &result {
+                Ok(_) => "ok",
+                Err(CommitError::LeaseLost) => "lease_lost",
+                Err(CommitError::NoSuchPhoto) => "no_such_photo",
+                Err(CommitError::Store(_)) => "error",
+            },
+        );
         result
     }
 
@@ -255,38 +256,27 @@ impl StateStore for MeasuredState {
         photo_id: PhotoId,
         version: VersionFile,
     ) -> Result<Option<Photo>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.add_version(photo_id, version).await;
-        self.done("add_version", started, &result, |_| true);
-        result
+        self.timed("add_version", self.inner.add_version(photo_id, version), any_error).await
     }
 
     async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.first_use_of_nonce(key, expires_at).await;
-        self.done("nonce", started, &result, |_| true);
-        result
+        self.timed("nonce", self.inner.first_use_of_nonce(key, expires_at), any_error).await
     }
 
     async fn redeem_failures(&self, client: &str, window: u64) -> Result<u32, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.redeem_failures(client, window).await;
-        self.done("redeem_failures", started, &result, |_| true);
-        result
+        self.timed("redeem_failures", self.inner.redeem_failures(client, window), any_error).await
     }
 
     async fn count_redeem_failure(&self, client: &str, window: u64) -> Result<u32, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.count_redeem_failure(client, window).await;
-        self.done("count_redeem_failure", started, &result, |_| true);
-        result
+        self.timed("count_redeem_failure", self.inner.count_redeem_failure(client, window), any_error).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let result = self.inner.ping().await;
-        self.done("ping", started, &result, |_| true);
-        result
+        self.timed("ping", self.inner.ping(), any_error).await
+    }
+
+    async fn purge_expired(&self, now: u64) -> Result<Purged, StoreError> {
+        self.timed("purge_expired", self.inner.purge_expired(now), any_error).await
     }
 }
 
@@ -335,13 +325,6 @@ impl ObjectStore for MeasuredObjects {
         result
     }
 
-    async fn get(&self, key: &ObjectKey) -> Result<Option<ByteStream>, StorageError> {
-        let started = Instant::now();
-        let result = self.inner.get(key).await;
-        self.metrics.observe("objects", "get", started, result.is_err());
-        result
-    }
-
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         let started = Instant::now();
         let result = self.inner.delete(key).await;
@@ -353,6 +336,13 @@ impl ObjectStore for MeasuredObjects {
         let started = Instant::now();
         let result = self.inner.ping().await;
         self.metrics.observe("objects", "ping", started, result.is_err());
+        result
+    }
+
+    async fn sweep(&self, min_age: std::time::Duration) -> Result<usize, StorageError> {
+        let started = Instant::now();
+        let result = self.inner.sweep(min_age).await;
+        self.metrics.observe("objects", "sweep", started, result.is_err());
         result
     }
 }

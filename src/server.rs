@@ -1,21 +1,25 @@
 //! The accept loop: HTTP/1.1 connections with a cap on their number, a
 //! header-read timeout that is really enforced (hyper needs a timer for it),
-//! and a graceful shutdown.
+//! and a graceful shutdown. It serves whatever handler it is given and knows
+//! nothing of the API.
 //!
 //! # Shutdown
-//! When `shutdown` completes, the state is marked as shutting down (so
-//! `/readyz` fails and every new request is answered 503 with `Connection:
-//! close`), open connections finish the request they are in and close, and
-//! the listener keeps accepting so that clients arriving during the drain get
-//! that 503 (a load balancer retries them elsewhere) instead of a refused
-//! connection. Once every connection that was open has finished, or
+//! When `shutdown` completes, open connections finish the request they are
+//! in and close, and the listener keeps accepting so that clients arriving
+//! during the drain reach the handler once more (the API answers them 503
+//! with `Connection: close`, and a load balancer retries them elsewhere)
+//! instead of finding the port closed. Once every connection that was open has finished, or
 //! `shutdown_drain_secs` have passed, the listener closes and whatever is
 //! left is cut; the uploads of cut requests clean up as their tasks drop.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -24,19 +28,41 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::app::AppState;
+/// The limits of the accept loop.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// How long open requests may run on once a shutdown began.
+    pub shutdown_drain: Duration,
+}
 
-/// Accepts and serves connections until `shutdown` completes; then stops
-/// accepting, lets open requests finish for up to `shutdown_drain_secs`, and
-/// cuts whatever is left (their uploads are cleaned up as their tasks drop).
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()> + Send) {
-    let server = &state.config.server;
-    let slots = Arc::new(Semaphore::new(server.max_connections));
+/// Accepts and serves connections until `shutdown` completes; then lets
+/// open requests finish for up to `settings.shutdown_drain`, and cuts
+/// whatever is left (their uploads are cleaned up as their tasks drop).
+/// `handler` answers each request, given the peer's address.
+pub async fn serve<H, F, B>(
+    listener: TcpListener,
+    settings: &Settings,
+    handler: H,
+    shutdown: impl Future<Output = ()> + Send,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(server.header_read_timeout_secs))
-        .keep_alive(true);
+    builder.timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).keep_alive(true);
+    let service_for = move |peer: SocketAddr| {
+        let handler = handler.clone();
+        service_fn(move |request| {
+            let answer = handler(request, peer);
+            async move { Ok::<_, Infallible>(answer.await) }
+        })
+    };
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -61,9 +87,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let service = service_fn(move |request| crate::api::handle(Arc::clone(&state), request, peer));
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service_for(peer)));
         connections.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
@@ -74,7 +98,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
         while connections.try_join_next().is_some() {}
     }
 
-    let drain = Duration::from_secs(state.config.server.shutdown_drain_secs);
+    let drain = settings.shutdown_drain;
     tracing::info!(
         open_connections = connections.len(),
         drain_secs = drain.as_secs(),
@@ -83,7 +107,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     let deadline = tokio::time::sleep(drain);
     let mut deadline = std::pin::pin!(deadline);
     let mut drained = std::pin::pin!(graceful.shutdown());
-    // Late arrivals get one answer (503, see `crate::api::handle`) and close.
+    // Late arrivals get one answer (the API's 503) and close.
     builder.keep_alive(false);
     loop {
         tokio::select! {
@@ -97,9 +121,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
             }
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
-                let state = Arc::clone(&state);
-                let service = service_fn(move |request| crate::api::handle(Arc::clone(&state), request, peer));
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let connection = builder.serve_connection(TokioIo::new(stream), service_for(peer));
                 connections.spawn(async move {
                     let _ = connection.await;
                 });

@@ -8,13 +8,14 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use super::{ApiRequest, Body, plain};
-use crate::app::AppState;
+use super::call::ApiRequest;
+use crate::context::Context;
 use crate::envelope::{Success, xml_escape};
 use crate::error::ApiError;
+use crate::http::{Body, plain};
 
 /// `/api/echo`: mirrors every parameter except the OAuth ones.
-pub fn echo(request: &ApiRequest) -> Result<Success, ApiError> {
+pub async fn echo(_: &Context, request: &mut ApiRequest) -> Result<Success, ApiError> {
     let fields = request
         .params
         .iter()
@@ -29,13 +30,13 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `/readyz`: 200 when both stores answer, 503 naming the one that does not
 /// (or when the process is draining for shutdown).
-pub async fn readyz(state: &AppState) -> Response<Body> {
-    if state.is_shutting_down() {
+pub async fn readyz(ctx: &Context) -> Response<Body> {
+    if ctx.is_shutting_down() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     let (state_ok, objects_ok) = tokio::join!(
-        tokio::time::timeout(READINESS_TIMEOUT, state.state.ping()),
-        tokio::time::timeout(READINESS_TIMEOUT, state.objects.ping()),
+        tokio::time::timeout(READINESS_TIMEOUT, ctx.state.ping()),
+        tokio::time::timeout(READINESS_TIMEOUT, ctx.objects.ping()),
     );
     match (state_ok, objects_ok) {
         (Ok(Ok(())), Ok(Ok(()))) => plain(StatusCode::OK, "ready\n"),
@@ -51,8 +52,8 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
 }
 
 /// `/metrics`: every metric in the Prometheus text format.
-pub fn metrics(state: &AppState) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
+pub fn metrics(ctx: &Context) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

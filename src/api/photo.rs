@@ -1,13 +1,14 @@
 //! Photo methods: `/api/photo/get-replace-token`, `/api/photo/upload` and
 //! `/api/photo/replace`.
 
-use super::{ApiRequest, Params};
-use crate::app::AppState;
+use super::call::ApiRequest;
+use crate::context::Context;
 use crate::domain::{PhotoId, ReplaceToken, unix_now};
 use crate::envelope::Success;
 use crate::error::ApiError;
+use crate::http::{Params, body_stream};
 use crate::store::{NewPhoto, Photo, TokenGrant};
-use crate::upload::{self, FileGate, Gate, ReceiveError, ReceivedFile, UploadError};
+use crate::upload::{Form, StoredFile};
 
 /// `valid_minutes`: default and bounds, from 23's documentation.
 const VALID_MINUTES: IntegerRule = IntegerRule { name: "valid_minutes", default: 180, min: 15, max: 1440 };
@@ -50,12 +51,12 @@ impl IntegerRule {
 /// `https` URL with a host, no credentials, no whitespace or control
 /// characters, within the length limit, and on an allowed host when the
 /// operator configured a list. The URL is kept exactly as given.
-fn parse_return_url(value: Option<&str>, state: &AppState) -> Result<Option<String>, ApiError> {
+fn parse_return_url(value: Option<&str>, ctx: &Context) -> Result<Option<String>, ApiError> {
     let Some(raw) = value.filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
     let invalid = |why: &str| Err(ApiError::InvalidInput(format!("return_url {why}")));
-    let config = &state.config.callback;
+    let config = &ctx.config.callback;
     if raw.len() > config.max_return_url_bytes {
         return invalid(&format!("is longer than {} bytes", config.max_return_url_bytes));
     }
@@ -84,9 +85,7 @@ fn parse_return_url(value: Option<&str>, state: &AppState) -> Result<Option<Stri
     if !url.username().is_empty() || url.password().is_some() {
         return invalid("must not contain credentials");
     }
-    if !config.allowed_hosts.is_empty()
-        && !config.allowed_hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(host))
-    {
+    if !ctx.callbacks.allowed_hosts().permits(host) {
         return invalid("names a host that is not allowed");
     }
     Ok(Some(raw.to_owned()))
@@ -102,14 +101,14 @@ fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
 
 /// `/api/photo/get-replace-token`.
 #[tracing::instrument(skip_all, fields(photo_id))]
-pub async fn get_replace_token(state: &AppState, request: &ApiRequest) -> Result<Success, ApiError> {
+pub async fn get_replace_token(ctx: &Context, request: &mut ApiRequest) -> Result<Success, ApiError> {
     let params = &request.params;
     let photo_id = params
         .single("photo_id")?
         .filter(|v| !v.is_empty())
         .ok_or_else(|| ApiError::InvalidInput("photo_id is required".into()))?;
     tracing::Span::current().record("photo_id", photo_id);
-    let return_url = parse_return_url(params.single("return_url")?, state)?;
+    let return_url = parse_return_url(params.single("return_url")?, ctx)?;
     let background_return = flag(params, "background_return_p")?;
     let valid_minutes = VALID_MINUTES.apply(params.single("valid_minutes")?)?;
     let max_uploads = MAX_UPLOADS.apply(params.single("max_uploads")?)?;
@@ -125,7 +124,7 @@ pub async fn get_replace_token(state: &AppState, request: &ApiRequest) -> Result
         background_return,
         issued_to: request.caller.consumer_key.clone().unwrap_or_default(),
     };
-    if !state.state.issue_token(grant.clone()).await? {
+    if !ctx.state.issue_token(grant.clone()).await? {
         return Err(ApiError::NoSuchPhoto);
     }
     tracing::info!(token = ?grant.token, max_uploads, valid_minutes, "replace token issued");
@@ -158,100 +157,35 @@ fn clean_title(raw: &str) -> String {
     out.trim().chars().take(255).collect()
 }
 
-/// How a failed multipart receive is reported.
-pub fn upload_error(error: UploadError) -> ApiError {
-    match &error {
-        UploadError::Malformed(_)
-        | UploadError::TooLarge(_)
-        | UploadError::FileTooLarge(_)
-        | UploadError::MediaType(_) => ApiError::InvalidInput(error.to_string()),
-        UploadError::Interrupted(_) => ApiError::ErrorProcessingUpload(error.to_string()),
-        UploadError::Storage(why) => ApiError::StorageFailed(why.clone()),
-    }
-}
-
-/// Receives the multipart body of a signed upload or replace, with `gate`
-/// deciding when the file may be stored. The body's text fields join the
+/// Receives the multipart body of a signed upload or replace: the fields
+/// up to the file (a file that comes before `ready` holds waits in the
+/// spool), what `existing` finds from them, the stored file, then the
+/// fields after it. Once the body is read, its text fields join the
 /// request's parameters (they may choose the answer's format).
-async fn receive_file<G>(
-    state: &AppState,
+async fn receive_file<T>(
+    ctx: &Context,
     request: &mut ApiRequest,
-    gate: &mut G,
-) -> Result<(G::Permit, ReceivedFile), ApiError>
-where
-    G: FileGate<Refusal = ApiError>,
-{
+    ready: impl Fn(&[(String, String)]) -> bool,
+    existing: impl AsyncFnOnce(&[(String, String)]) -> Result<T, ApiError>,
+) -> Result<(T, StoredFile), ApiError> {
     let Some((body, boundary)) = request.multipart.take() else { return Err(ApiError::NoFile) };
-    let Some(_receiving) = state.try_begin_upload() else {
+    let Some(_receiving) = ctx.try_begin_upload() else {
         return Err(ApiError::Unavailable("limits.max_concurrent_uploads reached".into()));
     };
-    let limits = state.multipart_limits();
-    let stream = upload::body_stream(body, limits.idle_timeout);
-    let receipt =
-        upload::receive(stream, &boundary, &limits, &*state.objects, &state.spool_dir(), gate).await;
-    let received = match receipt.result {
-        Ok(received) => received,
-        Err(ReceiveError::Upload(e)) => return Err(upload_error(e)),
-        Err(ReceiveError::Refused(e)) => return Err(e),
+    let mut form = Form::new(body_stream(body, ctx.body_idle_timeout()), &boundary, ctx.multipart_limits());
+    let file = form.read_to_file(&ctx.spool_dir(), ready).await?;
+    let found = existing(form.fields()).await?;
+    let Some(file) = file else {
+        request.params.extend(form.fields().iter().cloned());
+        return Err(ApiError::NoFile);
     };
-    request.params.extend(received.fields.iter().cloned());
-    match (receipt.permit, received.file) {
-        (Some(permit), Some(file)) => Ok((permit, file)),
-        (_, file) => {
-            if let Some(file) = file {
-                upload::delete_quietly(&*state.objects, &file.stored.key).await;
-            }
-            Err(ApiError::NoFile)
-        }
+    let stored = file.store(&ctx.objects, &ctx.cleanup, &ctx.config.limits.allowed_media_types).await?;
+    if let Err(e) = form.read_rest().await {
+        stored.discard().await;
+        return Err(e.into());
     }
-}
-
-/// The gate of `/api/photo/upload`: the signature already said everything.
-struct Signed;
-
-#[async_trait::async_trait]
-impl FileGate for Signed {
-    type Permit = ();
-    type Refusal = ApiError;
-
-    async fn open(&mut self, _: &[(String, String)], _: bool) -> Result<Gate<()>, ApiError> {
-        Ok(Gate::Open(()))
-    }
-}
-
-/// The gate of `/api/photo/replace`: opens once `photo_id` (query or a field
-/// before the file) names an existing photo.
-struct ExistingPhoto<'a> {
-    state: &'a AppState,
-    from_query: Option<String>,
-}
-
-#[async_trait::async_trait]
-impl FileGate for ExistingPhoto<'_> {
-    type Permit = Photo;
-    type Refusal = ApiError;
-
-    async fn open(
-        &mut self,
-        fields: &[(String, String)],
-        body_complete: bool,
-    ) -> Result<Gate<Photo>, ApiError> {
-        let mut ids =
-            self.from_query.iter().chain(fields.iter().filter(|(n, _)| n == "photo_id").map(|(_, v)| v));
-        let Some(id) = ids.next() else {
-            return if body_complete {
-                Err(ApiError::InvalidInput("photo_id is required".into()))
-            } else {
-                Ok(Gate::NotYet)
-            };
-        };
-        if ids.next().is_some() {
-            return Err(ApiError::InvalidInput("photo_id is given more than once".into()));
-        }
-        let id: PhotoId = id.parse().map_err(|_| ApiError::NoSuchPhoto)?;
-        let photo = self.state.state.photo(id).await?.ok_or(ApiError::NoSuchPhoto)?;
-        Ok(Gate::Open(photo))
-    }
+    request.params.extend(form.fields().iter().cloned());
+    Ok((found, stored))
 }
 
 /// The `photo_id`, `tree_id` and `token` fields of an answer.
@@ -265,22 +199,19 @@ fn photo_fields(photo: &Photo) -> Vec<(String, String)> {
 
 /// `/api/photo/upload`: a signed multipart upload that creates a photo.
 #[tracing::instrument(skip_all)]
-pub async fn upload(state: &AppState, request: &mut ApiRequest) -> Result<Success, ApiError> {
-    let ((), file) = receive_file(state, request, &mut Signed).await?;
+pub async fn upload(ctx: &Context, request: &mut ApiRequest) -> Result<Success, ApiError> {
+    let ((), file) = receive_file(ctx, request, |_| true, async |_| Ok(())).await?;
     let title = request.params.first("title").map(clean_title).filter(|t| !t.is_empty());
-    let key = file.stored.key.clone();
-    let new = NewPhoto {
-        tree_id: state.config.site.tree_id.clone(),
-        title,
-        first_version: file.into_version(unix_now()),
-    };
-    let photo = match state.state.create_photo(new).await {
+    let new =
+        NewPhoto { tree_id: ctx.config.site.tree_id.clone(), title, first_version: file.version(unix_now()) };
+    let photo = match ctx.state.create_photo(new).await {
         Ok(photo) => photo,
         Err(e) => {
-            upload::delete_quietly(&*state.objects, &key).await;
+            file.discard().await;
             return Err(e.into());
         }
     };
+    file.keep();
     tracing::info!(photo_id = %photo.photo_id, size = photo.current_version().file.size, "photo created");
     Ok(Success {
         message: "The file was successfully uploaded".to_owned(),
@@ -290,23 +221,35 @@ pub async fn upload(state: &AppState, request: &mut ApiRequest) -> Result<Succes
 }
 
 /// `/api/photo/replace`: a signed multipart upload of a new version of an
-/// existing photo (`photo_id` in the query or as a field).
+/// existing photo (`photo_id` in the query or as a field before the file).
 #[tracing::instrument(skip_all)]
-pub async fn replace(state: &AppState, request: &mut ApiRequest) -> Result<Success, ApiError> {
+pub async fn replace(ctx: &Context, request: &mut ApiRequest) -> Result<Success, ApiError> {
     let from_query = request.params.single("photo_id")?.map(str::to_owned);
-    let (photo, file) = receive_file(state, request, &mut ExistingPhoto { state, from_query }).await?;
-    let key = file.stored.key.clone();
-    let photo = match state.state.add_version(photo.photo_id, file.into_version(unix_now())).await {
+    let ids = |fields: &[(String, String)]| {
+        let named = fields.iter().filter(|(n, _)| n == "photo_id").map(|(_, v)| v.clone());
+        from_query.clone().into_iter().chain(named).collect::<Vec<_>>()
+    };
+    let existing = async |fields: &[(String, String)]| {
+        let id = match ids(fields).as_slice() {
+            [] => return Err(ApiError::InvalidInput("photo_id is required".into())),
+            [id] => id.parse::<PhotoId>().map_err(|_| ApiError::NoSuchPhoto)?,
+            _ => return Err(ApiError::InvalidInput("photo_id is given more than once".into())),
+        };
+        ctx.state.photo(id).await?.ok_or(ApiError::NoSuchPhoto)
+    };
+    let (photo, file) = receive_file(ctx, request, |fields| !ids(fields).is_empty(), existing).await?;
+    let photo = match ctx.state.add_version(photo.photo_id, file.version(unix_now())).await {
         Ok(Some(photo)) => photo,
         Ok(None) => {
-            upload::delete_quietly(&*state.objects, &key).await;
+            file.discard().await;
             return Err(ApiError::NoSuchPhoto);
         }
         Err(e) => {
-            upload::delete_quietly(&*state.objects, &key).await;
+            file.discard().await;
             return Err(e.into());
         }
     };
+    file.keep();
     tracing::info!(photo_id = %photo.photo_id, version = photo.current_version().number, "photo replaced");
     Ok(Success {
         message: "The photo was successfully replaced".to_owned(),

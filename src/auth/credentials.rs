@@ -13,39 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::domain::Permission;
 use crate::domain::{ALPHANUMERIC, random_string};
-
-/// 23's permission levels, in ascending order: each level includes the ones
-/// below it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Permission {
-    None,
-    Anonymous,
-    Read,
-    Write,
-    Admin,
-    Super,
-}
-
-impl Permission {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Permission::None => "none",
-            Permission::Anonymous => "anonymous",
-            Permission::Read => "read",
-            Permission::Write => "write",
-            Permission::Admin => "admin",
-            Permission::Super => "super",
-        }
-    }
-}
-
-impl fmt::Display for Permission {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A secret string whose `Debug` output never shows the value.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,10 +23,22 @@ pub mod signature;
 
 use std::sync::Arc;
 
-pub use credentials::{Credential, Credentials, Permission, Secret};
+pub use credentials::{Credential, Credentials, Secret};
 
-use crate::error::ApiError;
-use crate::store::{NonceKey, StateStore};
+use crate::domain::Permission;
+use crate::store::{NonceKey, StateStore, StoreError};
+
+/// Why a request's signature was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Missing, malformed, stale, replayed or wrong OAuth parameters; the
+    /// reason is safe to show the client.
+    #[error("{0}")]
+    Refused(String),
+    /// The nonce store could not be asked.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// The parts of an HTTP request that enter its signature.
 pub struct SignedRequest<'a> {
@@ -63,8 +75,8 @@ impl Caller {
 /// Longest accepted `oauth_nonce`.
 const MAX_NONCE_LEN: usize = 255;
 
-fn refuse(reason: &str) -> ApiError {
-    ApiError::InvalidSignature(reason.to_owned())
+fn refuse(reason: &str) -> AuthError {
+    AuthError::Refused(reason.to_owned())
 }
 
 /// Verifies OAuth 1.0a HMAC-SHA1 signatures against the configured sets.
@@ -80,7 +92,7 @@ impl Authenticator {
     }
 
     /// The caller of `request` at time `now` (Unix seconds).
-    pub async fn authenticate(&self, request: &SignedRequest<'_>, now: u64) -> Result<Caller, ApiError> {
+    pub async fn authenticate(&self, request: &SignedRequest<'_>, now: u64) -> Result<Caller, AuthError> {
         let header = match request.authorization {
             Some(value) if signature::is_oauth_header(value) => {
                 signature::parse_authorization_header(value).map_err(|e| refuse(&e.to_string()))?
@@ -143,7 +155,7 @@ impl Authenticator {
 }
 
 /// `oauth_timestamp`: exactly ten ASCII digits (Unix seconds until 2286).
-fn parse_timestamp(s: &str) -> Result<u64, ApiError> {
+fn parse_timestamp(s: &str) -> Result<u64, AuthError> {
     if s.len() == 10 && s.bytes().all(|b| b.is_ascii_digit()) {
         s.parse().map_err(|_| refuse("oauth_timestamp is malformed"))
     } else {
@@ -159,7 +171,7 @@ impl<'a> OAuthParams<'a> {
         header: &'a [(String, String)],
         query: &'a [(String, String)],
         form: &'a [(String, String)],
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, AuthError> {
         let mut found: Vec<(&str, &str)> = Vec::new();
         for (name, value) in header.iter().chain(query).chain(form) {
             if !name.starts_with("oauth_") {
@@ -181,7 +193,7 @@ impl<'a> OAuthParams<'a> {
         self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
 
-    fn required(&self, name: &str) -> Result<&'a str, ApiError> {
+    fn required(&self, name: &str) -> Result<&'a str, AuthError> {
         self.get(name).filter(|v| !v.is_empty()).ok_or_else(|| refuse(&format!("{name} is missing")))
     }
 }

@@ -17,8 +17,8 @@ pub struct FsObjectStore {
     tmp: PathBuf,
 }
 
-fn backend(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Backend(e.to_string())
+fn backend(e: std::io::Error) -> StorageError {
+    StorageError::backend(e)
 }
 
 impl FsObjectStore {
@@ -66,14 +66,6 @@ impl ObjectStore for FsObjectStore {
         digest.finish(key.clone()).await
     }
 
-    async fn get(&self, key: &ObjectKey) -> Result<Option<ByteStream>, StorageError> {
-        match tokio::fs::File::open(self.path_of(key)).await {
-            Ok(file) => Ok(Some(Box::pin(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(backend(e)),
-        }
-    }
-
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         match tokio::fs::remove_file(self.path_of(key)).await {
             Ok(()) => Ok(()),
@@ -87,5 +79,12 @@ impl ObjectStore for FsObjectStore {
         let probe = self.tmp.join(format!("ping-{}", hex::encode(random_bytes::<8>())));
         tokio::fs::write(&probe, b"").await.map_err(backend)?;
         tokio::fs::remove_file(&probe).await.map_err(backend)
+    }
+
+    /// Temporary files of a crashed process are removed when the store is
+    /// opened (one process owns the data directory); a live upload's must
+    /// not be touched, so there is nothing to sweep.
+    async fn sweep(&self, _min_age: std::time::Duration) -> Result<usize, StorageError> {
+        Ok(0)
     }
 }

@@ -8,6 +8,8 @@
 //! removed, an S3 store aborts its multipart upload.
 
 pub mod fs;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
 pub mod s3;
 
 use std::fmt;
@@ -18,6 +20,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use sha2::{Digest, Sha256};
 
+use crate::causes::BoxError;
 use crate::domain::random_bytes;
 
 /// A stream of file bytes. Errors come from the source (client gone, limit
@@ -71,13 +74,37 @@ pub struct StoredObject {
 }
 
 /// Why a `put` failed. `Source` errors come from the incoming stream (the
-/// client's fault or a limit); `Backend` errors are the store's own.
-#[derive(Debug, thiserror::Error)]
+/// client's fault or a limit); `Backend` errors are the store's own, with
+/// their cause kept for the logs.
+#[derive(Debug)]
 pub enum StorageError {
-    #[error("reading the upload failed: {0}")]
     Source(std::io::Error),
-    #[error("object store: {0}")]
-    Backend(String),
+    Backend(BoxError),
+}
+
+impl StorageError {
+    pub fn backend(cause: impl Into<BoxError>) -> Self {
+        StorageError::Backend(cause.into())
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Source(e) => write!(f, "reading the upload failed: {e}"),
+            StorageError::Backend(e) => write!(f, "object store: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    // The cause's own text is in this error's; its causes come next.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Source(e) => e.source(),
+            StorageError::Backend(e) => e.source(),
+        }
+    }
 }
 
 /// Where file bytes go. Chosen once at start-up, shared as `Arc<dyn ObjectStore>`.
@@ -94,14 +121,16 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: ByteStream,
     ) -> Result<StoredObject, StorageError>;
 
-    /// The stored bytes of `key`, as a stream; `Ok(None)` when absent.
-    async fn get(&self, key: &ObjectKey) -> Result<Option<ByteStream>, StorageError>;
-
     /// Removes `key`; removing an absent key succeeds.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
 
     /// Succeeds when the store can take uploads (for `/readyz`).
     async fn ping(&self) -> Result<(), StorageError>;
+
+    /// Removes what a crashed process left half-written more than `min_age`
+    /// ago, returning how many it removed. Run periodically by the
+    /// application; a store that cleans up at start-up does nothing.
+    async fn sweep(&self, min_age: std::time::Duration) -> Result<usize, StorageError>;
 }
 
 /// Running size and SHA-256 of the bytes that pass through a `put`; every
@@ -145,8 +174,7 @@ impl ParallelDigest {
 
     pub async fn finish(mut self, key: ObjectKey) -> Result<StoredObject, StorageError> {
         drop(self.chunks.take());
-        let digest =
-            (&mut self.hasher).await.map_err(|e| StorageError::Backend(format!("hashing failed: {e}")))?;
+        let digest = (&mut self.hasher).await.map_err(StorageError::backend)?;
         Ok(digest.finish(key))
     }
 }

@@ -10,8 +10,7 @@
 //!
 //! When a `put` fails or is dropped mid-stream (the client went away), the
 //! multipart upload is aborted. Uploads orphaned by a crashed process are
-//! aborted by [`S3ObjectStore::sweep`], which the application runs
-//! periodically.
+//! aborted by the store's sweep, which the application runs periodically.
 
 use std::time::{Duration, SystemTime};
 
@@ -27,24 +26,18 @@ use tokio::task::JoinSet;
 
 use super::{ByteStream, ObjectKey, ObjectStore, ParallelDigest, StorageError, StoredObject};
 use crate::config::StorageConfig;
+use crate::tasks::Cleanup;
 
 /// Every key the receiver writes starts with this (see [`ObjectKey`]).
 const KEY_SPACE: &str = "media/";
 
-fn backend(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Backend(e.to_string())
+fn backend(e: impl Into<crate::causes::BoxError>) -> StorageError {
+    StorageError::backend(e)
 }
 
 /// The SDK error with its cause chain, for logs (its `Display` is terse).
 fn sdk_error<E: std::error::Error>(e: E) -> StorageError {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    StorageError::Backend(message)
+    StorageError::backend(crate::causes::chain(&e))
 }
 
 fn sha256_base64(bytes: &[u8]) -> String {
@@ -57,12 +50,15 @@ pub struct S3ObjectStore {
     bucket: String,
     part_size: usize,
     parts_in_flight: usize,
+    /// Where aborts of dropped uploads run.
+    cleanup: Cleanup,
 }
 
 impl S3ObjectStore {
     /// A store for `config.bucket`, with credentials from the standard AWS
-    /// chain and every call bounded by `config.timeout_secs`.
-    pub async fn new(config: &StorageConfig) -> Result<Self, StorageError> {
+    /// chain and every call bounded by `config.timeout_secs`. Aborts of
+    /// uploads dropped mid-stream run on `cleanup`.
+    pub async fn new(config: &StorageConfig, cleanup: Cleanup) -> Result<Self, StorageError> {
         let bucket = config.bucket.clone().ok_or_else(|| backend("storage.bucket is not set"))?;
         let timeout = Duration::from_secs(config.timeout_secs);
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
@@ -87,54 +83,8 @@ impl S3ObjectStore {
             bucket,
             part_size: usize::try_from(config.part_size).map_err(backend)?,
             parts_in_flight: config.parts_in_flight.max(2),
+            cleanup,
         })
-    }
-
-    /// Aborts multipart uploads under the receiver's key space that were
-    /// started more than `min_age` ago (left by a process that died).
-    /// Returns how many were aborted.
-    pub async fn sweep(&self, min_age: Duration) -> Result<usize, StorageError> {
-        let cutoff = SystemTime::now() - min_age;
-        let mut aborted = 0;
-        let (mut key_marker, mut upload_marker) = (None, None);
-        loop {
-            let page = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(KEY_SPACE)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(upload_marker.take())
-                .send()
-                .await
-                .map_err(sdk_error)?;
-            for upload in page.uploads() {
-                let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
-                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
-                if is_orphaned(started, cutoff) {
-                    abort(&self.client, &self.bucket, key, id).await?;
-                    aborted += 1;
-                }
-            }
-            if page.is_truncated() != Some(true) {
-                return Ok(aborted);
-            }
-            key_marker = page.next_key_marker().map(str::to_owned);
-            upload_marker = page.next_upload_id_marker().map(str::to_owned);
-        }
-    }
-
-    /// The multipart uploads under the receiver's key space now open.
-    pub async fn open_multipart_uploads(&self) -> Result<Vec<String>, StorageError> {
-        let page = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(KEY_SPACE)
-            .send()
-            .await
-            .map_err(sdk_error)?;
-        Ok(page.uploads().iter().filter_map(|u| u.key().map(str::to_owned)).collect())
     }
 
     async fn put_single(
@@ -179,6 +129,7 @@ async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) -> Res
 /// Aborts the multipart upload when dropped, unless it completed: covers
 /// every error path and a `put` future dropped mid-stream.
 struct AbortOnDrop {
+    cleanup: Cleanup,
     client: Client,
     bucket: String,
     key: String,
@@ -195,7 +146,7 @@ impl Drop for AbortOnDrop {
             (self.client.clone(), self.bucket.clone(), self.key.clone(), self.upload_id.clone());
         // Drop cannot wait; the abort runs on its own. If it fails, the
         // periodic sweep aborts the upload later.
-        crate::cleanup::spawn(async move {
+        self.cleanup.spawn(async move {
             if let Err(e) = abort(&client, &bucket, &key, &upload_id).await {
                 tracing::warn!(%key, error = %e, "aborting a multipart upload failed; the sweep will retry");
             }
@@ -282,6 +233,7 @@ impl ObjectStore for S3ObjectStore {
         let upload_id =
             created.upload_id().ok_or_else(|| backend("CreateMultipartUpload gave no upload id"))?;
         let mut guard = AbortOnDrop {
+            cleanup: self.cleanup.clone(),
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             key: key.as_str().to_owned(),
@@ -355,17 +307,6 @@ impl ObjectStore for S3ObjectStore {
         reader.digest.finish(key.clone()).await
     }
 
-    async fn get(&self, key: &ObjectKey) -> Result<Option<ByteStream>, StorageError> {
-        match self.client.get_object().bucket(&self.bucket).key(key.as_str()).send().await {
-            Ok(object) => {
-                let reader = object.body.into_async_read();
-                Ok(Some(Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024))))
-            }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(sdk_error(e)),
-        }
-    }
-
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         self.client.delete_object().bucket(&self.bucket).key(key.as_str()).send().await.map_err(sdk_error)?;
         Ok(())
@@ -374,6 +315,40 @@ impl ObjectStore for S3ObjectStore {
     async fn ping(&self) -> Result<(), StorageError> {
         self.client.head_bucket().bucket(&self.bucket).send().await.map_err(sdk_error)?;
         Ok(())
+    }
+
+    /// Aborts multipart uploads under the receiver's key space that were
+    /// started more than `min_age` ago (left by a process that died).
+    /// Returns how many were aborted.
+    async fn sweep(&self, min_age: Duration) -> Result<usize, StorageError> {
+        let cutoff = SystemTime::now() - min_age;
+        let mut aborted = 0;
+        let (mut key_marker, mut upload_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(KEY_SPACE)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            for upload in page.uploads() {
+                let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
+                if is_orphaned(started, cutoff) {
+                    abort(&self.client, &self.bucket, key, id).await?;
+                    aborted += 1;
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(aborted);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            upload_marker = page.next_upload_id_marker().map(str::to_owned);
+        }
     }
 }
 

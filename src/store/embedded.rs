@@ -30,9 +30,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{
-    CommitError, NewPhoto, NonceKey, Photo, PhotoVersion, Reservation, ReserveError, StateStore, StoreError,
-    TokenGrant, VersionFile,
+    CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoVersion, Purged, Reservation,
+    ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
 };
+use crate::causes::BoxError;
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
 
 const PHOTOS: TableDefinition<u64, &[u8]> = TableDefinition::new("photos");
@@ -46,9 +47,6 @@ const NEXT_PHOTO_ID: &str = "next_photo_id";
 
 /// How many queued operations one commit may carry.
 const MAX_BATCH: usize = 512;
-
-/// Expired tokens are kept this long, then purged.
-const EXPIRED_TOKEN_RETENTION_SECS: u64 = 86_400;
 
 /// A token with its usage, as stored.
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,7 +68,7 @@ impl TokenState {
     }
 }
 
-fn store_error(e: impl std::fmt::Display) -> StoreError {
+fn store_error(e: impl Into<BoxError>) -> StoreError {
     StoreError::new(e)
 }
 
@@ -248,9 +246,8 @@ impl EmbeddedStore {
     }
 
     /// Deletes nonces past their expiry, tokens expired long ago with no
-    /// live reservation, and failed-redeem counts of past windows. Run
-    /// periodically by the application.
-    pub async fn purge_expired(&self, now: u64) -> Result<(u64, u64), StoreError> {
+    /// live reservation, and failed-redeem counts of past windows.
+    async fn purge(&self, now: u64) -> Result<Purged, StoreError> {
         self.failure_counts().retain(|(_, window), _| (window + 1) * 60 > now);
         self.write(move |txn| {
             let mut nonces_purged = 0;
@@ -269,8 +266,9 @@ impl EmbeddedStore {
                 .retain(|_, bytes| {
                     let keep = match serde_json::from_slice::<TokenState>(bytes) {
                         Ok(state) => {
-                            state.grant.valid_until + EXPIRED_TOKEN_RETENTION_SECS > now
-                                || state.reservations.iter().any(|r| r.lease_until > now)
+                            let last_lease = state.reservations.iter().map(|r| r.lease_until).max();
+                            let end = state.grant.valid_until.max(last_lease.unwrap_or(0));
+                            end + EXPIRED_TOKEN_RETENTION_SECS > now
                         }
                         Err(_) => true,
                     };
@@ -280,7 +278,7 @@ impl EmbeddedStore {
                     keep
                 })
                 .map_err(store_error)?;
-            Ok((nonces_purged, tokens_purged))
+            Ok(Purged { nonces: nonces_purged, tokens: tokens_purged })
         })
         .await
     }
@@ -310,7 +308,7 @@ fn run_writer(db: &Database, queue: &std::sync::mpsc::Receiver<Job>, pending: &P
             Err(e) => {
                 let message = e.to_string();
                 for write in writes {
-                    write.fail(StoreError::new(&message));
+                    write.fail(StoreError::new(message.clone()));
                 }
                 carried = nonces;
                 continue;
@@ -399,12 +397,6 @@ fn append_version(
     Ok(Some(photo))
 }
 
-fn nonce_identity(key: &NonceKey) -> String {
-    // Newlines cannot occur in any of the parts: they are refused as OAuth
-    // parameter values long before this point, so the join is unambiguous.
-    format!("{}\n{}\n{}\n{}", key.consumer_key, key.token, key.nonce, key.timestamp)
-}
-
 #[async_trait]
 impl StateStore for EmbeddedStore {
     async fn create_photo(&self, new: NewPhoto) -> Result<Photo, StoreError> {
@@ -451,11 +443,15 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
-    async fn token(&self, token: &ReplaceToken) -> Result<Option<(TokenGrant, u32)>, StoreError> {
+    async fn token_status(&self, token: &ReplaceToken, now: u64) -> Result<Option<TokenStatus>, StoreError> {
         let token = token.clone();
         self.read(move |txn| {
             let state = get_token_state(&txn.open_table(TOKENS).map_err(store_error)?, &token)?;
-            Ok(state.map(|s| (s.grant, s.committed)))
+            Ok(state.map(|s| TokenStatus {
+                uploads_in_flight: s.reservations.iter().filter(|r| r.lease_until > now).count() as u32,
+                uploads_used: s.committed,
+                grant: s.grant,
+            }))
         })
         .await
     }
@@ -568,7 +564,7 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError> {
-        let identity = nonce_identity(key);
+        let identity = key.identity();
         {
             // Held across the snapshot read: a nonce leaves the set only after
             // its commit, so a snapshot taken under the lock sees it.
@@ -597,6 +593,10 @@ impl StateStore for EmbeddedStore {
         // A write round trip proves the writer thread is alive and the file
         // is writable, not just that a snapshot can be read.
         self.write(|txn| txn.open_table(META).map(drop).map_err(store_error)).await
+    }
+
+    async fn purge_expired(&self, now: u64) -> Result<Purged, StoreError> {
+        self.purge(now).await
     }
 }
 
@@ -646,7 +646,7 @@ mod tests {
             }
         };
         assert_eq!(store.photo(photo.photo_id).await.unwrap(), Some(photo));
-        assert!(store.token(&token).await.unwrap().is_some());
+        assert!(store.token_status(&token, 1).await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -699,8 +699,8 @@ mod tests {
         let now = crate::domain::unix_now();
         assert!(store.first_use_of_nonce(&key("old"), now + 1).await.unwrap());
         assert!(store.first_use_of_nonce(&key("new"), now + 1000).await.unwrap());
-        let (nonces, _) = store.purge_expired(now + 2).await.unwrap();
-        assert_eq!(nonces, 1);
+        let purged = store.purge_expired(now + 2).await.unwrap();
+        assert_eq!(purged.nonces, 1);
         assert!(!store.first_use_of_nonce(&key("new"), now + 1000).await.unwrap());
     }
 }

@@ -22,17 +22,31 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::causes::BoxError;
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken};
 
-/// A failure of the backend itself (I/O, corruption, unreachable server).
-/// Domain outcomes (unknown token, used up, …) are not errors of this type.
-#[derive(Debug, thiserror::Error)]
-#[error("state store: {0}")]
-pub struct StoreError(pub String);
+/// A failure of the backend itself (I/O, corruption, unreachable server),
+/// with its cause kept for the logs. Domain outcomes (unknown token, used
+/// up, …) are not errors of this type.
+#[derive(Debug)]
+pub struct StoreError(BoxError);
 
 impl StoreError {
-    pub fn new(cause: impl fmt::Display) -> Self {
-        StoreError(cause.to_string())
+    pub fn new(cause: impl Into<BoxError>) -> Self {
+        StoreError(cause.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "state store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {
+    // The cause's own text is in this error's; its causes come next.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -146,6 +160,22 @@ pub struct NonceKey {
     pub timestamp: u64,
 }
 
+impl NonceKey {
+    /// The key as one string, the same in every backend. Newlines cannot
+    /// occur in any of the parts (they are refused as OAuth parameter
+    /// values long before this point), so the join is unambiguous.
+    pub fn identity(&self) -> String {
+        format!("{}\n{}\n{}\n{}", self.consumer_key, self.token, self.nonce, self.timestamp)
+    }
+}
+
+/// How long every backend keeps a token after it expired (or after its
+/// last lease ran out, whichever is later) before forgetting it: a margin
+/// for clock differences between instances. A forgotten token is answered
+/// like an unknown one, which is what an expired one gets anyway, so
+/// nothing needs it kept longer.
+pub const EXPIRED_TOKEN_RETENTION_SECS: u64 = 60;
+
 /// Shared state. Every method is atomic on its own: concurrent calls from any
 /// number of tasks or instances see each other's effects whole or not at all.
 #[async_trait]
@@ -162,10 +192,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// until `valid_until`, and after that while a reservation of it is live.
     async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError>;
 
-    /// The grant of a token, if it is known (expired or not), with the number
-    /// of committed uploads. For inspection; redeems go through
-    /// [`StateStore::reserve_slot`].
-    async fn token(&self, token: &ReplaceToken) -> Result<Option<(TokenGrant, u32)>, StoreError>;
+    /// How a token stands at `now`, if it is known (expired or not): its
+    /// terms, its committed uploads and its live reservations. A read for
+    /// reporting; redeems go through [`StateStore::reserve_slot`].
+    async fn token_status(&self, token: &ReplaceToken, now: u64) -> Result<Option<TokenStatus>, StoreError>;
 
     /// Reserves one upload slot of `token` at time `now`, leased until
     /// `now + lease_secs`. Refuses an unknown token (`Unknown`), one whose
@@ -222,4 +252,27 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Succeeds when the store can serve requests (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Forgets what has expired by `now`: nonces past their expiry, tokens
+    /// past [`EXPIRED_TOKEN_RETENTION_SECS`], failure counts of past
+    /// windows. Run periodically by the application; a backend whose
+    /// records expire by themselves (Redis) does nothing.
+    async fn purge_expired(&self, now: u64) -> Result<Purged, StoreError>;
+}
+
+/// How a token stands, for reporting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenStatus {
+    pub grant: TokenGrant,
+    /// Committed uploads.
+    pub uploads_used: u32,
+    /// Reservations whose lease has not run out.
+    pub uploads_in_flight: u32,
+}
+
+/// What one [`StateStore::purge_expired`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub nonces: u64,
+    pub tokens: u64,
 }

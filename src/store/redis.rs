@@ -25,15 +25,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::{
-    CommitError, NewPhoto, NonceKey, Photo, PhotoVersion, Reservation, ReserveError, StateStore, StoreError,
-    TokenGrant, VersionFile,
+    CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoVersion, Purged, Reservation,
+    ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
 };
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
-
-/// Token keys outlive their token (or its last lease) by this much, a margin
-/// for clock differences between instances. An expired token and an unknown
-/// one get the same answer, so nothing needs them kept longer.
-const EXPIRED_TOKEN_RETENTION_SECS: u64 = 60;
 
 /// The scripts, compiled once (their SHA-1 is computed here).
 struct Scripts {
@@ -68,6 +63,19 @@ struct PhotoMeta {
     created_at: u64,
 }
 
+impl PhotoMeta {
+    fn with_versions(self, versions: Vec<PhotoVersion>) -> Photo {
+        Photo {
+            photo_id: self.photo_id,
+            tree_id: self.tree_id,
+            token: self.token,
+            title: self.title,
+            created_at: self.created_at,
+            versions,
+        }
+    }
+}
+
 /// Key names, all under the configured prefix.
 struct Keys {
     prefix: String,
@@ -97,8 +105,7 @@ impl Keys {
     fn nonce(&self, key: &NonceKey) -> String {
         // Hashed: nonces are client-chosen and may be long or odd.
         use sha2::Digest;
-        let identity = format!("{}\n{}\n{}\n{}", key.consumer_key, key.token, key.nonce, key.timestamp);
-        format!("{}n:{}", self.prefix, hex::encode(sha2::Sha256::digest(identity.as_bytes())))
+        format!("{}n:{}", self.prefix, hex::encode(sha2::Sha256::digest(key.identity().as_bytes())))
     }
 }
 
@@ -195,14 +202,7 @@ impl RedisStore {
         if versions.is_empty() {
             return Err(StoreError::new(format!("photo {} has no versions in redis", meta.photo_id)));
         }
-        Ok(Photo {
-            photo_id: meta.photo_id,
-            tree_id: meta.tree_id,
-            token: meta.token,
-            title: meta.title,
-            created_at: meta.created_at,
-            versions,
-        })
+        Ok(meta.with_versions(versions))
     }
 
     /// Runs `append_version.lua`: appends `version` to the photo, consuming
@@ -248,14 +248,7 @@ impl StateStore for RedisStore {
         };
         let args = [encode(&meta), encode(&new.first_version)];
         let _: i64 = self.run(&self.scripts.create_photo, &self.keys.photo(meta.photo_id), &args).await?;
-        Ok(Photo {
-            photo_id: meta.photo_id,
-            tree_id: meta.tree_id,
-            token: meta.token,
-            title: meta.title,
-            created_at: meta.created_at,
-            versions: vec![PhotoVersion { number: 1, file: new.first_version }],
-        })
+        Ok(meta.with_versions(vec![PhotoVersion { number: 1, file: new.first_version }]))
     }
 
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
@@ -281,13 +274,28 @@ impl StateStore for RedisStore {
         Ok(issued == 1)
     }
 
-    async fn token(&self, token: &ReplaceToken) -> Result<Option<(TokenGrant, u32)>, StoreError> {
+    async fn token_status(&self, token: &ReplaceToken, now: u64) -> Result<Option<TokenStatus>, StoreError> {
         let mut connection = self.connection().await?;
-        let [key, _] = self.keys.token(token);
-        let (grant, committed): (Option<String>, Option<u32>) =
-            self.bounded(connection.hmget(&key, &["grant", "committed"])).await?;
+        let [key, leases] = self.keys.token(token);
+        // One MULTI block: the terms, the count and the leases of one moment.
+        let ((grant, committed), in_flight): ((Option<String>, Option<u32>), u32) = self
+            .bounded(
+                redis::pipe()
+                    .atomic()
+                    .cmd("HMGET")
+                    .arg(&key)
+                    .arg("grant")
+                    .arg("committed")
+                    .zcount(&leases, format!("({now}"), "+inf")
+                    .query_async(&mut connection),
+            )
+            .await?;
         match grant {
-            Some(grant) => Ok(Some((decode(&grant)?, committed.unwrap_or(0)))),
+            Some(grant) => Ok(Some(TokenStatus {
+                grant: decode(&grant)?,
+                uploads_used: committed.unwrap_or(0),
+                uploads_in_flight: in_flight,
+            })),
             None => Ok(None),
         }
     }
@@ -401,5 +409,10 @@ impl StateStore for RedisStore {
         let mut connection = self.connection().await?;
         let _: String = self.bounded(redis::cmd("PING").query_async(&mut connection)).await?;
         Ok(())
+    }
+
+    /// Every key this store writes carries an expiry: nothing to purge.
+    async fn purge_expired(&self, _now: u64) -> Result<Purged, StoreError> {
+        Ok(Purged::default())
     }
 }

@@ -1,12 +1,12 @@
 //! The streaming pipeline between a multipart request body and the
-//! [`ObjectStore`]: multer parses the body as it arrives, the `file` part goes
-//! straight into the store chunk by chunk, and the other fields are collected
-//! under count and size limits. Nothing here holds a whole file.
-//!
-//! Before a file may be stored, a [`FileGate`] must open: it sees the fields
-//! so far (a replace token, a photo id) and reserves what the upload needs.
-//! When the `file` part comes before the fields the gate needs, the file is
-//! spooled to a bounded temporary file and streamed on once the gate opens.
+//! [`ObjectStore`]. A [`Form`] reads the parts in order: text fields are
+//! collected under count and size limits, and the `file` part is handed out
+//! as a [`FilePart`] that streams straight from the body. When the file
+//! comes before the fields it must wait for (its token, its photo id), it
+//! is spooled to a bounded temporary file while the rest of the body is
+//! read. [`FilePart::store`] identifies the file's type from its first
+//! bytes and stores it, returning a [`StoredFile`] that deletes the object
+//! again unless it is kept. Nothing here holds a whole file.
 
 mod guard;
 pub mod media;
@@ -15,14 +15,14 @@ mod spool;
 pub use guard::{PartHeadersTooLarge, limit_part_headers, repair_bare_delimiters};
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
-use http_body_util::BodyExt;
 
 use crate::storage::{ByteStream, ObjectKey, ObjectStore, StorageError, StoredObject};
 use crate::store::VersionFile;
+use crate::tasks::Cleanup;
 use media::MediaTypes;
 use spool::Spool;
 
@@ -37,9 +37,6 @@ pub struct MultipartLimits {
     pub max_field_bytes: u64,
     /// Largest part header block (and preamble).
     pub max_part_header_bytes: u64,
-    pub idle_timeout: Duration,
-    /// What the file's first bytes may identify it as.
-    pub allowed_media_types: MediaTypes,
 }
 
 /// Why a multipart body could not be received.
@@ -61,192 +58,41 @@ pub enum UploadError {
     /// The file's content is not of an allowed media type.
     #[error("the file's content ({0}) is not an accepted kind of file")]
     MediaType(&'static str),
-    /// The object store failed.
-    #[error("{0}")]
-    Storage(String),
+    /// The object store (or the spool) failed.
+    #[error(transparent)]
+    Storage(StorageError),
 }
 
-/// The file part, stored.
-#[derive(Debug)]
-pub struct ReceivedFile {
-    pub stored: StoredObject,
-    /// The media type identified from the file's first bytes (never the
-    /// type the client declared).
-    pub content_type: String,
+/// A multipart body, read part by part.
+pub struct Form {
+    multipart: multer::Multipart<'static>,
+    limits: MultipartLimits,
+    /// Non-file fields so far, in order.
+    fields: Vec<(String, String)>,
+    /// Whether the file part was seen.
+    has_file: bool,
+}
+
+/// The `file` part, ready to be stored.
+pub struct FilePart {
+    bytes: FileBytes,
     /// The client's file name, cleaned for display; never used in a key.
-    pub filename: Option<String>,
-}
-
-impl ReceivedFile {
-    /// What the state store records of this file as a photo version.
-    pub fn into_version(self, created_at: u64) -> VersionFile {
-        VersionFile {
-            object_key: self.stored.key.to_string(),
-            size: self.stored.size,
-            content_type: self.content_type,
-            sha256: self.stored.sha256,
-            original_filename: self.filename,
-            created_at,
-        }
-    }
-}
-
-/// A received multipart body.
-#[derive(Debug, Default)]
-pub struct Received {
-    /// Non-file fields, in order.
-    pub fields: Vec<(String, String)>,
-    pub file: Option<ReceivedFile>,
-}
-
-/// What a [`FileGate`] answers.
-pub enum Gate<P> {
-    /// The file may be stored; the permit goes back to the caller.
-    Open(P),
-    /// The fields the gate needs have not arrived yet.
-    NotYet,
-}
-
-/// Decides whether, and on whose account, a file may be stored.
-#[async_trait::async_trait]
-pub trait FileGate: Send {
-    /// What opening the gate reserved (an upload slot, a photo id).
-    type Permit: Send;
-    /// Why the gate stays shut.
-    type Refusal: Send;
-
-    /// Called when the `file` part begins, with the fields seen so far
-    /// (`body_complete` false), and once more after the whole body was read
-    /// if it answered `NotYet` or the body had no file (`body_complete`
-    /// true; `NotYet` is then a refusal the gate must spell out itself, so
-    /// it must not answer it). Never called again once it opened.
-    async fn open(
-        &mut self,
-        fields: &[(String, String)],
-        body_complete: bool,
-    ) -> Result<Gate<Self::Permit>, Self::Refusal>;
-}
-
-/// Why [`receive`] stopped.
-#[derive(Debug)]
-pub enum ReceiveError<R> {
-    /// The gate refused.
-    Refused(R),
-    Upload(UploadError),
-}
-
-impl<R> From<UploadError> for ReceiveError<R> {
-    fn from(e: UploadError) -> Self {
-        ReceiveError::Upload(e)
-    }
-}
-
-/// The outcome of [`receive`]. The permit is handed back whatever happened,
-/// so the caller can commit it, or give it back on failure.
-pub struct Receipt<P, R> {
-    pub permit: Option<P>,
-    pub result: Result<Received, ReceiveError<R>>,
-}
-
-/// The request body as a stream of data chunks that fails with `TimedOut`
-/// when no chunk arrives within `idle_timeout`.
-pub fn body_stream<B>(
-    body: B,
-    idle_timeout: Duration,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
-where
-    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    futures_util::stream::unfold(Some(body), move |state| async move {
-        let mut body = state?;
-        loop {
-            match tokio::time::timeout(idle_timeout, body.frame()).await {
-                Err(_) => {
-                    let error = std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the request body was idle too long",
-                    );
-                    return Some((Err(error), None));
-                }
-                Ok(None) => return None,
-                Ok(Some(Err(e))) => return Some((Err(std::io::Error::other(e.into())), None)),
-                Ok(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if data.is_empty() => continue,
-                    Ok(data) => return Some((Ok(data), Some(body))),
-                    // Trailers carry no file bytes.
-                    Err(_) => continue,
-                },
-            }
-        }
-    })
-}
-
-/// Receives a multipart body: asks `gate` before storing the `file` part,
-/// stores it in `store` as it arrives (or spools it under `spool_dir` first
-/// when the gate is not ready), and collects the other fields. On any
-/// error, an object already stored is deleted again and the spool file is
-/// removed, so a failed request leaves nothing behind but the permit, which
-/// is returned for the caller to give back.
-pub async fn receive<S, G>(
-    body: S,
-    boundary: &str,
-    limits: &MultipartLimits,
-    store: &dyn ObjectStore,
-    spool_dir: &Path,
-    gate: &mut G,
-) -> Receipt<G::Permit, G::Refusal>
-where
-    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-    G: FileGate,
-{
-    let mut run = Run { limits, store, spool_dir, permit: None, received: Received::default() };
-    let outcome = run.receive(body, boundary, gate).await;
-    let Run { permit, mut received, .. } = run;
-    if let Err(error) = outcome {
-        if let Some(file) = received.file.take() {
-            delete_quietly(store, &file.stored.key).await;
-        }
-        return Receipt { permit, result: Err(error) };
-    }
-    Receipt { permit, result: Ok(received) }
-}
-
-/// Deletes an object whose upload is being abandoned; a failure is logged,
-/// since the request already failed for another reason.
-pub async fn delete_quietly(store: &dyn ObjectStore, key: &ObjectKey) {
-    if let Err(e) = store.delete(key).await {
-        tracing::warn!(key = %key, error = %e, "could not delete the object of a failed upload");
-    }
-}
-
-/// A file part waiting in the spool for the gate to open.
-struct Spooled {
-    spool: Spool,
     filename: Option<String>,
 }
 
-/// The state of one [`receive`] call.
-struct Run<'a, P> {
-    limits: &'a MultipartLimits,
-    store: &'a dyn ObjectStore,
-    spool_dir: &'a Path,
-    permit: Option<P>,
-    received: Received,
+enum FileBytes {
+    /// Straight from the request body; the rest of the body follows it.
+    Streaming(ByteStream),
+    /// From the spool, the whole body having been read.
+    Spooled(Spool),
 }
 
-impl<P: Send> Run<'_, P> {
-    async fn receive<S, G>(
-        &mut self,
-        body: S,
-        boundary: &str,
-        gate: &mut G,
-    ) -> Result<(), ReceiveError<G::Refusal>>
+impl Form {
+    /// A form over `body`, cut at `boundary`, within `limits`.
+    pub fn new<S>(body: S, boundary: &str, limits: MultipartLimits) -> Form
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-        G: FileGate<Permit = P>,
     {
-        let limits = self.limits;
         let size_limit = multer::SizeLimit::new()
             .per_field(limits.max_field_bytes)
             .for_field(FILE_FIELD, limits.max_file_bytes);
@@ -256,69 +102,158 @@ impl<P: Send> Run<'_, P> {
             limits.max_part_header_bytes,
         );
         let constraints = multer::Constraints::new().size_limit(size_limit);
-        let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
-        let mut spooled: Option<Spooled> = None;
-        while let Some(field) = multipart.next_field().await.map_err(classify)? {
-            let name = field.name().unwrap_or_default().to_owned();
-            if name.is_empty() {
-                return Err(UploadError::Malformed("a multipart part has no field name".into()).into());
-            }
-            if name != FILE_FIELD {
-                if self.received.fields.len() >= limits.max_fields {
-                    let message = format!("more than {} form fields", limits.max_fields);
-                    return Err(UploadError::TooLarge(message).into());
-                }
-                let bytes = field.bytes().await.map_err(classify)?;
-                let value = String::from_utf8(bytes.into())
-                    .map_err(|_| UploadError::Malformed(format!("field {name:?} is not UTF-8 text")))?;
-                self.received.fields.push((name, value));
-                continue;
-            }
-            if self.received.file.is_some() || spooled.is_some() {
-                return Err(UploadError::Malformed("more than one file part".into()).into());
-            }
-            let filename = field.file_name().map(clean_filename);
-            let bytes: ByteStream = Box::pin(field.map_err(std::io::Error::other));
-            if self.permit.is_none() {
-                match gate.open(&self.received.fields, false).await.map_err(ReceiveError::Refused)? {
-                    Gate::Open(permit) => self.permit = Some(permit),
-                    Gate::NotYet => {
-                        let spool = Spool::fill(self.spool_dir, bytes).await.map_err(storage_error)?;
-                        spooled = Some(Spooled { spool, filename });
-                        continue;
-                    }
-                }
-            }
-            self.store_file(bytes, filename).await?;
-        }
-        if self.permit.is_none() {
-            match gate.open(&self.received.fields, true).await.map_err(ReceiveError::Refused)? {
-                Gate::Open(permit) => self.permit = Some(permit),
-                Gate::NotYet => {
-                    return Err(
-                        UploadError::Malformed("the request lacks what the upload needs".into()).into()
-                    );
-                }
-            }
-        }
-        if let Some(Spooled { spool, filename }) = spooled {
-            let bytes = spool.drain().await.map_err(|e| UploadError::Storage(e.to_string()))?;
-            self.store_file(bytes, filename).await?;
-        }
-        Ok(())
+        let multipart = multer::Multipart::with_constraints(body, boundary.to_owned(), constraints);
+        Form { multipart, limits, fields: Vec::new(), has_file: false }
     }
 
-    /// Identifies the file from its first bytes, refuses a type that is not
-    /// allowed before anything is stored, and stores the rest.
-    async fn store_file(&mut self, bytes: ByteStream, filename: Option<String>) -> Result<(), UploadError> {
+    /// The text fields read so far, in order.
+    pub fn fields(&self) -> &[(String, String)] {
+        &self.fields
+    }
+
+    /// Reads text fields up to the `file` part and returns it, or `None`
+    /// when the body has no file. A file that arrives before `ready` holds
+    /// of the fields so far is spooled under `spool_dir` (bounded by the
+    /// file limit) while the rest of the body is read.
+    pub async fn read_to_file(
+        &mut self,
+        spool_dir: &Path,
+        ready: impl Fn(&[(String, String)]) -> bool,
+    ) -> Result<Option<FilePart>, UploadError> {
+        let Some(field) = self.next_file().await? else { return Ok(None) };
+        let filename = field.file_name().map(clean_filename);
+        let bytes: ByteStream = Box::pin(field.map_err(std::io::Error::other));
+        if ready(&self.fields) {
+            return Ok(Some(FilePart { bytes: FileBytes::Streaming(bytes), filename }));
+        }
+        let spool = Spool::fill(spool_dir, bytes).await.map_err(storage_error)?;
+        self.read_rest().await?;
+        Ok(Some(FilePart { bytes: FileBytes::Spooled(spool), filename }))
+    }
+
+    /// Reads whatever follows the file: more text fields. A second file
+    /// part is refused.
+    pub async fn read_rest(&mut self) -> Result<(), UploadError> {
+        match self.next_file().await? {
+            None => Ok(()),
+            Some(_) => Err(UploadError::Malformed("more than one file part".into())),
+        }
+    }
+
+    /// Collects text fields until a file part begins or the body ends.
+    async fn next_file(&mut self) -> Result<Option<multer::Field<'static>>, UploadError> {
+        while let Some(field) = self.multipart.next_field().await.map_err(classify)? {
+            let name = field.name().unwrap_or_default().to_owned();
+            if name.is_empty() {
+                return Err(UploadError::Malformed("a multipart part has no field name".into()));
+            }
+            if name == FILE_FIELD {
+                if std::mem::replace(&mut self.has_file, true) {
+                    return Err(UploadError::Malformed("more than one file part".into()));
+                }
+                return Ok(Some(field));
+            }
+            if self.fields.len() >= self.limits.max_fields {
+                return Err(UploadError::TooLarge(format!(
+                    "more than {} form fields",
+                    self.limits.max_fields
+                )));
+            }
+            let bytes = field.bytes().await.map_err(classify)?;
+            let value = String::from_utf8(bytes.into())
+                .map_err(|_| UploadError::Malformed(format!("field {name:?} is not UTF-8 text")))?;
+            self.fields.push((name, value));
+        }
+        Ok(None)
+    }
+}
+
+impl FilePart {
+    /// Identifies the file from its first bytes, refuses a type `allowed`
+    /// does not list before anything is stored, and stores the rest under a
+    /// new key. On any error nothing remains stored.
+    pub async fn store(
+        self,
+        objects: &Arc<dyn ObjectStore>,
+        cleanup: &Cleanup,
+        allowed: &MediaTypes,
+    ) -> Result<StoredFile, UploadError> {
+        let bytes = match self.bytes {
+            FileBytes::Streaming(bytes) => bytes,
+            FileBytes::Spooled(spool) => {
+                spool.drain().await.map_err(|e| storage_error(StorageError::backend(e)))?
+            }
+        };
         let (media_type, bytes) = media::sniff(bytes).await.map_err(|e| classify_io(&e))?;
-        if !self.limits.allowed_media_types.allows(media_type) {
+        if !allowed.allows(media_type) {
             return Err(UploadError::MediaType(media_type));
         }
         let key = ObjectKey::new_media();
-        let stored = self.store.put(&key, media_type, bytes).await.map_err(storage_error)?;
-        self.received.file = Some(ReceivedFile { stored, content_type: media_type.to_owned(), filename });
-        Ok(())
+        let object = objects.put(&key, media_type, bytes).await.map_err(storage_error)?;
+        Ok(StoredFile {
+            object,
+            content_type: media_type.to_owned(),
+            filename: self.filename,
+            objects: Arc::clone(objects),
+            cleanup: cleanup.clone(),
+            kept: false,
+        })
+    }
+}
+
+/// A file in the object store that nothing records yet. Unless it is
+/// [kept](StoredFile::keep) it is deleted again: by
+/// [`StoredFile::discard`], or, when dropped on a path that cannot wait
+/// (a request cut), by a clean-up task.
+pub struct StoredFile {
+    object: StoredObject,
+    /// The media type identified from the file's first bytes (never the
+    /// type the client declared).
+    content_type: String,
+    filename: Option<String>,
+    objects: Arc<dyn ObjectStore>,
+    cleanup: Cleanup,
+    kept: bool,
+}
+
+impl StoredFile {
+    /// What the state store records of this file as a photo version.
+    pub fn version(&self, created_at: u64) -> VersionFile {
+        VersionFile {
+            object_key: self.object.key.to_string(),
+            size: self.object.size,
+            content_type: self.content_type.clone(),
+            sha256: self.object.sha256.clone(),
+            original_filename: self.filename.clone(),
+            created_at,
+        }
+    }
+
+    /// The file is recorded: it stays.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+
+    /// Deletes the file now. A failure is logged, since the request already
+    /// failed for another reason.
+    pub async fn discard(mut self) {
+        self.kept = true;
+        delete_quietly(&*self.objects, &self.object.key).await;
+    }
+}
+
+impl Drop for StoredFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            let (objects, key) = (Arc::clone(&self.objects), self.object.key.clone());
+            self.cleanup.spawn(async move { delete_quietly(&*objects, &key).await });
+        }
+    }
+}
+
+async fn delete_quietly(objects: &dyn ObjectStore, key: &ObjectKey) {
+    if let Err(e) = objects.delete(key).await {
+        tracing::warn!(key = %key, error = %crate::causes::chain(&e), "could not delete the object of a failed upload");
     }
 }
 
@@ -326,7 +261,7 @@ impl<P: Send> Run<'_, P> {
 fn storage_error(error: StorageError) -> UploadError {
     match error {
         StorageError::Source(source) => classify_io(&source),
-        StorageError::Backend(message) => UploadError::Storage(message),
+        backend => UploadError::Storage(backend),
     }
 }
 

@@ -19,7 +19,7 @@ pub struct Spool {
 impl Spool {
     /// Writes all of `bytes` to a new file in `dir`.
     pub async fn fill(dir: &Path, mut bytes: ByteStream) -> Result<Spool, StorageError> {
-        let backend = |e: std::io::Error| StorageError::Backend(format!("spool: {e}"));
+        let backend = |e: std::io::Error| StorageError::backend(format!("spool: {e}"));
         tokio::fs::create_dir_all(dir).await.map_err(backend)?;
         let (mut writer, file) = TempFile::create(dir).await.map_err(backend)?;
         while let Some(chunk) = bytes.next().await {

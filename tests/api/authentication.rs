@@ -1,6 +1,6 @@
 //! OAuth 1.0a verification and permission levels, seen from outside.
 
-use upload_receiver::auth::Permission;
+use upload_receiver::domain::Permission;
 
 use crate::common::*;
 

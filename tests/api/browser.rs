@@ -207,8 +207,7 @@ impl Scene {
     /// The photo has its second version, with exactly the uploaded bytes.
     async fn assert_replaced_by_the_file(&self) {
         let id: PhotoId = self.photo_id.parse().unwrap();
-        let photo =
-            self.app.running.as_ref().unwrap().state.state.photo(id).await.unwrap().expect("the photo");
+        let photo = self.app.running.as_ref().unwrap().inspect().photo(id).await.unwrap().expect("the photo");
         assert_eq!(photo.versions.len(), 2, "{photo:?}");
         let current = photo.current_version();
         assert_eq!(current.number, 2);
@@ -232,7 +231,7 @@ async fn a_browser_submitting_the_plain_html_form_is_redirected_back_to_the_site
     assert_eq!(visit.query_param("replace_token").as_deref(), Some(scene.replace_token.as_str()));
     assert_eq!(visit.query_param("photo_id").as_deref(), Some(scene.photo_id.as_str()));
     let id: PhotoId = scene.photo_id.parse().unwrap();
-    let photo = scene.app.running.as_ref().unwrap().state.state.photo(id).await.unwrap().unwrap();
+    let photo = scene.app.running.as_ref().unwrap().inspect().photo(id).await.unwrap().unwrap();
     assert_eq!(visit.query_param("tree_id").as_deref(), Some(photo.tree_id.as_str()));
     assert_eq!(visit.query_param("token").as_deref(), Some(photo.token.as_str()));
     assert_eq!(visit.query_param("error_message"), None);
@@ -271,7 +270,7 @@ async fn a_browser_whose_return_url_would_be_too_long_is_sent_back_by_an_auto_su
     assert_eq!(done.method, "POST", "{done:?}");
     assert_eq!(done.target, "/done?theme=green");
     let id: PhotoId = scene.photo_id.parse().unwrap();
-    let photo = scene.app.running.as_ref().unwrap().state.state.photo(id).await.unwrap().unwrap();
+    let photo = scene.app.running.as_ref().unwrap().inspect().photo(id).await.unwrap().unwrap();
     assert_eq!(done.param("photo_id").as_deref(), Some(scene.photo_id.as_str()));
     assert_eq!(done.param("tree_id").as_deref(), Some(photo.tree_id.as_str()));
     assert_eq!(done.param("token").as_deref(), Some(photo.token.as_str()));

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use oauth1_request as oauth;
 use upload_receiver::App;
 use upload_receiver::RunningApp;
-use upload_receiver::auth::{Credential, Permission, Secret};
+use upload_receiver::auth::{Credential, Secret};
 use upload_receiver::config::Config;
-use upload_receiver::upload::media::MediaTypes;
+use upload_receiver::config::MediaTypes;
+use upload_receiver::domain::Permission;
 
 use crate::servers;
 
@@ -327,6 +328,31 @@ impl TestApp {
         }
     }
 
+    /// The bytes stored under `key`, read from the backend itself (the file
+    /// under the data directory, or the object in the bucket).
+    pub async fn object_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        match &self.config.storage.bucket {
+            Some(bucket) => servers::s3_object(bucket, key).await,
+            None => std::fs::read(self.data_dir().join("objects").join(key)).ok(),
+        }
+    }
+
+    /// The value of the `/metrics` sample whose line starts with `sample`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self.http.get(self.url("/metrics")).send().await.ok()?.text().await.ok()?;
+        metric_in(&text, sample)
+    }
+
+    /// Waits (at most 10 s) until the `/metrics` sample reaches `at_least`:
+    /// how a test learns that the app got as far as it should.
+    pub async fn wait_for_metric(&self, sample: &str, at_least: f64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.metric(sample).await.unwrap_or(0.0) < at_least {
+            assert!(std::time::Instant::now() < deadline, "{sample} never reached {at_least}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
@@ -340,6 +366,14 @@ pub async fn text(request: reqwest::RequestBuilder) -> String {
     assert_eq!(response.status(), 200, "API answers are HTTP 200");
     response.text().await.expect("a text body")
 }
+
+/// The value of the sample whose line starts with `prefix` in a `/metrics` text.
+pub fn metric_in(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The `/metrics` sample of successful slot reservations.
+pub const SLOTS_RESERVED: &str = r#"upload_receiver_slot_operations_total{operation="reserve",result="ok"}"#;
 
 /// Every regular file under `dir`, recursively.
 pub fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

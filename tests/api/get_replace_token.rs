@@ -49,9 +49,10 @@ async fn the_issued_token_is_stored_with_its_terms() {
         .await;
     let token: upload_receiver::domain::ReplaceToken =
         xml_field(&body, "replace_token").unwrap().parse().unwrap();
-    let state = &app.running.as_ref().unwrap().state.state;
-    let (grant, used) = state.token(&token).await.unwrap().expect("the token is stored");
-    assert_eq!(used, 0);
+    let status = app.running.as_ref().unwrap().inspect().token_status(&token).await.unwrap();
+    let status = status.expect("the token is stored");
+    let grant = status.grant;
+    assert_eq!(status.uploads_used, 0);
     assert_eq!(grant.max_uploads, 7);
     assert_eq!(grant.photo_id.to_string(), photo_id);
     assert!(grant.background_return);

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::multipart::{Form, Part};
 use upload_receiver::Config;
+use upload_receiver::config::MediaTypes;
 use upload_receiver::domain::ReplaceToken;
-use upload_receiver::upload::media::MediaTypes;
 
 use crate::common::*;
 
@@ -46,7 +46,7 @@ fn error_message(response: &reqwest::Response) -> Option<String> {
 
 async fn uploads_used(app: &TestApp, token: &str) -> u32 {
     let token: ReplaceToken = token.parse().unwrap();
-    app.running.as_ref().unwrap().state.state.token(&token).await.unwrap().unwrap().1
+    app.running.as_ref().unwrap().inspect().token_status(&token).await.unwrap().unwrap().uploads_used
 }
 
 fn default_media_types(config: &mut Config) {
@@ -81,7 +81,7 @@ async fn html_and_svg_are_not_stored_as_photos_and_the_slot_comes_back() {
     let response = redeem_from(&app, "198.51.100.1", &token, &jpeg).await;
     assert_eq!(error_message(&response), None, "the one slot is still there for a JPEG");
     let photo =
-        app.running.as_ref().unwrap().state.state.photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+        app.running.as_ref().unwrap().inspect().photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(photo.current_version().file.content_type, "image/jpeg");
     assert_eq!(photo.versions[0].file.content_type, "image/png", "the first upload was sniffed too");
 }
@@ -189,7 +189,7 @@ async fn unknown_and_expired_tokens_take_the_same_time_to_refuse() {
         background_return: false,
         issued_to: "test".into(),
     };
-    assert!(app.running.as_ref().unwrap().state.state.issue_token(grant).await.unwrap());
+    assert!(app.running.as_ref().unwrap().inspect().issue_token(grant).await.unwrap());
     let expired = expired.to_string();
     // Alternating, so that drift on this shared machine hits both alike.
     let (mut unknown, mut expired_times) = (Vec::new(), Vec::new());
@@ -291,7 +291,7 @@ async fn a_file_name_with_a_path_is_stored_in_the_receivers_own_key_space() {
     let response = raw_redeem(&app, "multipart/form-data; boundary=B", body).await;
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     let photo =
-        app.running.as_ref().unwrap().state.state.photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+        app.running.as_ref().unwrap().inspect().photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
     let version = &photo.current_version().file;
     assert!(
         version.object_key.starts_with("media/") && !version.object_key.contains(".."),

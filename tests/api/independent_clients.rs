@@ -151,7 +151,7 @@ async fn an_upload_as_23s_ruby_sample_sends_it_is_accepted() {
     .unwrap();
     assert_ok(&body);
     let photo_id: upload_receiver::domain::PhotoId = xml_field(&body, "photo_id").unwrap().parse().unwrap();
-    let photo = app.running.as_ref().unwrap().state.state.photo(photo_id).await.unwrap().unwrap();
+    let photo = app.running.as_ref().unwrap().inspect().photo(photo_id).await.unwrap().unwrap();
     assert_eq!(photo.title.as_deref(), Some("My title ~*"));
     assert_eq!(photo.current_version().file.size, content.len() as u64);
     use sha2::Digest;

@@ -42,12 +42,12 @@ impl Fixture {
 
     async fn photo(&self) -> upload_receiver::store::Photo {
         let id: PhotoId = self.photo_id.parse().unwrap();
-        self.app.running.as_ref().unwrap().state.state.photo(id).await.unwrap().unwrap()
+        self.app.running.as_ref().unwrap().inspect().photo(id).await.unwrap().unwrap()
     }
 
     async fn uploads_used(&self, token: &str) -> u32 {
         let token: ReplaceToken = token.parse().unwrap();
-        self.app.running.as_ref().unwrap().state.state.token(&token).await.unwrap().unwrap().1
+        self.app.running.as_ref().unwrap().inspect().token_status(&token).await.unwrap().unwrap().uploads_used
     }
 
     async fn stored_files(&self) -> usize {
@@ -160,7 +160,7 @@ async fn unknown_expired_and_used_up_tokens_get_plain_text_that_stops_resumable_
         background_return: false,
         issued_to: "test".into(),
     };
-    assert!(f.app.running.as_ref().unwrap().state.state.issue_token(grant).await.unwrap());
+    assert!(f.app.running.as_ref().unwrap().inspect().issue_token(grant).await.unwrap());
     assert_plain_refusal(f.redeem(expired.as_str(), b"x", &[]).await, 404, "unknown or has expired").await;
 
     let once = f.token(&[("return_url", "http://www.example.com/done")]).await;
@@ -280,7 +280,8 @@ async fn a_client_that_resets_mid_body_gets_its_slot_back_within_a_second_and_no
     socket.set_zero_linger().unwrap();
     socket.write_all(head.as_bytes()).await.unwrap();
     socket.write_all(&body).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    f.app.wait_for_metric(SLOTS_RESERVED, 1.0).await;
+    f.app.wait_for_metric("upload_receiver_bytes_received_total", 1.0).await;
     let reset = Instant::now();
     drop(socket);
 
@@ -573,10 +574,6 @@ async fn too_many_or_too_large_fields_are_400_with_the_slot_back() {
 }
 
 /// The value of the metric line that starts with `prefix`, if any.
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_requests_slots_bytes_and_callbacks() {
     let (f, site) = background_fixture().await;
@@ -589,7 +586,7 @@ async fn metrics_count_requests_slots_bytes_and_callbacks() {
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     let text = response.text().await.unwrap();
-    let at = |prefix: &str| metric(&text, prefix).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+    let at = |prefix: &str| metric_in(&text, prefix).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
     assert_eq!(at(r#"upload_receiver_requests_total{endpoint="get_replace_token",outcome="ok"}"#), 1.0);
     assert_eq!(at(r#"upload_receiver_requests_total{endpoint="redeem",outcome="200"}"#), 1.0);
     assert_eq!(at(r#"upload_receiver_requests_total{endpoint="redeem",outcome="404"}"#), 1.0);
@@ -622,7 +619,7 @@ async fn uploads_beyond_the_concurrency_limit_are_told_to_retry_and_use_no_slot(
     );
     socket.write_all(head.as_bytes()).await.unwrap();
     socket.write_all(part.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    f.app.wait_for_metric(SLOTS_RESERVED, 1.0).await;
 
     let response = f.redeem(&token, b"second", &[]).await;
     assert_eq!(response.status(), 503);

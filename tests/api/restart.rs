@@ -16,11 +16,11 @@ async fn a_restart_keeps_tokens_photos_and_the_generated_credentials() {
 
     let app = app.restart().await;
     assert_eq!(app.writer, generated, "the same credential set is loaded, not a new one");
-    let state = &app.running.as_ref().unwrap().state.state;
+    let state = app.running.as_ref().unwrap().inspect();
     let photo = state.photo(photo_id.parse::<PhotoId>().unwrap()).await.unwrap().expect("the photo survives");
     assert_eq!(photo.current_version().file.size, 20);
-    let (grant, used) = state.token(&token).await.unwrap().expect("the token survives");
-    assert_eq!((grant.max_uploads, used), (5, 0));
+    let status = state.token_status(&token).await.unwrap().expect("the token survives");
+    assert_eq!((status.grant.max_uploads, status.uploads_used), (5, 0));
     // The generated credentials still sign, and ids keep increasing.
     let body = app.call("/api/photo/get-replace-token", &[("photo_id", &photo_id)]).await;
     assert_ok(&body);

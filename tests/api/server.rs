@@ -135,12 +135,14 @@ async fn shutdown_answers_newcomers_503_and_lets_an_in_flight_request_finish() {
         .await
         .unwrap();
     socket.write_all(&part[..20]).await.unwrap();
-    let running = app.running.as_ref().unwrap();
-    let state = running.state.clone();
+    let inspection = app.running.as_ref().unwrap().inspect().clone();
     let mut app = app;
     let shutdown = tokio::spawn(app.running.take().unwrap().shutdown());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(state.is_shutting_down());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !inspection.is_shutting_down() {
+        assert!(Instant::now() < deadline, "the shutdown began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Newcomers are sent elsewhere; the probes still answer.
     let late = raw_get(address, "/api/echo?a=1").await;
     assert!(late.starts_with("HTTP/1.1 503"), "{late}");
@@ -179,7 +181,7 @@ async fn an_upload_still_running_at_the_drain_deadline_is_cut_and_gives_its_slot
     let token: upload_receiver::domain::ReplaceToken =
         xml_field(&body, "replace_token").unwrap().parse().unwrap();
     let objects_before = app.stored_objects().await;
-    let state = app.running.as_ref().unwrap().state.clone();
+    let inspection = app.running.as_ref().unwrap().inspect().clone();
     // A redeem that has its slot and sends 1 MiB of a 10 MiB file, then stalls.
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
     let head = format!(
@@ -190,8 +192,9 @@ async fn an_upload_still_running_at_the_drain_deadline_is_cut_and_gives_its_slot
         .await
         .unwrap();
     socket.write_all(&vec![b'v'; 1024 * 1024]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(state.state.token(&token).await.unwrap().unwrap().1, 0);
+    app.wait_for_metric(SLOTS_RESERVED, 1.0).await;
+    let status = inspection.token_status(&token).await.unwrap().unwrap();
+    assert_eq!((status.uploads_used, status.uploads_in_flight), (0, 1));
 
     let started = Instant::now();
     app.running.take().unwrap().shutdown().await;
@@ -201,9 +204,12 @@ async fn an_upload_still_running_at_the_drain_deadline_is_cut_and_gives_its_slot
         "the drain deadline (1 s) and the clean-up bound the exit: {took:?}"
     );
     assert_eq!(app.stored_objects().await, objects_before, "nothing partial is left");
-    let now = upload_receiver::domain::unix_now();
-    let reservation = state.state.reserve_slot(&token, now, 60).await;
-    assert!(reservation.is_ok(), "the cut upload's slot is free again at once: {reservation:?}");
+    let status = inspection.token_status(&token).await.unwrap().unwrap();
+    assert_eq!(
+        (status.uploads_used, status.uploads_in_flight),
+        (0, 0),
+        "the cut upload's slot is free again at once"
+    );
 }
 
 fn binary() -> Command {

@@ -138,7 +138,7 @@ async fn a_callback_server_that_never_answers_times_out_and_the_upload_stays() {
     assert!(answer.starts_with("error "), "{answer}");
     assert!(answer.contains("The file was stored") && answer.contains("timed out"), "{answer}");
     let photo =
-        app.running.as_ref().unwrap().state.state.photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+        app.running.as_ref().unwrap().inspect().photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(photo.versions.len(), 2, "the upload stays committed");
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let counted = metrics

@@ -2,12 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use upload_receiver::domain::PhotoId;
-use upload_receiver::storage::ObjectKey;
 
 use crate::common::*;
 
@@ -26,13 +24,7 @@ fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 async fn stored_bytes(app: &TestApp, key: &str) -> Vec<u8> {
-    let objects = &app.running.as_ref().unwrap().state.objects;
-    let mut stream = objects.get(&ObjectKey::parse(key).unwrap()).await.unwrap().expect("the object exists");
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        bytes.extend_from_slice(&chunk.unwrap());
-    }
-    bytes
+    app.object_bytes(key).await.expect("the object exists")
 }
 
 #[tokio::test]
@@ -53,7 +45,7 @@ async fn an_upload_creates_a_photo_whose_version_matches_the_bytes() {
     assert_eq!(token.len(), 32);
     assert!(token.bytes().all(|b| b.is_ascii_alphanumeric()));
 
-    let photo = app.running.as_ref().unwrap().state.state.photo(photo_id).await.unwrap().expect("stored");
+    let photo = app.running.as_ref().unwrap().inspect().photo(photo_id).await.unwrap().expect("stored");
     assert_eq!(photo.token.as_str(), token);
     assert_eq!(photo.title.as_deref(), Some("Holiday in Rome"));
     let version = photo.current_version();
@@ -78,7 +70,7 @@ async fn photo_ids_increase_and_tokens_differ() {
 async fn a_zero_byte_file_is_stored() {
     let app = spawn_app().await;
     let id: PhotoId = app.upload_photo(Vec::new()).await.parse().unwrap();
-    let photo = app.running.as_ref().unwrap().state.state.photo(id).await.unwrap().unwrap();
+    let photo = app.running.as_ref().unwrap().inspect().photo(id).await.unwrap().unwrap();
     assert_eq!(photo.current_version().file.size, 0);
     assert_eq!(photo.current_version().file.sha256, hex::encode(Sha256::digest(b"")));
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::multipart::{Form, Part};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use upload_receiver::config::Config;
+use upload_receiver::storage::ObjectStore;
 
 use crate::common::*;
 use crate::processes;
@@ -132,8 +133,8 @@ async fn redeem(app: &TestApp, token: &str, file: &[u8]) -> reqwest::Response {
 
 /// Committed uploads of `token` and versions of `photo_id`, read from the store.
 async fn counts(app: &TestApp, token: &str, photo_id: &str) -> (u32, usize) {
-    let state = &app.running.as_ref().unwrap().state.state;
-    let used = state.token(&token.parse().unwrap()).await.unwrap().unwrap().1;
+    let state = app.running.as_ref().unwrap().inspect();
+    let used = state.token_status(&token.parse().unwrap()).await.unwrap().unwrap().uploads_used;
     let versions = state.photo(photo_id.parse().unwrap()).await.unwrap().unwrap().versions.len();
     (used, versions)
 }
@@ -247,7 +248,10 @@ async fn an_s3_server_paused_mid_part_times_out_gives_the_slot_back_and_leaves_n
     // (here with no minimum age) finishes the job.
     let mut config = app.config.storage.clone();
     config.endpoint = Some(endpoint.clone());
-    let store = upload_receiver::storage::s3::S3ObjectStore::new(&config).await.unwrap();
+    let store =
+        upload_receiver::storage::s3::S3ObjectStore::new(&config, upload_receiver::tasks::Cleanup::default())
+            .await
+            .unwrap();
     store.sweep(Duration::ZERO).await.unwrap();
     assert!(servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty(), "no orphan after the sweep");
     assert_eq!(redeem(&app, &token, b"again").await.status(), 303, "the slot is usable again");
@@ -427,7 +431,12 @@ async fn one_of_two_instances_killed_mid_upload_leaves_the_other_unaffected_and_
 
     // The dead instance left its multipart upload open; the sweep aborts it.
     assert_eq!(servers::s3_open_uploads_at(&endpoint, &bucket).await.len(), 1, "the orphan is there");
-    let store = upload_receiver::storage::s3::S3ObjectStore::new(&survivor.config.storage).await.unwrap();
+    let store = upload_receiver::storage::s3::S3ObjectStore::new(
+        &survivor.config.storage,
+        upload_receiver::tasks::Cleanup::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(store.sweep(Duration::ZERO).await.unwrap(), 1);
     assert!(servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty());
     // Its slot comes back when the lease (3 s) runs out.

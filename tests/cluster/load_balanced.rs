@@ -53,7 +53,7 @@ async fn a_token_issued_by_one_instance_is_redeemed_through_the_other() {
         c.b.http.post(c.b.url("/api/photo/redeem-replace-token")).multipart(form).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let photo =
-        c.a.running.as_ref().unwrap().state.state.photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+        c.a.running.as_ref().unwrap().inspect().photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(photo.versions.len(), 2, "instance a sees the version instance b stored");
 }
 
@@ -103,7 +103,7 @@ async fn multipart_uploads_through_the_balancer_complete_and_leave_none_open() {
         assert_eq!(response.status(), 200);
     }
     let photo =
-        c.b.running.as_ref().unwrap().state.state.photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+        c.b.running.as_ref().unwrap().inspect().photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
     use sha2::Digest;
     assert_eq!(photo.current_version().file.sha256, hex::encode(sha2::Sha256::digest(&content)));
     assert!(servers::s3_open_uploads(&c.bucket).await.is_empty());

@@ -27,21 +27,25 @@ fn failing_body(good: usize) -> ByteStream {
     Box::pin(futures_util::stream::iter(chunks))
 }
 
-async fn read_all(store: &dyn ObjectStore, key: &ObjectKey) -> Option<Vec<u8>> {
-    let mut stream = store.get(key).await.unwrap()?;
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk.unwrap());
-    }
-    Some(out)
-}
+type Probe<T> = Box<dyn Fn() -> futures_util::future::BoxFuture<'static, T> + Send + Sync>;
+type Reader =
+    Box<dyn Fn(&ObjectKey) -> futures_util::future::BoxFuture<'static, Option<Vec<u8>>> + Send + Sync>;
 
-/// A test store plus what it needs kept alive, and a probe for leftovers.
+/// A test store plus what it needs kept alive, and probes that look at the
+/// backend itself (files on disk, the bucket through the S3 API).
 struct Subject {
     store: Arc<dyn ObjectStore>,
     /// Objects and temporary or multipart leftovers, as names.
-    leftovers: Box<dyn Fn() -> futures_util::future::BoxFuture<'static, Vec<String>> + Send + Sync>,
+    leftovers: Probe<Vec<String>>,
+    /// The bytes stored under a key, or `None`.
+    read: Reader,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Subject {
+    async fn read_all(&self, key: &ObjectKey) -> Option<Vec<u8>> {
+        (self.read)(key).await
+    }
 }
 
 macro_rules! conformance {
@@ -87,26 +91,36 @@ conformance!(local_files, {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let store: Arc<dyn ObjectStore> = Arc::new(FsObjectStore::open(&root).unwrap());
+    let listed = root.clone();
     let leftovers = Box::new(move || {
-        let root = root.clone();
+        let root = listed.clone();
         Box::pin(async move { list_files(&root) }) as futures_util::future::BoxFuture<'static, Vec<String>>
     });
-    Subject { store, leftovers, _dir: Some(dir) }
+    let read = Box::new(move |key: &ObjectKey| {
+        let path = root.join(key.as_str());
+        Box::pin(async move { std::fs::read(path).ok() })
+            as futures_util::future::BoxFuture<'static, Option<Vec<u8>>>
+    });
+    Subject { store, leftovers, read, _dir: Some(dir) }
 });
 
 conformance!(s3, {
     let (s3, bucket) = servers::s3_store(PART as u64).await;
-    let s3 = Arc::new(s3);
-    let probe = Arc::clone(&s3);
+    let listed = bucket.clone();
     let leftovers = Box::new(move || {
-        let (probe, bucket) = (Arc::clone(&probe), bucket.clone());
+        let bucket = listed.clone();
         Box::pin(async move {
-            let mut names = probe.open_multipart_uploads().await.unwrap();
+            let mut names = servers::s3_open_uploads(&bucket).await;
             names.extend(servers::s3_keys(&bucket).await.into_iter().map(|k| format!("object {k}")));
             names
         }) as futures_util::future::BoxFuture<'static, Vec<String>>
     });
-    Subject { store: s3, leftovers, _dir: None }
+    let read = Box::new(move |key: &ObjectKey| {
+        let (bucket, key) = (bucket.clone(), key.as_str().to_owned());
+        Box::pin(async move { servers::s3_object(&bucket, &key).await })
+            as futures_util::future::BoxFuture<'static, Option<Vec<u8>>>
+    });
+    Subject { store: Arc::new(s3), leftovers, read, _dir: None }
 });
 
 fn list_files(dir: &std::path::Path) -> Vec<String> {
@@ -146,7 +160,7 @@ async fn sizes_around_the_part_size_round_trip_byte_for_byte_case(s: &Subject) {
         assert_eq!(stored.size, size as u64, "size {size}");
         assert_eq!(stored.sha256, hex::encode(Sha256::digest(&content)), "size {size}");
         assert_eq!(stored.key, key);
-        assert_eq!(read_all(&*s.store, &key).await.unwrap(), content, "size {size}");
+        assert_eq!(s.read_all(&key).await.unwrap(), content, "size {size}");
         s.store.delete(&key).await.unwrap();
     }
     assert!((s.leftovers)().await.is_empty());
@@ -159,7 +173,7 @@ async fn a_failing_body_leaves_nothing_behind_case(s: &Subject) {
             Err(StorageError::Source(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
             other => panic!("expected the source's error, got {other:?}"),
         }
-        assert!(read_all(&*s.store, &key).await.is_none());
+        assert!(s.read_all(&key).await.is_none());
     }
     assert_nothing_left(s).await;
 }
@@ -184,7 +198,7 @@ async fn deleting_is_idempotent_and_ping_answers_case(s: &Subject) {
     s.store.put(&key, "image/png", stream).await.unwrap();
     s.store.delete(&key).await.unwrap();
     s.store.delete(&key).await.unwrap();
-    assert!(read_all(&*s.store, &key).await.is_none());
+    assert!(s.read_all(&key).await.is_none());
 }
 
 /// Orphaned multipart uploads (a process died mid-upload) under the

@@ -149,17 +149,32 @@ async fn photos_get_increasing_ids_and_keep_their_versions_case(s: &dyn StateSto
 
 async fn tokens_are_stored_with_their_terms_case(s: &dyn StateStore) {
     let photo = new_photo(s).await;
-    let token = new_token(s, photo, 4, unix_now() + 600).await;
-    let (grant, used) = s.token(&token).await.unwrap().unwrap();
-    assert_eq!((grant.photo_id, grant.max_uploads, used), (photo, 4, 0));
+    let now = unix_now();
+    let token = new_token(s, photo, 4, now + 600).await;
+    let status = s.token_status(&token, now).await.unwrap().unwrap();
+    let grant = status.grant.clone();
+    assert_eq!(
+        (grant.photo_id, grant.max_uploads, status.uploads_used, status.uploads_in_flight),
+        (photo, 4, 0, 0)
+    );
     assert_eq!(grant.return_url.as_deref(), Some("http://example.com/cb"));
-    assert!(s.token(&ReplaceToken::generate()).await.unwrap().is_none());
+    assert!(s.token_status(&ReplaceToken::generate(), now).await.unwrap().is_none());
 
-    let (mut orphan, _) = s.token(&token).await.unwrap().unwrap();
+    // Live leases are in flight; committed ones are used; run-out ones neither.
+    let committed = s.reserve_slot(&token, now, 60).await.unwrap();
+    s.commit_version(&committed, version("media/used"), now).await.unwrap();
+    let _live = s.reserve_slot(&token, now, 60).await.unwrap();
+    let _short = s.reserve_slot(&token, now, 10).await.unwrap();
+    let status = s.token_status(&token, now).await.unwrap().unwrap();
+    assert_eq!((status.uploads_used, status.uploads_in_flight), (1, 2));
+    let later = s.token_status(&token, now + 11).await.unwrap().unwrap();
+    assert_eq!((later.uploads_used, later.uploads_in_flight), (1, 1), "the 10 s lease ran out");
+
+    let mut orphan = grant;
     orphan.token = ReplaceToken::generate();
     orphan.photo_id = PhotoId(u64::MAX / 2);
     assert!(!s.issue_token(orphan.clone()).await.unwrap(), "no token for a photo that does not exist");
-    assert!(s.token(&orphan.token).await.unwrap().is_none(), "nothing stored");
+    assert!(s.token_status(&orphan.token, now).await.unwrap().is_none(), "nothing stored");
 }
 
 async fn reservations_refuse_unknown_expired_and_used_up_tokens_case(s: &dyn StateStore) {
@@ -178,7 +193,7 @@ async fn reservations_refuse_unknown_expired_and_used_up_tokens_case(s: &dyn Sta
     assert_eq!(photo_after.current_version().number, 2);
     s.commit_version(&b, version("media/b"), now).await.unwrap();
     assert!(matches!(s.reserve_slot(&token, now, 60).await, Err(ReserveError::UsedUp)));
-    assert_eq!(s.token(&token).await.unwrap().unwrap().1, 2);
+    assert_eq!(s.token_status(&token, now).await.unwrap().unwrap().uploads_used, 2);
     let versions: Vec<String> =
         s.photo(photo).await.unwrap().unwrap().versions.iter().map(|v| v.file.object_key.clone()).collect();
     assert_eq!(versions, ["media/first", "media/a", "media/b"]);
@@ -309,7 +324,7 @@ mod redis_specific {
             ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw_connection().await).await.unwrap();
         let reservation = store.reserve_slot(&token, now, 60).await.unwrap();
         store.commit_version(&reservation, version("media/after-flush"), now).await.unwrap();
-        assert_eq!(store.token(&token).await.unwrap().unwrap().1, 1);
+        assert_eq!(store.token_status(&token, now).await.unwrap().unwrap().uploads_used, 1);
         assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);
     }
 }
@@ -411,6 +426,6 @@ async fn a_redis_redeem_costs_one_call_to_reserve_and_one_to_commit() {
     assert_eq!(calls(), ["EVALSHA"], "one script call reserves the slot");
     store.commit_version(&reservation, version("media/one-call"), now).await.unwrap();
     assert_eq!(calls(), ["EVALSHA"], "one script call commits slot and version together");
-    assert_eq!(store.token(&token).await.unwrap().unwrap().1, 1);
+    assert_eq!(store.token_status(&token, now).await.unwrap().unwrap().uploads_used, 1);
     assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);
 }

@@ -86,7 +86,12 @@ pub async fn s3_open_uploads_at(endpoint: &str, bucket: &str) -> Vec<String> {
 pub async fn s3_store(part_size: u64) -> (upload_receiver::storage::s3::S3ObjectStore, String) {
     let config = s3_config(part_size).await;
     let bucket = config.bucket.clone().unwrap();
-    (upload_receiver::storage::s3::S3ObjectStore::new(&config).await.unwrap(), bucket)
+    (
+        upload_receiver::storage::s3::S3ObjectStore::new(&config, upload_receiver::tasks::Cleanup::default())
+            .await
+            .unwrap(),
+        bucket,
+    )
 }
 
 /// A plain SDK client for the test server, to look at buckets directly.
@@ -104,6 +109,15 @@ pub async fn s3_client() -> aws_sdk_s3::Client {
 pub async fn s3_keys(bucket: &str) -> Vec<String> {
     let listed = s3_client().await.list_objects_v2().bucket(bucket).send().await.unwrap();
     listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+}
+
+/// The bytes of `key` in `bucket`, or `None` when there is no such object.
+pub async fn s3_object(bucket: &str, key: &str) -> Option<Vec<u8>> {
+    match s3_client().await.get_object().bucket(bucket).key(key).send().await {
+        Ok(object) => Some(object.body.collect().await.expect("the object's body").into_bytes().to_vec()),
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => None,
+        Err(e) => panic!("reading {key} from the test S3 server failed: {e}"),
+    }
 }
 
 /// The keys of the multipart uploads open in `bucket`.

@@ -1,0 +1,103 @@
+//! The last step of a redeem: the one function that turns how it ended into
+//! the answer — a plain-text refusal, or the outcome told to the site by
+//! the means the token chose (a `303`, an auto-submitting POST form, a
+//! background callback, or a bare `200 OK` without a return URL).
+
+use http::{Response, StatusCode};
+
+use super::error::{RedeemError, SiteReturn};
+use crate::callback::{self, CallbackError, Outcome, ReturnData};
+use crate::context::Context;
+use crate::http::{Body, text};
+use crate::store::{Photo, TokenGrant};
+
+/// A committed redeem.
+pub struct Redeemed {
+    pub site: SiteReturn,
+    pub photo: Photo,
+}
+
+/// Logs how the redeem ended and answers it.
+pub async fn answer(ctx: &Context, ended: Result<Redeemed, RedeemError>) -> Response<Body> {
+    let (site, outcome, client_gone) = match ended {
+        Ok(Redeemed { site, photo }) => {
+            tracing::info!(photo_id = %photo.photo_id, version = photo.current_version().number, size = photo.current_version().file.size, "photo replaced");
+            let outcome = Outcome::Replaced {
+                photo_id: photo.photo_id.to_string(),
+                tree_id: photo.tree_id.clone(),
+                token: photo.token.as_str().to_owned(),
+            };
+            (site, outcome, false)
+        }
+        Err(error) => {
+            error.log();
+            match error {
+                RedeemError::Refused(refusal) => return refusal.answer(),
+                RedeemError::Failed { site, cause } => {
+                    let client_gone = cause.client_gone();
+                    (site, Outcome::Failed { error_message: cause.error_message() }, client_gone)
+                }
+            }
+        }
+    };
+    let data = ReturnData {
+        domain: ctx.config.site.domain.clone(),
+        replace_token: site.grant.token.to_string(),
+        outcome,
+        extras: site.extras,
+    };
+    deliver(ctx, &site.grant, &data, client_gone).await
+}
+
+/// Tells the site and the client how it went.
+async fn deliver(ctx: &Context, grant: &TokenGrant, data: &ReturnData, client_gone: bool) -> Response<Body> {
+    let return_url = grant.return_url.as_deref().and_then(|u| url::Url::parse(u).ok());
+    let Some(return_url) = return_url else {
+        return match &data.outcome {
+            Outcome::Replaced { .. } => text(StatusCode::OK, "OK\n".into()),
+            Outcome::Failed { error_message } => text(StatusCode::BAD_REQUEST, format!("{error_message}\n")),
+        };
+    };
+    if !grant.background_return {
+        return callback::browser_answer(&return_url, data);
+    }
+    if client_gone {
+        // Nobody is waiting for this answer: do not call the site about an
+        // upload that was abandoned.
+        return text(StatusCode::BAD_REQUEST, callback::background_answer(data, ""));
+    }
+    let report = ctx.callbacks.call(&return_url, data).await;
+    let result = match &report.result {
+        Ok(_) => "ok",
+        Err(CallbackError::Forbidden(_)) => "forbidden",
+        Err(CallbackError::Timeout) => "timeout",
+        Err(CallbackError::Status(_)) => "bad_status",
+        Err(_) => "failed",
+    };
+    ctx.metrics.callbacks.with_label_values(&[result]).inc();
+    match &report.result {
+        Ok(status) => {
+            tracing::info!(method = %report.method, status = status.as_u16(), "background callback made");
+            text(StatusCode::OK, callback::background_answer(data, &report.url))
+        }
+        Err(e) => {
+            tracing::warn!(method = %report.method, error = %e, "background callback failed");
+            let error_message = match &data.outcome {
+                Outcome::Replaced { .. } => {
+                    format!("The file was stored, but the callback to return_url failed: {e}")
+                }
+                Outcome::Failed { error_message } => format!(
+                    "{}; the callback to return_url failed too: {e}",
+                    error_message.trim_end_matches('.')
+                ),
+            };
+            text(StatusCode::OK, callback::background_answer(&data.failed(error_message), &report.url))
+        }
+    }
+}
+
+impl std::fmt::Debug for Redeemed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redeemed").field("photo_id", &self.photo.photo_id).finish_non_exhaustive()
+    }
+}

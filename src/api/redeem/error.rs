@@ -1,0 +1,177 @@
+//! [`RedeemError`]: every way a redeem can end without a new version, and
+//! the one place each is logged. A [`Refusal`] comes before (or instead of)
+//! anything the site should hear of and is answered in plain text with a
+//! status that stops Resumable.js retrying, unless the condition passes
+//! (503, 429); a [`Failure`] comes after a slot was reserved and given
+//! back, and is told to the site like a success.
+
+use http::StatusCode;
+use http::header::{self, HeaderValue};
+
+use crate::http::{Body, text};
+use crate::store::{CommitError, ReserveError, StoreError, TokenGrant};
+use crate::upload::UploadError;
+
+/// Why a redeem did not end in a new version.
+#[derive(Debug)]
+pub enum RedeemError {
+    Refused(Refusal),
+    Failed { site: SiteReturn, cause: Failure },
+}
+
+/// Refused before a slot was held (or once it was given back, for a
+/// request that breaks the rules): a plain-text answer, never redirected.
+#[derive(Debug)]
+pub enum Refusal {
+    NotMultipart,
+    /// The multipart content type is unusable; the text is for the client.
+    BadContentType(String),
+    /// `limits.max_concurrent_uploads` uploads are in progress.
+    Busy,
+    /// The body breaks the multipart rules or the limits on its fields.
+    Unreadable(UploadError),
+    MissingToken,
+    DuplicateToken,
+    UnknownToken,
+    UsedUp,
+    /// The client used up `limits.redeem_rate_limit_per_minute`; the
+    /// window ends in this many seconds.
+    TooManyFailures(u64),
+    Unavailable(StoreError),
+}
+
+/// Whom to tell how an upload went: the token's terms and the request's
+/// extra parameters, repeated to the site.
+#[derive(Debug)]
+pub struct SiteReturn {
+    pub grant: TokenGrant,
+    pub extras: Vec<(String, String)>,
+}
+
+/// Why an upload that held a slot failed; the site is told.
+#[derive(Debug)]
+pub enum Failure {
+    NoFile,
+    Upload(UploadError),
+    Commit(CommitError),
+}
+
+impl From<Refusal> for RedeemError {
+    fn from(refusal: Refusal) -> Self {
+        RedeemError::Refused(refusal)
+    }
+}
+
+impl From<ReserveError> for Refusal {
+    fn from(error: ReserveError) -> Self {
+        match error {
+            ReserveError::Store(e) => Refusal::Unavailable(e),
+            ReserveError::UsedUp => Refusal::UsedUp,
+            // Unknown and expired tokens get the same answer, so it does
+            // not tell which tokens exist.
+            ReserveError::Unknown | ReserveError::Expired => Refusal::UnknownToken,
+        }
+    }
+}
+
+impl RedeemError {
+    /// A failure after the slot was given back. A body that breaks the
+    /// multipart rules or the limits on its fields is the client's bug,
+    /// not an upload outcome for the site: it is refused instead.
+    pub fn after_slot(site: SiteReturn, cause: Failure) -> Self {
+        match cause {
+            Failure::Upload(e @ (UploadError::Malformed(_) | UploadError::TooLarge(_))) => {
+                RedeemError::Refused(Refusal::Unreadable(e))
+            }
+            cause => RedeemError::Failed { site, cause },
+        }
+    }
+
+    /// Logs the error at the level it deserves, with its internal cause:
+    /// the service's own faults at warn, the client's at info.
+    pub fn log(&self) {
+        match self {
+            RedeemError::Refused(Refusal::Unavailable(e)) => {
+                tracing::warn!(error = %crate::causes::chain(e), "redeem refused: the state store is unavailable")
+            }
+            RedeemError::Refused(Refusal::Busy) => {
+                tracing::warn!("redeem refused: limits.max_concurrent_uploads reached")
+            }
+            RedeemError::Refused(refusal) => tracing::info!(?refusal, "redeem refused"),
+            RedeemError::Failed { cause: Failure::Upload(e @ UploadError::Storage(_)), .. } => {
+                tracing::warn!(error = %crate::causes::chain(e), "redeem upload could not be stored; slot given back")
+            }
+            RedeemError::Failed { cause: Failure::Commit(e), .. } => {
+                tracing::warn!(error = %crate::causes::chain(e), "redeem could not be committed")
+            }
+            RedeemError::Failed { cause, .. } => {
+                tracing::info!(?cause, "redeem upload failed; slot given back")
+            }
+        }
+    }
+}
+
+impl Refusal {
+    /// The plain-text answer.
+    pub fn answer(&self) -> http::Response<Body> {
+        let refuse = |status, message: &str| text(status, format!("{message}\n"));
+        match self {
+            Refusal::NotMultipart => {
+                refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Expected a multipart/form-data body.")
+            }
+            Refusal::BadContentType(message) => refuse(StatusCode::BAD_REQUEST, message),
+            Refusal::Unreadable(e) => {
+                refuse(StatusCode::BAD_REQUEST, &format!("The upload could not be read: {e}."))
+            }
+            Refusal::MissingToken => refuse(StatusCode::BAD_REQUEST, "No replace_token was given."),
+            Refusal::DuplicateToken => {
+                refuse(StatusCode::BAD_REQUEST, "replace_token was given more than once.")
+            }
+            Refusal::UnknownToken => {
+                refuse(StatusCode::NOT_FOUND, "The replace token is unknown or has expired.")
+            }
+            Refusal::UsedUp => refuse(StatusCode::NOT_FOUND, "The replace token has no uploads left."),
+            Refusal::Busy | Refusal::Unavailable(_) => {
+                let mut response = refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The service is temporarily unavailable; please try again.",
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                response
+            }
+            Refusal::TooManyFailures(seconds) => {
+                let message = format!(
+                    "Too many failed uploads from your address; please try again in {seconds} seconds."
+                );
+                let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, &message);
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+                response
+            }
+        }
+    }
+}
+
+impl Failure {
+    /// What the site is told went wrong.
+    pub fn error_message(&self) -> String {
+        match self {
+            Failure::NoFile => "No file was included in the request.".into(),
+            Failure::Upload(UploadError::Storage(_)) => {
+                "The file could not be stored; please try again.".into()
+            }
+            Failure::Upload(other) => format!("The upload failed: {other}."),
+            Failure::Commit(CommitError::LeaseLost) => {
+                "The upload took too long and its slot expired; please try again.".into()
+            }
+            Failure::Commit(CommitError::NoSuchPhoto) => "The photo no longer exists.".into(),
+            Failure::Commit(CommitError::Store(_)) => {
+                "The service is temporarily unavailable; please try again.".into()
+            }
+        }
+    }
+
+    /// The client went away: nobody waits for the answer.
+    pub fn client_gone(&self) -> bool {
+        matches!(self, Failure::Upload(UploadError::Interrupted(_)))
+    }
+}

@@ -1,0 +1,161 @@
+//! `/api/photo/redeem-replace-token`: a browser (or Flash, or Resumable.js)
+//! posts a file with a replace token; no OAuth, the token is the credential.
+//!
+//! # The walk, top to bottom; no step calls back into an earlier one
+//! 1. parts: the multipart fields up to the file; a file that comes before
+//!    its token waits in the spool ([`Form::read_to_file`]).
+//! 2. token: exactly one `replace_token`, from the query or a field.
+//! 3. slot: the client's failure budget, then a [`SlotLease`] of the token.
+//! 4. store: the file into the object store as a [`StoredFile`] (deleted
+//!    unless kept), then the fields after it.
+//! 5. commit: the slot consumed and the version recorded, both or neither.
+//! 6. answer: a plain-text refusal, or the outcome told to the site
+//!    ([`answer::answer`]). From step 4 on, a failure gives the slot back.
+
+mod answer;
+mod budget;
+mod error;
+mod slot;
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::context::Context;
+use crate::domain::{ReplaceToken, unix_now};
+use crate::http::{
+    Body, BodyKind, body_kind, body_stream, client_address, empty, method_not_allowed, query_params,
+};
+use crate::store::ReserveError;
+use crate::upload::{FilePart, Form, StoredFile};
+use answer::Redeemed;
+use budget::FailureBudget;
+use error::{Failure, RedeemError, Refusal, SiteReturn};
+use slot::SlotLease;
+
+/// The field (or query parameter) that carries the token.
+const TOKEN_FIELD: &str = "replace_token";
+
+/// Serves the redeem endpoint.
+pub async fn handle(ctx: &Context, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    match *request.method() {
+        // Resumable.js asks (testChunks) whether a chunk is already there
+        // before sending it; anything but 200 means "send it".
+        Method::GET | Method::HEAD => empty(StatusCode::NO_CONTENT),
+        Method::POST => {
+            let ended = redeem(ctx, request, peer).await;
+            answer::answer(ctx, ended).await
+        }
+        _ => method_not_allowed("GET, HEAD, POST"),
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn redeem(
+    ctx: &Context,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Redeemed, RedeemError> {
+    let (head, body) = request.into_parts();
+    let query = query_params(&head.uri);
+    let boundary = match body_kind(&head.method, &head.headers) {
+        Ok(BodyKind::Multipart(boundary)) => boundary,
+        Ok(_) => return Err(Refusal::NotMultipart.into()),
+        Err(e) => return Err(Refusal::BadContentType(e.client_message()).into()),
+    };
+    // Refused before any slot is reserved: the client may simply retry.
+    let _receiving = ctx.try_begin_upload().ok_or(Refusal::Busy)?;
+
+    // 1. The parts up to the file.
+    let body = body_stream(body, ctx.body_idle_timeout());
+    let mut form = Form::new(body, &boundary, ctx.multipart_limits());
+    let has_token = |fields: &[(String, String)]| tokens(&query, fields).next().is_some();
+    let file = form.read_to_file(&ctx.spool_dir(), has_token).await.map_err(Refusal::Unreadable)?;
+
+    // 2. The token.
+    let token = match tokens(&query, form.fields()).collect::<Vec<_>>()[..] {
+        [] => return Err(Refusal::MissingToken.into()),
+        [token] => token.to_owned(),
+        _ => return Err(Refusal::DuplicateToken.into()),
+    };
+
+    // 3. A slot.
+    let client = client_address(&head.headers, peer, &ctx.config.server.trusted_proxies);
+    let lease = reserve(ctx, &token, client).await?;
+
+    // 4. The bytes, then whatever follows them.
+    let stored = match store(ctx, &mut form, file).await {
+        Ok(stored) => stored,
+        Err(cause) => {
+            let site = SiteReturn { grant: lease.grant().clone(), extras: extras(&query, form.fields()) };
+            lease.refund().await;
+            return Err(RedeemError::after_slot(site, cause));
+        }
+    };
+    // A second token after the file is only seen now.
+    if tokens(&query, form.fields()).count() > 1 {
+        stored.discard().await;
+        lease.refund().await;
+        return Err(Refusal::DuplicateToken.into());
+    }
+
+    // 5. The commit.
+    let site = SiteReturn { grant: lease.grant().clone(), extras: extras(&query, form.fields()) };
+    match lease.commit(stored.version(unix_now())).await {
+        Ok(photo) => {
+            stored.keep();
+            Ok(Redeemed { site, photo })
+        }
+        Err(e) => {
+            stored.discard().await;
+            Err(RedeemError::after_slot(site, Failure::Commit(e)))
+        }
+    }
+}
+
+/// The `replace_token` values of the query and the fields, in that order.
+fn tokens<'a>(
+    query: &'a [(String, String)],
+    fields: &'a [(String, String)],
+) -> impl Iterator<Item = &'a str> + 'a {
+    query.iter().chain(fields).filter(|(name, _)| name == TOKEN_FIELD).map(|(_, value)| value.as_str())
+}
+
+/// The request's other parameters, repeated to the site.
+fn extras(query: &[(String, String)], fields: &[(String, String)]) -> Vec<(String, String)> {
+    query.iter().chain(fields).filter(|(name, _)| name != TOKEN_FIELD).cloned().collect()
+}
+
+/// Step 3: a slot of `token`, unless the client is over its failure budget.
+/// An unknown, expired or used-up token counts against the budget.
+async fn reserve(ctx: &Context, token: &str, client: IpAddr) -> Result<SlotLease, Refusal> {
+    let budget = FailureBudget::of(ctx, client, unix_now());
+    budget.check().await?;
+    let lease_secs = ctx.config.state.slot_lease_secs;
+    // A malformed token cannot exist: it is simply unknown.
+    let reserved = match token.parse::<ReplaceToken>() {
+        Ok(token) => SlotLease::reserve(&ctx.state, &ctx.cleanup, &token, lease_secs).await,
+        Err(_) => Err(ReserveError::Unknown),
+    };
+    match reserved {
+        Ok(lease) => Ok(lease),
+        Err(ReserveError::Store(e)) => Err(Refusal::Unavailable(e)),
+        Err(refused) => {
+            budget.count_failure().await;
+            Err(refused.into())
+        }
+    }
+}
+
+/// Step 4: the file, then the fields after it (a second file is refused).
+async fn store(ctx: &Context, form: &mut Form, file: Option<FilePart>) -> Result<StoredFile, Failure> {
+    let file = file.ok_or(Failure::NoFile)?;
+    let allowed = &ctx.config.limits.allowed_media_types;
+    let stored = file.store(&ctx.objects, &ctx.cleanup, allowed).await.map_err(Failure::Upload)?;
+    if let Err(e) = form.read_rest().await {
+        stored.discard().await;
+        return Err(Failure::Upload(e));
+    }
+    Ok(stored)
+}

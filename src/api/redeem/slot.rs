@@ -1,0 +1,106 @@
+//! [`SlotLease`]: one reserved upload slot of a token, held while its file
+//! is stored. [`SlotLease::commit`] and [`SlotLease::refund`] consume it, so
+//! a slot is settled exactly once; a lease dropped unsettled (the request
+//! was cut) is refunded by a clean-up task. While it is held, its lease in
+//! the state store is renewed, so a long upload keeps its slot and a dead
+//! instance's slot comes back when the lease runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::{ReplaceToken, unix_now};
+use crate::store::{CommitError, Photo, Reservation, ReserveError, StateStore, TokenGrant, VersionFile};
+use crate::tasks::Cleanup;
+
+/// A reserved upload slot, renewed until it is committed, refunded or dropped.
+pub struct SlotLease {
+    reservation: Reservation,
+    state: Arc<dyn StateStore>,
+    cleanup: Cleanup,
+    renewal: tokio::task::JoinHandle<()>,
+    /// Committed or refunded; until then, dropping refunds.
+    settled: bool,
+}
+
+impl SlotLease {
+    /// Reserves a slot of `token`, leased for `lease_secs` and renewed every
+    /// third of that while the lease is held.
+    pub async fn reserve(
+        state: &Arc<dyn StateStore>,
+        cleanup: &Cleanup,
+        token: &ReplaceToken,
+        lease_secs: u64,
+    ) -> Result<SlotLease, ReserveError> {
+        let reservation = state.reserve_slot(token, unix_now(), lease_secs).await?;
+        tracing::info!(token = ?reservation.grant.token, reservation = %reservation.id, "upload slot reserved");
+        let renewal = tokio::spawn(renew(Arc::clone(state), reservation.clone(), lease_secs));
+        Ok(SlotLease {
+            reservation,
+            state: Arc::clone(state),
+            cleanup: cleanup.clone(),
+            renewal,
+            settled: false,
+        })
+    }
+
+    /// The terms of the token this slot belongs to.
+    pub fn grant(&self) -> &TokenGrant {
+        &self.reservation.grant
+    }
+
+    /// Consumes the slot and records `version` as the photo's new current
+    /// version, both or neither. When the store fails or the photo is gone,
+    /// the slot is given back; a lost lease has gone back already.
+    pub async fn commit(mut self, version: VersionFile) -> Result<Photo, CommitError> {
+        self.settled = true;
+        let committed = self.state.commit_version(&self.reservation, version, unix_now()).await;
+        if let Err(CommitError::Store(_) | CommitError::NoSuchPhoto) = committed {
+            refund(&*self.state, &self.reservation).await;
+        }
+        committed
+    }
+
+    /// Gives the slot back to the token.
+    pub async fn refund(mut self) {
+        self.settled = true;
+        refund(&*self.state, &self.reservation).await;
+    }
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        if !self.settled {
+            let (state, reservation) = (Arc::clone(&self.state), self.reservation.clone());
+            self.cleanup.spawn(async move { refund(&*state, &reservation).await });
+        }
+    }
+}
+
+/// Refunds a slot; a failure is logged (the lease returns it in the end).
+async fn refund(state: &dyn StateStore, reservation: &Reservation) {
+    if let Err(e) = state.refund_slot(reservation).await {
+        tracing::warn!(reservation = %reservation.id, error = %crate::causes::chain(&e), "slot refund failed; its lease will expire");
+    }
+}
+
+/// Renews a reservation's lease every third of its length. A renewal that
+/// fails is logged; the commit then finds the lease gone and records
+/// nothing, so `max_uploads` still holds.
+async fn renew(state: Arc<dyn StateStore>, reservation: Reservation, lease_secs: u64) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(lease_secs / 3));
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        match state.renew_reservation(&reservation, unix_now(), lease_secs).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(reservation = %reservation.id, "upload slot lease lost");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(reservation = %reservation.id, error = %crate::causes::chain(&e), "upload slot lease not renewed")
+            }
+        }
+    }
+}
