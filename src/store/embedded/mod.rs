@@ -21,115 +21,32 @@
 //! set only once its batch is durable; a batch that fails to commit hands
 //! its nonces to the next one.
 
+//!
+//! # Layout
+//! `tables`: the tables, their records and the reads and writes of one
+//! transaction; `writer`: the group-commit writer thread; this file: the
+//! [`StateStore`] operations, each one closure run by the writer (or one
+//! snapshot read).
+
+mod tables;
+mod writer;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
-use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::{
     CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoVersion, Purged, Reservation,
     ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
 };
-use crate::causes::BoxError;
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
-
-const PHOTOS: TableDefinition<u64, &[u8]> = TableDefinition::new("photos");
-const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
-/// Nonce identity → expiry.
-const NONCES: TableDefinition<&str, u64> = TableDefinition::new("nonces");
-/// (expiry, nonce identity) → (), so expired nonces are purged by range.
-const NONCE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("nonce_expiry");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const NEXT_PHOTO_ID: &str = "next_photo_id";
-
-/// How many queued operations one commit may carry.
-const MAX_BATCH: usize = 512;
-
-/// A token with its usage, as stored.
-#[derive(Debug, Serialize, Deserialize)]
-struct TokenState {
-    grant: TokenGrant,
-    committed: u32,
-    reservations: Vec<LiveReservation>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct LiveReservation {
-    id: String,
-    lease_until: u64,
-}
-
-impl TokenState {
-    fn live_reservation(&mut self, id: &str, now: u64) -> Option<&mut LiveReservation> {
-        self.reservations.iter_mut().find(|r| r.id == id && r.lease_until > now)
-    }
-}
-
-fn store_error(e: impl Into<BoxError>) -> StoreError {
-    StoreError::new(e)
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::new(format!("corrupt record: {e}")))
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("state records always serialize")
-}
-
-/// One queued operation.
-enum Job {
-    /// A write answered once its batch is durable.
-    Write(Box<dyn DurableWrite>),
-    /// A nonce to record; nobody waits for it (see the module docs).
-    Nonce { identity: String, expires_at: u64 },
-}
-
-/// Nonces queued for the writer and not yet durable.
-type PendingNonces = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
-
-fn lock_pending(pending: &PendingNonces) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-    // Every update is a single insert or remove: a panic cannot leave it torn.
-    pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A write operation answered after its batch commits.
-trait DurableWrite: Send {
-    /// Runs the operation inside the batch's transaction. Returns what to do
-    /// once the commit's outcome is known, and whether the operation hit a
-    /// storage error (which aborts the whole batch).
-    fn apply(self: Box<Self>, txn: &WriteTransaction) -> (Finish, bool);
-    /// Answers the caller when the batch could not even start.
-    fn fail(self: Box<Self>, error: StoreError);
-}
-
-type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-
-struct WriteJob<T, F> {
-    op: F,
-    reply: oneshot::Sender<Result<T, StoreError>>,
-}
-
-impl<T, F> DurableWrite for WriteJob<T, F>
-where
-    T: Send + 'static,
-    F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send,
-{
-    fn apply(self: Box<Self>, txn: &WriteTransaction) -> (Finish, bool) {
-        let reply = self.reply;
-        match (self.op)(txn) {
-            Ok(value) => (Box::new(move |committed| drop(reply.send(committed.map(|()| value)))), false),
-            Err(error) => (Box::new(move |_| drop(reply.send(Err(error)))), true),
-        }
-    }
-
-    fn fail(self: Box<Self>, error: StoreError) {
-        let _ = self.reply.send(Err(error));
-    }
-}
+use tables::{
+    LiveReservation, META, NEXT_PHOTO_ID, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version,
+    create_tables, encode, get_photo, get_token_state, store_error,
+};
+use writer::Writer;
 
 /// The embedded state store.
 pub struct EmbeddedStore {
@@ -138,22 +55,7 @@ pub struct EmbeddedStore {
     /// memory only (one process owns the data directory); a restart forgets
     /// them, which only gives a guesser a fresh minute.
     redeem_failures: std::sync::Mutex<std::collections::HashMap<(String, u64), u32>>,
-    pending_nonces: PendingNonces,
-    /// `None` only while dropping.
-    writer: Option<std::sync::mpsc::Sender<Job>>,
-    writer_thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for EmbeddedStore {
-    /// Closes the queue and waits for the writer to finish its last batch,
-    /// so the database file is unlocked when the store is gone (a restart
-    /// in the same process can reopen it at once).
-    fn drop(&mut self) {
-        drop(self.writer.take());
-        if let Some(thread) = self.writer_thread.take() {
-            let _ = thread.join();
-        }
-    }
+    writer: Writer,
 }
 
 impl EmbeddedStore {
@@ -164,31 +66,9 @@ impl EmbeddedStore {
         let db = Database::create(&path)
             .map_err(|e| StoreError::new(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
-        {
-            // Create every table up front so read transactions never find one missing.
-            let txn = db.begin_write().map_err(store_error)?;
-            txn.open_table(PHOTOS).map_err(store_error)?;
-            txn.open_table(TOKENS).map_err(store_error)?;
-            txn.open_table(NONCES).map_err(store_error)?;
-            txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
-            txn.open_table(META).map_err(store_error)?;
-            txn.commit().map_err(store_error)?;
-        }
-        let (writer, queue) = std::sync::mpsc::channel::<Job>();
-        let writer_db = Arc::clone(&db);
-        let pending_nonces = PendingNonces::default();
-        let writer_pending = Arc::clone(&pending_nonces);
-        let writer_thread = std::thread::Builder::new()
-            .name("embedded-store-writer".into())
-            .spawn(move || run_writer(&writer_db, &queue, &writer_pending))
-            .map_err(store_error)?;
-        Ok(EmbeddedStore {
-            db,
-            redeem_failures: Default::default(),
-            pending_nonces,
-            writer: Some(writer),
-            writer_thread: Some(writer_thread),
-        })
+        create_tables(&db)?;
+        let writer = Writer::start(Arc::clone(&db)).map_err(store_error)?;
+        Ok(EmbeddedStore { db, redeem_failures: Default::default(), writer })
     }
 
     fn failure_counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, u64), u32>> {
@@ -202,8 +82,7 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        self.enqueue(Job::Write(Box::new(WriteJob { op, reply })), answer).await
+        self.writer.write(op).await
     }
 
     /// Whether a nonce with this identity is recorded and unexpired, in the
@@ -212,24 +91,6 @@ impl EmbeddedStore {
         let txn = self.db.begin_read().map_err(store_error)?;
         let nonces = txn.open_table(NONCES).map_err(store_error)?;
         Ok(nonces.get(identity).map_err(store_error)?.is_some_and(|expiry| expiry.value() > now))
-    }
-
-    /// Hands `job` to the writer and waits for its `answer`.
-    async fn enqueue<T>(
-        &self,
-        job: Job,
-        answer: oneshot::Receiver<Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.send(job)?;
-        answer.await.map_err(|_| StoreError::new("the embedded store's writer dropped an operation"))?
-    }
-
-    fn send(&self, job: Job) -> Result<(), StoreError> {
-        self.writer
-            .as_ref()
-            .expect("the writer is present until drop")
-            .send(job)
-            .map_err(|_| StoreError::new("the embedded store's writer has stopped"))
     }
 
     /// Runs a read-only closure on a fresh snapshot, on the calling thread.
@@ -282,119 +143,6 @@ impl EmbeddedStore {
         })
         .await
     }
-}
-
-fn run_writer(db: &Database, queue: &std::sync::mpsc::Receiver<Job>, pending: &PendingNonces) {
-    // Nonces of a batch that failed to commit, to be written by the next.
-    let mut carried: Vec<(String, u64)> = Vec::new();
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut nonces = std::mem::take(&mut carried);
-        let mut writes = Vec::with_capacity(batch.len());
-        for job in batch {
-            match job {
-                Job::Write(write) => writes.push(write),
-                Job::Nonce { identity, expires_at } => nonces.push((identity, expires_at)),
-            }
-        }
-        let txn = match db.begin_write() {
-            Ok(txn) => txn,
-            Err(e) => {
-                let message = e.to_string();
-                for write in writes {
-                    write.fail(StoreError::new(message.clone()));
-                }
-                carried = nonces;
-                continue;
-            }
-        };
-        // Nonces first: they were queued before the writes of their requests.
-        let mut poisoned =
-            nonces.iter().any(|(identity, expires_at)| record_nonce(&txn, identity, *expires_at).is_err());
-        let mut finishes = Vec::with_capacity(writes.len());
-        for write in writes {
-            let (finish, failed) = write.apply(&txn);
-            poisoned |= failed;
-            finishes.push(finish);
-        }
-        let outcome = if poisoned {
-            // Dropping the transaction aborts it: none of the batch is applied.
-            drop(txn);
-            Err("a storage error aborted this batch of writes".to_owned())
-        } else {
-            txn.commit().map_err(|e| e.to_string())
-        };
-        if outcome.is_ok() {
-            let mut pending = lock_pending(pending);
-            for (identity, _) in &nonces {
-                pending.remove(identity);
-            }
-        } else {
-            carried = nonces;
-        }
-        for finish in finishes {
-            finish(outcome.clone().map_err(StoreError::new));
-        }
-    }
-}
-
-/// Records a nonce in `txn`: `true` the first time, `false` while an
-/// earlier record of it has not expired.
-fn record_nonce(txn: &WriteTransaction, identity: &str, expires_at: u64) -> Result<bool, StoreError> {
-    let now = crate::domain::unix_now();
-    let mut nonces = txn.open_table(NONCES).map_err(store_error)?;
-    let previous = nonces.get(identity).map_err(store_error)?.map(|v| v.value());
-    if previous.is_some_and(|expiry| expiry > now) {
-        return Ok(false);
-    }
-    let mut index = txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
-    if let Some(old_expiry) = previous {
-        index.remove((old_expiry, identity)).map_err(store_error)?;
-    }
-    nonces.insert(identity, expires_at).map_err(store_error)?;
-    index.insert((expires_at, identity), ()).map_err(store_error)?;
-    Ok(true)
-}
-
-fn get_token_state(
-    tokens: &impl ReadableTable<&'static str, &'static [u8]>,
-    token: &ReplaceToken,
-) -> Result<Option<TokenState>, StoreError> {
-    match tokens.get(token.as_str()).map_err(store_error)? {
-        Some(bytes) => decode(bytes.value()).map(Some),
-        None => Ok(None),
-    }
-}
-
-fn get_photo(
-    photos: &impl ReadableTable<u64, &'static [u8]>,
-    id: PhotoId,
-) -> Result<Option<Photo>, StoreError> {
-    match photos.get(id.0).map_err(store_error)? {
-        Some(bytes) => decode(bytes.value()).map(Some),
-        None => Ok(None),
-    }
-}
-
-fn append_version(
-    txn: &WriteTransaction,
-    id: PhotoId,
-    version: VersionFile,
-) -> Result<Option<Photo>, StoreError> {
-    let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
-    let Some(mut photo) = get_photo(&photos, id)? else {
-        return Ok(None);
-    };
-    let number = photo.current_version().number + 1;
-    photo.versions.push(PhotoVersion { number, file: version });
-    photos.insert(id.0, encode(&photo).as_slice()).map_err(store_error)?;
-    Ok(Some(photo))
 }
 
 #[async_trait]
@@ -564,18 +312,8 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError> {
-        let identity = key.identity();
-        {
-            // Held across the snapshot read: a nonce leaves the set only after
-            // its commit, so a snapshot taken under the lock sees it.
-            let mut pending = lock_pending(&self.pending_nonces);
-            if pending.contains(&identity) || self.nonce_is_committed(&identity, crate::domain::unix_now())? {
-                return Ok(false);
-            }
-            pending.insert(identity.clone());
-        }
-        self.send(Job::Nonce { identity, expires_at })?;
-        Ok(true)
+        let now = crate::domain::unix_now();
+        self.writer.claim_nonce(key.identity(), expires_at, |identity| self.nonce_is_committed(identity, now))
     }
 
     async fn redeem_failures(&self, client: &str, window: u64) -> Result<u32, StoreError> {

@@ -7,6 +7,10 @@
 //! when they parse as one (`60`, `true`, `["10.0.0.0/8"]`) and as plain
 //! strings otherwise. Errors always name the offending key.
 
+mod env;
+
+pub use env::ENV_PREFIX;
+
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -14,9 +18,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::auth::credentials::Credential;
 pub use crate::upload::media::MediaTypes;
-
-/// Prefix of the environment variables that override configuration keys.
-pub const ENV_PREFIX: &str = "UPLOAD_RECEIVER__";
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -335,7 +336,8 @@ impl Config {
             message: e.to_string(),
         })?;
         let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize");
-        apply_env_overrides(&mut table, &defaults, env)?;
+        env::apply_overrides(&mut table, &defaults, env)
+            .map_err(|bad| ConfigError::key(&bad.key, bad.message))?;
         Config::from_table(table)
     }
 
@@ -453,60 +455,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// Whether the embedded state store is in use (no Redis configured).
-    pub fn uses_embedded_state(&self) -> bool {
-        self.state.redis_url.is_none()
-    }
-}
-
-/// Applies `UPLOAD_RECEIVER__…` variables on top of the file's table. A key
-/// whose default is a string takes the value verbatim (so `site_name=2024`
-/// stays a string); any other key reads it as a TOML value when it parses.
-fn apply_env_overrides(
-    table: &mut toml::Table,
-    defaults: &toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        if path.iter().any(String::is_empty) {
-            return Err(ConfigError::key(&name, "empty section or key name"));
-        }
-        let default_is_string = lookup(defaults, &path).is_some_and(toml::Value::is_str);
-        let value = if default_is_string { toml::Value::String(raw) } else { parse_env_value(&raw) };
-        let (last, sections) = path.split_last().expect("split yields at least one part");
-        let mut node = &mut *table;
-        for section in sections {
-            let entry = node.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            node = entry
-                .as_table_mut()
-                .ok_or_else(|| ConfigError::key(&path.join("."), format!("`{section}` is not a section")))?;
-        }
-        node.insert(last.clone(), value);
-    }
-    Ok(())
-}
-
-fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
-    let (last, sections) = path.split_last()?;
-    let mut node = table;
-    for section in sections {
-        node = node.get(section)?.as_table()?;
-    }
-    node.get(last)
-}
-
-/// `60` → integer, `true` → boolean, `["a"]` → array, anything else → string.
-fn parse_env_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
 #[cfg(test)]
@@ -547,7 +495,7 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:8080");
         assert_eq!(c.auth.timestamp_window_secs, 300);
         assert_eq!(c.storage.part_size, 8 * MIB);
-        assert!(c.uses_embedded_state());
+        assert!(c.state.redis_url.is_none());
     }
 
     #[test]

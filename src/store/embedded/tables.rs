@@ -1,0 +1,115 @@
+//! The embedded store's tables and the records in them, and the reads and
+//! writes one transaction does on them. Records are JSON; keys are the
+//! natural ones (photo id, token, nonce identity).
+
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::causes::BoxError;
+use crate::domain::{PhotoId, ReplaceToken};
+use crate::store::{Photo, PhotoVersion, StoreError, TokenGrant, VersionFile};
+
+pub const PHOTOS: TableDefinition<u64, &[u8]> = TableDefinition::new("photos");
+pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// Nonce identity → expiry.
+pub const NONCES: TableDefinition<&str, u64> = TableDefinition::new("nonces");
+/// (expiry, nonce identity) → (), so expired nonces are purged by range.
+pub const NONCE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("nonce_expiry");
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const NEXT_PHOTO_ID: &str = "next_photo_id";
+
+/// A token with its usage, as stored.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenState {
+    pub grant: TokenGrant,
+    pub committed: u32,
+    pub reservations: Vec<LiveReservation>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LiveReservation {
+    pub id: String,
+    pub lease_until: u64,
+}
+
+impl TokenState {
+    pub fn live_reservation(&mut self, id: &str, now: u64) -> Option<&mut LiveReservation> {
+        self.reservations.iter_mut().find(|r| r.id == id && r.lease_until > now)
+    }
+}
+
+pub fn store_error(e: impl Into<BoxError>) -> StoreError {
+    StoreError::new(e)
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::new(format!("corrupt record: {e}")))
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("state records always serialize")
+}
+
+/// Creates every table up front so read transactions never find one missing.
+pub fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(store_error)?;
+    txn.open_table(PHOTOS).map_err(store_error)?;
+    txn.open_table(TOKENS).map_err(store_error)?;
+    txn.open_table(NONCES).map_err(store_error)?;
+    txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
+    txn.open_table(META).map_err(store_error)?;
+    txn.commit().map_err(store_error)
+}
+
+/// Records a nonce in `txn`: `true` the first time, `false` while an
+/// earlier record of it has not expired.
+pub fn record_nonce(txn: &WriteTransaction, identity: &str, expires_at: u64) -> Result<bool, StoreError> {
+    let now = crate::domain::unix_now();
+    let mut nonces = txn.open_table(NONCES).map_err(store_error)?;
+    let previous = nonces.get(identity).map_err(store_error)?.map(|v| v.value());
+    if previous.is_some_and(|expiry| expiry > now) {
+        return Ok(false);
+    }
+    let mut index = txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
+    if let Some(old_expiry) = previous {
+        index.remove((old_expiry, identity)).map_err(store_error)?;
+    }
+    nonces.insert(identity, expires_at).map_err(store_error)?;
+    index.insert((expires_at, identity), ()).map_err(store_error)?;
+    Ok(true)
+}
+
+pub fn get_token_state(
+    tokens: &impl ReadableTable<&'static str, &'static [u8]>,
+    token: &ReplaceToken,
+) -> Result<Option<TokenState>, StoreError> {
+    match tokens.get(token.as_str()).map_err(store_error)? {
+        Some(bytes) => decode(bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub fn get_photo(
+    photos: &impl ReadableTable<u64, &'static [u8]>,
+    id: PhotoId,
+) -> Result<Option<Photo>, StoreError> {
+    match photos.get(id.0).map_err(store_error)? {
+        Some(bytes) => decode(bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub fn append_version(
+    txn: &WriteTransaction,
+    id: PhotoId,
+    version: VersionFile,
+) -> Result<Option<Photo>, StoreError> {
+    let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
+    let Some(mut photo) = get_photo(&photos, id)? else {
+        return Ok(None);
+    };
+    let number = photo.current_version().number + 1;
+    photo.versions.push(PhotoVersion { number, file: version });
+    photos.insert(id.0, encode(&photo).as_slice()).map_err(store_error)?;
+    Ok(Some(photo))
+}
