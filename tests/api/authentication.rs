@@ -2,9 +2,8 @@
 
 use upload_receiver::domain::Permission;
 
+use crate::common::GET_REPLACE_TOKEN as TOKEN_PATH;
 use crate::common::*;
-
-const TOKEN_PATH: &str = "/api/photo/get-replace-token";
 
 /// A query-signed URL for `/api/echo?note=hi`, to be tampered with.
 fn signed_echo_url(app: &TestApp, signing: &Signing) -> String {
@@ -22,7 +21,7 @@ async fn an_unsigned_call_is_anonymous_and_denied_write_methods() {
     let echo = text(app.http.get(app.url("/api/echo?a=b"))).await;
     assert_ok(&echo);
     assert_eq!(xml_attribute(&echo, "permission_level").as_deref(), Some("anonymous"));
-    let body = text(app.http.get(app.url("/api/photo/get-replace-token?photo_id=1"))).await;
+    let body = text(app.http.get(app.url(&format!("{TOKEN_PATH}?photo_id=1")))).await;
     let message = assert_error(&body, "permission_denied");
     assert!(message.contains("'write'"), "{message}");
     assert_eq!(xml_attribute(&body, "permission_level").as_deref(), Some("anonymous"));

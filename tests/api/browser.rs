@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use upload_receiver::domain::PhotoId;
 
 use crate::common::*;
 use crate::site::Site;
@@ -170,9 +169,8 @@ fn attribute(s: &str) -> String {
 /// A receiver with a photo, a site, and a replace token for that photo that
 /// returns to the site's `/done?theme=green`.
 struct Scene {
-    app: TestApp,
+    app: PhotoApp,
     site: Site,
-    photo_id: String,
     replace_token: String,
     /// The file the browser uploads, and its bytes.
     file: tempfile::NamedTempFile,
@@ -180,22 +178,14 @@ struct Scene {
 }
 
 async fn scene() -> Scene {
-    let app = spawn_app().await;
+    let app = PhotoApp::new().await;
     let site = Site::start().await;
-    let photo_id = app.upload_photo(b"the first version".to_vec()).await;
-    let body = app
-        .call(
-            "/api/photo/get-replace-token",
-            &[("photo_id", &photo_id), ("return_url", &site.url("/done?theme=green"))],
-        )
-        .await;
-    assert_ok(&body);
-    let replace_token = xml_field(&body, "replace_token").expect("a replace token");
+    let replace_token = app.token(&[("return_url", &site.url("/done?theme=green"))]).await;
     // Bytes that are not text, so that any mangling would change the digest.
     let file_bytes: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let file = tempfile::Builder::new().prefix("replacement-").suffix(".mp4").tempfile().unwrap();
     std::fs::write(file.path(), &file_bytes).unwrap();
-    Scene { app, site, photo_id, replace_token, file, file_bytes }
+    Scene { app, site, replace_token, file, file_bytes }
 }
 
 impl Scene {
@@ -206,8 +196,7 @@ impl Scene {
 
     /// The photo has its second version, with exactly the uploaded bytes.
     async fn assert_replaced_by_the_file(&self) {
-        let id: PhotoId = self.photo_id.parse().unwrap();
-        let photo = self.app.running.as_ref().unwrap().inspect().photo(id).await.unwrap().expect("the photo");
+        let photo = self.app.photo().await;
         assert_eq!(photo.versions.len(), 2, "{photo:?}");
         let current = photo.current_version();
         assert_eq!(current.number, 2);
@@ -219,7 +208,7 @@ impl Scene {
 #[tokio::test]
 async fn a_browser_submitting_the_plain_html_form_is_redirected_back_to_the_site_with_the_result() {
     let scene = scene().await;
-    let action = scene.app.url("/api/photo/redeem-replace-token");
+    let action = scene.app.url(REDEEM);
     scene.site.set_form(upload_form(&action, &scene.replace_token, &[]));
 
     let visit = scene.browser_submits().await;
@@ -229,9 +218,8 @@ async fn a_browser_submitting_the_plain_html_form_is_redirected_back_to_the_site
     assert_eq!(visit.query_param("theme").as_deref(), Some("green"), "the return URL's own query is kept");
     assert_eq!(visit.query_param("domain").as_deref(), Some("videos.example.com"));
     assert_eq!(visit.query_param("replace_token").as_deref(), Some(scene.replace_token.as_str()));
-    assert_eq!(visit.query_param("photo_id").as_deref(), Some(scene.photo_id.as_str()));
-    let id: PhotoId = scene.photo_id.parse().unwrap();
-    let photo = scene.app.running.as_ref().unwrap().inspect().photo(id).await.unwrap().unwrap();
+    assert_eq!(visit.query_param("photo_id").as_deref(), Some(scene.app.photo_id.as_str()));
+    let photo = scene.app.photo().await;
     assert_eq!(visit.query_param("tree_id").as_deref(), Some(photo.tree_id.as_str()));
     assert_eq!(visit.query_param("token").as_deref(), Some(photo.token.as_str()));
     assert_eq!(visit.query_param("error_message"), None);
@@ -241,7 +229,7 @@ async fn a_browser_submitting_the_plain_html_form_is_redirected_back_to_the_site
     assert_eq!(methods, [("GET", 200), ("POST", 303), ("GET", 200)], "{:?}", visit.navigations);
     let done = scene.site.requests().into_iter().rfind(|r| r.target.starts_with("/done")).expect("/done");
     assert_eq!(done.method, "GET");
-    assert!(visit.body_text.contains(&scene.photo_id), "{}", visit.body_text);
+    assert!(visit.body_text.contains(&scene.app.photo_id), "{}", visit.body_text);
 
     scene.assert_replaced_by_the_file().await;
 }
@@ -249,7 +237,7 @@ async fn a_browser_submitting_the_plain_html_form_is_redirected_back_to_the_site
 #[tokio::test]
 async fn a_browser_whose_return_url_would_be_too_long_is_sent_back_by_an_auto_submitting_post_form() {
     let scene = scene().await;
-    let action = scene.app.url("/api/photo/redeem-replace-token");
+    let action = scene.app.url(REDEEM);
     let note = "x".repeat(2000);
     scene.site.set_form(upload_form(&action, &scene.replace_token, &[("note", &note)]));
 
@@ -269,9 +257,8 @@ async fn a_browser_whose_return_url_would_be_too_long_is_sent_back_by_an_auto_su
     let done = scene.site.requests().into_iter().rfind(|r| r.target.starts_with("/done")).expect("/done");
     assert_eq!(done.method, "POST", "{done:?}");
     assert_eq!(done.target, "/done?theme=green");
-    let id: PhotoId = scene.photo_id.parse().unwrap();
-    let photo = scene.app.running.as_ref().unwrap().inspect().photo(id).await.unwrap().unwrap();
-    assert_eq!(done.param("photo_id").as_deref(), Some(scene.photo_id.as_str()));
+    let photo = scene.app.photo().await;
+    assert_eq!(done.param("photo_id").as_deref(), Some(scene.app.photo_id.as_str()));
     assert_eq!(done.param("tree_id").as_deref(), Some(photo.tree_id.as_str()));
     assert_eq!(done.param("token").as_deref(), Some(photo.token.as_str()));
     assert_eq!(done.param("domain").as_deref(), Some("videos.example.com"));
@@ -281,7 +268,7 @@ async fn a_browser_whose_return_url_would_be_too_long_is_sent_back_by_an_auto_su
 
     // The page the browser ends on shows what was posted to it.
     for shown in
-        [scene.photo_id.as_str(), photo.token.as_str(), "videos.example.com", &scene.replace_token, &note]
+        [scene.app.photo_id.as_str(), photo.token.as_str(), "videos.example.com", &scene.replace_token, &note]
     {
         assert!(visit.body_text.contains(shown), "{shown:.40} not on the page: {:.300}", visit.body_text);
     }

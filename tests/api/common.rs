@@ -11,8 +11,10 @@ use upload_receiver::RunningApp;
 use upload_receiver::auth::{Credential, Secret};
 use upload_receiver::config::Config;
 use upload_receiver::config::MediaTypes;
-use upload_receiver::domain::Permission;
+use upload_receiver::domain::{Permission, PhotoId, ReplaceToken};
+use upload_receiver::store::{Photo, TokenGrant, TokenStatus};
 
+pub use crate::files::walk_files;
 use crate::servers;
 
 /// A running receiver with a temporary data directory.
@@ -301,6 +303,86 @@ impl TestApp {
         xml_field(&body, "photo_id").unwrap_or_else(|| panic!("upload failed: {body}"))
     }
 
+    /// Issues a replace token for `photo_id` (with the other
+    /// get-replace-token parameters in `params`), signed by the `write` set;
+    /// panics with the answer unless it is a token.
+    pub async fn replace_token(&self, photo_id: &str, params: &[(&str, &str)]) -> String {
+        let mut all = vec![("photo_id", photo_id)];
+        all.extend_from_slice(params);
+        let body = self.call(GET_REPLACE_TOKEN, &all).await;
+        match xml_field(&body, "replace_token") {
+            Some(token) if xml_attribute(&body, "status").as_deref() == Some("ok") => token,
+            _ => panic!("no replace token for photo {photo_id} with {params:?}: {body}"),
+        }
+    }
+
+    /// A redeem form for `token`, ready to send: `replace_token` first, then
+    /// `extras`, then `file` (named `new.jpg` and declared a JPEG; the
+    /// receiver goes by the bytes).
+    pub fn redeem_request(
+        &self,
+        token: &str,
+        file: &[u8],
+        extras: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        let mut form = reqwest::multipart::Form::new().text("replace_token", token.to_owned());
+        for (name, value) in extras {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        let file = reqwest::multipart::Part::bytes(file.to_vec())
+            .file_name("new.jpg")
+            .mime_str("image/jpeg")
+            .unwrap();
+        self.http.post(self.url(REDEEM)).multipart(form.part("file", file))
+    }
+
+    /// Posts the redeem form of [`TestApp::redeem_request`].
+    pub async fn redeem(&self, token: &str, file: &[u8], extras: &[(&str, &str)]) -> reqwest::Response {
+        self.redeem_request(token, file, extras).send().await.expect("the redeem is answered")
+    }
+
+    /// Posts `count` redeems of `token` at once, the `i`th with the file
+    /// `file(i)`; returns their statuses.
+    pub async fn redeem_at_once(
+        &self,
+        token: &str,
+        count: usize,
+        file: impl Fn(usize) -> Vec<u8>,
+    ) -> Vec<u16> {
+        let attempts = (0..count).map(|i| {
+            let (app, token, file) = (TestApp::handle_of(self), token.to_owned(), file(i));
+            tokio::spawn(async move { app.redeem(&token, &file, &[]).await.status().as_u16() })
+        });
+        futures_util::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect()
+    }
+
+    /// Posts `body` as it is to the redeem endpoint, with `content_type`.
+    pub async fn redeem_raw(&self, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        let request = self.http.post(self.url(REDEEM)).header("content-type", content_type).body(body);
+        request.send().await.expect("the redeem is answered")
+    }
+
+    /// How `token` stands in the app's state store.
+    pub async fn token_status(&self, token: &str) -> TokenStatus {
+        let parsed: ReplaceToken = token.parse().unwrap_or_else(|_| panic!("{token:?} is not a token"));
+        let inspection = self.running.as_ref().expect("running").inspect();
+        let status = inspection.token_status(&parsed).await.expect("the state store answers");
+        status.unwrap_or_else(|| panic!("token {token} is not in the state store"))
+    }
+
+    /// The committed uploads of `token`.
+    pub async fn uploads_used(&self, token: &str) -> u32 {
+        self.token_status(token).await.uploads_used
+    }
+
+    /// The photo `photo_id` as the app's state store holds it.
+    pub async fn photo(&self, photo_id: &str) -> Photo {
+        let id: PhotoId = photo_id.parse().unwrap_or_else(|_| panic!("{photo_id:?} is not a photo id"));
+        let inspection = self.running.as_ref().expect("running").inspect();
+        let photo = inspection.photo(id).await.expect("the state store answers");
+        photo.unwrap_or_else(|| panic!("photo {photo_id} is not in the state store"))
+    }
+
     /// Stops the app gracefully and starts it again on the same data
     /// directory (on a new port).
     pub async fn restart(mut self) -> TestApp {
@@ -360,6 +442,91 @@ impl TestApp {
     }
 }
 
+/// The method that issues replace tokens.
+pub const GET_REPLACE_TOKEN: &str = "/api/photo/get-replace-token";
+/// Where a browser posts a replace token and its file.
+pub const REDEEM: &str = "/api/photo/redeem-replace-token";
+
+/// An app with one uploaded photo: the fixture of the tests that issue
+/// replace tokens for a photo and redeem them. It derefs to its
+/// [`TestApp`], so `f.redeem(..)`, `f.uploads_used(..)` and `f.url(..)` work
+/// on it directly.
+pub struct PhotoApp {
+    pub app: TestApp,
+    pub photo_id: String,
+}
+
+impl PhotoApp {
+    /// The bytes of the photo's first version (11 of them), unless given.
+    pub const FIRST_VERSION: &'static [u8] = b"version one";
+
+    /// A test app with a photo.
+    pub async fn new() -> PhotoApp {
+        PhotoApp::with(|_| {}).await
+    }
+
+    /// A test app, configured by `adjust`, with a photo.
+    pub async fn with(adjust: impl FnOnce(&mut Config)) -> PhotoApp {
+        PhotoApp::on(spawn_app_with(adjust).await).await
+    }
+
+    /// `app` with a photo of [`PhotoApp::FIRST_VERSION`] uploaded.
+    pub async fn on(app: TestApp) -> PhotoApp {
+        PhotoApp::with_first_version(app, PhotoApp::FIRST_VERSION.to_vec()).await
+    }
+
+    /// `app` with a photo of `bytes` uploaded.
+    pub async fn with_first_version(app: TestApp, bytes: Vec<u8>) -> PhotoApp {
+        let photo_id = app.upload_photo(bytes).await;
+        PhotoApp { app, photo_id }
+    }
+
+    /// Issues a replace token for the photo, with the other
+    /// get-replace-token parameters in `params`.
+    pub async fn token(&self, params: &[(&str, &str)]) -> String {
+        self.app.replace_token(&self.photo_id, params).await
+    }
+
+    /// Plants a token for the photo that expired a second ago (five uploads,
+    /// returning to `http://www.example.com/done`), as the store keeps one.
+    pub async fn expired_token(&self) -> String {
+        let token = ReplaceToken::generate();
+        let now = unix_now();
+        let grant = TokenGrant {
+            token: token.clone(),
+            photo_id: self.photo_id.parse().unwrap(),
+            max_uploads: 5,
+            issued_at: now - 3600,
+            valid_until: now - 1,
+            return_url: Some("http://www.example.com/done".into()),
+            background_return: false,
+            issued_to: "test".into(),
+        };
+        let inspection = self.app.running.as_ref().expect("running").inspect();
+        assert!(inspection.issue_token(grant).await.unwrap(), "the expired token is stored");
+        token.to_string()
+    }
+
+    /// The photo, as the app's state store holds it.
+    pub async fn photo(&self) -> Photo {
+        self.app.photo(&self.photo_id).await
+    }
+}
+
+impl std::ops::Deref for PhotoApp {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
+}
+
+/// The `error_message` a redeem's redirect carries, if it redirects with one.
+pub fn redirect_error(response: &reqwest::Response) -> Option<String> {
+    let location = url::Url::parse(response.headers().get("location")?.to_str().unwrap()).unwrap();
+    location.query_pairs().find(|(n, _)| n == "error_message").map(|(_, v)| v.into_owned())
+}
+
 /// Sends `request`, checks the HTTP 200 every API answer has, returns the body.
 pub async fn text(request: reqwest::RequestBuilder) -> String {
     let response = request.send().await.expect("the request is answered");
@@ -374,20 +541,6 @@ pub fn metric_in(text: &str, prefix: &str) -> Option<f64> {
 
 /// The `/metrics` sample of successful slot reservations.
 pub const SLOTS_RESERVED: &str = r#"upload_receiver_slot_operations_total{operation="reserve",result="ok"}"#;
-
-/// Every regular file under `dir`, recursively.
-pub fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(walk_files(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
-}
 
 /// `OAuth a="1",b="2"` → `a=1&b=2` (values stay percent-encoded).
 fn header_to_pairs(authorization: &str) -> String {

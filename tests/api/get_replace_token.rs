@@ -1,18 +1,11 @@
 //! `/api/photo/get-replace-token`: every parameter rule of the contract.
 
+use crate::common::GET_REPLACE_TOKEN as PATH;
 use crate::common::*;
-
-const PATH: &str = "/api/photo/get-replace-token";
-
-async fn app_with_photo() -> (TestApp, String) {
-    let app = spawn_app().await;
-    let photo_id = app.upload_photo(b"first version".to_vec()).await;
-    (app, photo_id)
-}
 
 #[tokio::test]
 async fn a_signed_request_gets_a_fresh_40_hex_token_with_the_defaults() {
-    let (app, photo_id) = app_with_photo().await;
+    let PhotoApp { app, photo_id } = PhotoApp::new().await;
     let before = unix_now();
     let body = app.call(PATH, &[("photo_id", &photo_id)]).await;
     assert_ok(&body);
@@ -34,7 +27,7 @@ async fn a_signed_request_gets_a_fresh_40_hex_token_with_the_defaults() {
 
 #[tokio::test]
 async fn the_issued_token_is_stored_with_its_terms() {
-    let (app, photo_id) = app_with_photo().await;
+    let PhotoApp { app, photo_id } = PhotoApp::new().await;
     let body = app
         .call(
             PATH,
@@ -47,10 +40,7 @@ async fn the_issued_token_is_stored_with_its_terms() {
             ],
         )
         .await;
-    let token: upload_receiver::domain::ReplaceToken =
-        xml_field(&body, "replace_token").unwrap().parse().unwrap();
-    let status = app.running.as_ref().unwrap().inspect().token_status(&token).await.unwrap();
-    let status = status.expect("the token is stored");
+    let status = app.token_status(&xml_field(&body, "replace_token").unwrap()).await;
     let grant = status.grant;
     assert_eq!(status.uploads_used, 0);
     assert_eq!(grant.max_uploads, 7);
@@ -62,7 +52,7 @@ async fn the_issued_token_is_stored_with_its_terms() {
 
 #[tokio::test]
 async fn valid_minutes_and_max_uploads_are_clamped_into_their_ranges() {
-    let (app, photo_id) = app_with_photo().await;
+    let PhotoApp { app, photo_id } = PhotoApp::new().await;
     for (given, expected) in [
         ("1", "15"),
         ("15", "15"),
@@ -93,7 +83,7 @@ async fn valid_minutes_and_max_uploads_are_clamped_into_their_ranges() {
 
 #[tokio::test]
 async fn numbers_that_are_not_integers_are_invalid_input() {
-    let (app, photo_id) = app_with_photo().await;
+    let PhotoApp { app, photo_id } = PhotoApp::new().await;
     for name in ["valid_minutes", "max_uploads"] {
         for bad in ["1.5", "ten", "1e3", " 5", "5 ", "0x10", "-"] {
             let body = app.call(PATH, &[("photo_id", &photo_id), (name, bad)]).await;
@@ -105,7 +95,7 @@ async fn numbers_that_are_not_integers_are_invalid_input() {
 
 #[tokio::test]
 async fn photo_id_is_required_and_must_name_an_existing_photo() {
-    let (app, _) = app_with_photo().await;
+    let PhotoApp { app, .. } = PhotoApp::new().await;
     assert_error(&app.call(PATH, &[]).await, "invalid_input");
     assert_error(&app.call(PATH, &[("photo_id", "")]).await, "invalid_input");
     for unknown in ["999", "abc", "0", "-1", "1.0"] {
@@ -115,7 +105,7 @@ async fn photo_id_is_required_and_must_name_an_existing_photo() {
 
 #[tokio::test]
 async fn return_url_must_be_an_absolute_http_url_and_is_returned_as_given() {
-    let (app, photo_id) = app_with_photo().await;
+    let PhotoApp { app, photo_id } = PhotoApp::new().await;
     for good in [
         "http://www.example.com/upload/callback?theme=green",
         "https://example.org",
@@ -158,7 +148,7 @@ async fn return_url_is_limited_to_the_configured_hosts_when_a_list_is_set() {
 
 #[tokio::test]
 async fn background_return_p_is_zero_or_one() {
-    let (app, photo_id) = app_with_photo().await;
+    let PhotoApp { app, photo_id } = PhotoApp::new().await;
     for good in ["0", "1", ""] {
         assert_ok(&app.call(PATH, &[("photo_id", &photo_id), ("background_return_p", good)]).await);
     }
@@ -172,14 +162,14 @@ async fn background_return_p_is_zero_or_one() {
 
 #[tokio::test]
 async fn a_parameter_given_twice_is_invalid_input() {
-    let (app, photo_id) = app_with_photo().await;
+    let PhotoApp { app, photo_id } = PhotoApp::new().await;
     let body = app.call(PATH, &[("photo_id", &photo_id), ("max_uploads", "2"), ("max_uploads", "3")]).await;
     assert_error(&body, "invalid_input");
 }
 
 #[tokio::test]
 async fn the_rules_hold_wherever_the_oauth_parameters_travel() {
-    let (app, photo_id) = app_with_photo().await;
+    let PhotoApp { app, photo_id } = PhotoApp::new().await;
     let writer = app.writer.clone();
     for placement in ALL_PLACEMENTS {
         let body =

@@ -9,44 +9,19 @@ use upload_receiver::config::MediaTypes;
 use upload_receiver::domain::ReplaceToken;
 
 use crate::common::*;
-
-const REDEEM: &str = "/api/photo/redeem-replace-token";
+use crate::multipart::{MultipartBody, post_head};
 
 /// An app with one photo (a PNG), configured by `adjust`.
-async fn app_with_photo(adjust: impl FnOnce(&mut Config)) -> (TestApp, String) {
+async fn app_with_png(adjust: impl FnOnce(&mut Config)) -> PhotoApp {
     let app = spawn_app_with(adjust).await;
-    let photo_id = app.upload_photo([PNG_SIGNATURE, b"first version"].concat()).await;
-    (app, photo_id)
-}
-
-async fn replace_token(app: &TestApp, photo_id: &str, params: &[(&str, &str)]) -> String {
-    let mut all = vec![("photo_id", photo_id)];
-    all.extend_from_slice(params);
-    let body = app.call("/api/photo/get-replace-token", &all).await;
-    xml_field(&body, "replace_token").unwrap_or_else(|| panic!("{body}"))
+    PhotoApp::with_first_version(app, [PNG_SIGNATURE, b"first version"].concat()).await
 }
 
 /// Redeems `token` with `file` (declared as a JPEG) on behalf of `client`,
 /// an address the app believes because it trusts the loopback proxy.
-async fn redeem_from(
-    app: &TestApp,
-    client: &str,
-    token: impl Into<String>,
-    file: &[u8],
-) -> reqwest::Response {
-    let part = Part::bytes(file.to_vec()).file_name("photo.jpg").mime_str("image/jpeg").unwrap();
-    let form = Form::new().text("replace_token", token.into()).part("file", part);
-    app.http.post(app.url(REDEEM)).header("x-forwarded-for", client).multipart(form).send().await.unwrap()
-}
-
-fn error_message(response: &reqwest::Response) -> Option<String> {
-    let location = url::Url::parse(response.headers().get("location")?.to_str().unwrap()).unwrap();
-    location.query_pairs().find(|(n, _)| n == "error_message").map(|(_, v)| v.into_owned())
-}
-
-async fn uploads_used(app: &TestApp, token: &str) -> u32 {
-    let token: ReplaceToken = token.parse().unwrap();
-    app.running.as_ref().unwrap().inspect().token_status(&token).await.unwrap().unwrap().uploads_used
+async fn redeem_from(app: &TestApp, client: &str, token: &str, file: &[u8]) -> reqwest::Response {
+    let request = app.redeem_request(token, file, &[]).header("x-forwarded-for", client);
+    request.send().await.unwrap()
 }
 
 fn default_media_types(config: &mut Config) {
@@ -56,32 +31,31 @@ fn default_media_types(config: &mut Config) {
 
 #[tokio::test]
 async fn html_and_svg_are_not_stored_as_photos_and_the_slot_comes_back() {
-    let (app, photo_id) = app_with_photo(default_media_types).await;
+    let f = app_with_png(default_media_types).await;
     assert_eq!(
-        app.config.limits.allowed_media_types,
+        f.config.limits.allowed_media_types,
         MediaTypes::parse(&["image/*".into(), "video/*".into()]).unwrap(),
         "the default admits images and videos only"
     );
-    let token = replace_token(&app, &photo_id, &[("return_url", "http://www.example.com/done")]).await;
-    let objects_before = app.stored_objects().await.len();
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let objects_before = f.stored_objects().await.len();
     for hostile in [
         &b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>"[..],
         b"<?xml version=\"1.0\"?><svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>",
         b"<svg xmlns=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>",
     ] {
-        let response = redeem_from(&app, "198.51.100.1", &token, hostile).await;
+        let response = redeem_from(&f, "198.51.100.1", &token, hostile).await;
         assert_eq!(response.status(), 303, "an upload outcome for the site");
-        let message = error_message(&response).expect("an error outcome");
+        let message = redirect_error(&response).expect("an error outcome");
         assert!(message.contains("not an accepted kind of file"), "{message}");
-        assert_eq!(uploads_used(&app, &token).await, 0, "the slot came back");
-        assert_eq!(app.stored_objects().await.len(), objects_before, "nothing stored");
+        assert_eq!(f.uploads_used(&token).await, 0, "the slot came back");
+        assert_eq!(f.stored_objects().await.len(), objects_before, "nothing stored");
     }
 
     let jpeg = [JPEG_SIGNATURE, b"a real photo, as far as its first bytes go"].concat();
-    let response = redeem_from(&app, "198.51.100.1", &token, &jpeg).await;
-    assert_eq!(error_message(&response), None, "the one slot is still there for a JPEG");
-    let photo =
-        app.running.as_ref().unwrap().inspect().photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+    let response = redeem_from(&f, "198.51.100.1", &token, &jpeg).await;
+    assert_eq!(redirect_error(&response), None, "the one slot is still there for a JPEG");
+    let photo = f.photo().await;
     assert_eq!(photo.current_version().file.content_type, "image/jpeg");
     assert_eq!(photo.versions[0].file.content_type, "image/png", "the first upload was sniffed too");
 }
@@ -107,21 +81,21 @@ const FAILURES_PER_MINUTE: u32 = 50;
 
 #[tokio::test]
 async fn a_hundred_thousand_guessed_tokens_are_refused_and_rate_limited_per_address() {
-    let (app, photo_id) = app_with_photo(|config| {
+    let f = app_with_png(|config| {
         default_media_types(config);
         config.limits.redeem_rate_limit_per_minute = FAILURES_PER_MINUTE;
     })
     .await;
-    let real = replace_token(&app, &photo_id, &[]).await;
+    let real = f.token(&[]).await;
     let started_minute = unix_now() / 60;
     let guessers = (0..GUESSERS).map(|g| {
-        let (app, real) = (TestApp::handle_of(&app), real.clone());
+        let (app, real) = (TestApp::handle_of(&f), real.clone());
         tokio::spawn(async move {
             let client = format!("203.0.113.{}", g + 1);
             let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
             for _ in 0..GUESSES_EACH {
                 let guess = ReplaceToken::generate().to_string();
-                let response = redeem_from(&app, &client, guess, JPEG_SIGNATURE).await;
+                let response = redeem_from(&app, &client, &guess, JPEG_SIGNATURE).await;
                 *statuses.entry(response.status().as_u16()).or_default() += 1;
                 if response.status() == 429 {
                     let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
@@ -129,7 +103,7 @@ async fn a_hundred_thousand_guessed_tokens_are_refused_and_rate_limited_per_addr
                 }
             }
             // Over its limit, the guesser cannot use even a real token.
-            let refused = redeem_from(&app, &client, real, JPEG_SIGNATURE).await.status();
+            let refused = redeem_from(&app, &client, &real, JPEG_SIGNATURE).await.status();
             (statuses, refused)
         })
     });
@@ -148,14 +122,14 @@ async fn a_hundred_thousand_guessed_tokens_are_refused_and_rate_limited_per_addr
             assert_eq!(real_token_status, 429, "still limited within the minute");
         }
     }
-    assert_eq!(uploads_used(&app, &real).await, 0, "no guess and no limited request used the real token");
-    let fresh_client = redeem_from(&app, "198.51.100.7", &real, JPEG_SIGNATURE).await;
+    assert_eq!(f.uploads_used(&real).await, 0, "no guess and no limited request used the real token");
+    let fresh_client = redeem_from(&f, "198.51.100.7", &real, JPEG_SIGNATURE).await;
     assert_eq!(fresh_client.status(), 200, "another address is not limited");
-    assert_eq!(uploads_used(&app, &real).await, 1);
+    assert_eq!(f.uploads_used(&real).await, 1);
 }
 
 /// How long a refused redeem of `token` takes, seen by the client.
-async fn refusal_time(app: &TestApp, token: String) -> Duration {
+async fn refusal_time(app: &TestApp, token: &str) -> Duration {
     let started = Instant::now();
     let status = redeem_from(app, "198.51.100.1", token, JPEG_SIGNATURE).await.status();
     let elapsed = started.elapsed();
@@ -171,32 +145,19 @@ fn median(mut times: Vec<Duration>) -> Duration {
 #[tokio::test]
 async fn unknown_and_expired_tokens_take_the_same_time_to_refuse() {
     const SAMPLES: usize = 2000;
-    let (app, photo_id) = app_with_photo(|config| {
+    let f = app_with_png(|config| {
         default_media_types(config);
         config.limits.redeem_rate_limit_per_minute = 0;
     })
     .await;
     // An expired token, as the store keeps it.
-    let expired = ReplaceToken::generate();
-    let now = unix_now();
-    let grant = upload_receiver::store::TokenGrant {
-        token: expired.clone(),
-        photo_id: photo_id.parse().unwrap(),
-        max_uploads: 5,
-        issued_at: now - 3600,
-        valid_until: now - 1,
-        return_url: Some("http://www.example.com/done".into()),
-        background_return: false,
-        issued_to: "test".into(),
-    };
-    assert!(app.running.as_ref().unwrap().inspect().issue_token(grant).await.unwrap());
-    let expired = expired.to_string();
+    let expired = f.expired_token().await;
     // Alternating, so that drift on this shared machine hits both alike.
     let (mut unknown, mut expired_times) = (Vec::new(), Vec::new());
     for _ in 0..SAMPLES {
         let guess = ReplaceToken::generate().to_string();
-        unknown.push(refusal_time(&app, guess).await);
-        expired_times.push(refusal_time(&app, expired.clone()).await);
+        unknown.push(refusal_time(&f, &guess).await);
+        expired_times.push(refusal_time(&f, &expired).await);
     }
     let (unknown, expired) = (median(unknown), median(expired_times));
     let difference = unknown.abs_diff(expired);
@@ -209,89 +170,69 @@ async fn unknown_and_expired_tokens_take_the_same_time_to_refuse() {
 
 /// An app with one photo and a one-upload token for it (no return URL:
 /// outcomes are answered in plain text), on a test configuration.
-async fn one_upload_token(adjust: impl FnOnce(&mut Config)) -> (TestApp, String, String) {
-    let (app, photo_id) = app_with_photo(adjust).await;
-    let token = replace_token(&app, &photo_id, &[("max_uploads", "1")]).await;
-    (app, photo_id, token)
+async fn one_upload_token(adjust: impl FnOnce(&mut Config)) -> (PhotoApp, String) {
+    let f = app_with_png(adjust).await;
+    let token = f.token(&[("max_uploads", "1")]).await;
+    (f, token)
 }
 
-/// Posts `body` raw to the redeem endpoint with `content_type`.
-async fn raw_redeem(app: &TestApp, content_type: &str, body: Vec<u8>) -> reqwest::Response {
-    app.http.post(app.url(REDEEM)).header("content-type", content_type).body(body).send().await.unwrap()
-}
-
-fn token_part(boundary: &str, token: &str) -> Vec<u8> {
-    format!("--{boundary}\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n")
-        .into_bytes()
+/// A body with boundary `boundary` that begins with the `replace_token` field.
+fn with_token(boundary: &str, token: &str) -> MultipartBody {
+    MultipartBody::new(boundary).field("replace_token", token)
 }
 
 #[tokio::test]
 async fn malformed_multipart_bodies_are_400_use_no_slot_and_store_nothing() {
-    let (app, _, token) = one_upload_token(|_| {}).await;
-    let objects_before = app.stored_objects().await;
+    let (f, token) = one_upload_token(|_| {}).await;
+    let objects_before = f.stored_objects().await;
     let long = "b".repeat(200);
     let cases: Vec<(&str, String, Vec<u8>)> = vec![
         (
             "truncated closing boundary",
             "multipart/form-data; boundary=B".into(),
-            [
-                token_part("B", &token),
-                b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc\r\n--B"
-                    .to_vec(),
-            ]
-            .concat(),
+            with_token("B", &token).file("file", "a", b"abc").raw(b"--B").into_bytes(),
         ),
         (
             "empty field name",
             "multipart/form-data; boundary=B".into(),
-            [
-                token_part("B", &token),
-                b"--B\r\nContent-Disposition: form-data; name=\"\"\r\n\r\nv\r\n--B--\r\n".to_vec(),
-            ]
-            .concat(),
+            with_token("B", &token)
+                .raw(b"--B\r\nContent-Disposition: form-data; name=\"\"\r\n\r\nv\r\n--B--\r\n")
+                .into_bytes(),
         ),
-        ("missing boundary", "multipart/form-data".into(), token_part("B", &token)),
+        ("missing boundary", "multipart/form-data".into(), with_token("B", &token).into_bytes()),
         (
             "200-character boundary",
             format!("multipart/form-data; boundary={long}"),
-            [token_part(&long, &token), format!("--{long}--\r\n").into_bytes()].concat(),
+            with_token(&long, &token).end(),
         ),
         (
             "non-UTF-8 field name",
             "multipart/form-data; boundary=B".into(),
-            [
-                token_part("B", &token),
-                b"--B\r\nContent-Disposition: form-data; name=\"\xff\xfe\"\r\n\r\nv\r\n--B--\r\n".to_vec(),
-            ]
-            .concat(),
+            with_token("B", &token)
+                .raw(b"--B\r\nContent-Disposition: form-data; name=\"\xff\xfe\"\r\n\r\nv\r\n--B--\r\n")
+                .into_bytes(),
         ),
         (
             "no part headers end",
             "multipart/form-data; boundary=B".into(),
-            [token_part("B", &token), b"--B\r\nContent-Disposition: form-data; name=\"file\"".to_vec()]
-                .concat(),
+            with_token("B", &token).raw(b"--B\r\nContent-Disposition: form-data; name=\"file\"").into_bytes(),
         ),
     ];
     for (case, content_type, body) in cases {
-        let response = raw_redeem(&app, &content_type, body).await;
+        let response = f.redeem_raw(&content_type, body).await;
         assert_eq!(response.status(), 400, "{case}: {}", response.text().await.unwrap());
-        assert_eq!(uploads_used(&app, &token).await, 0, "{case}: no slot used");
+        assert_eq!(f.uploads_used(&token).await, 0, "{case}: no slot used");
     }
-    assert_eq!(app.stored_objects().await, objects_before);
+    assert_eq!(f.stored_objects().await, objects_before);
 }
 
 #[tokio::test]
 async fn a_file_name_with_a_path_is_stored_in_the_receivers_own_key_space() {
-    let (app, photo_id, token) = one_upload_token(|_| {}).await;
-    let body = [
-        token_part("B", &token),
-        b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"../../../../tmp/evil.sh\"\r\n\r\n#!/bin/sh\r\n--B--\r\n".to_vec(),
-    ]
-    .concat();
-    let response = raw_redeem(&app, "multipart/form-data; boundary=B", body).await;
+    let (f, token) = one_upload_token(|_| {}).await;
+    let body = with_token("B", &token).file("file", "../../../../tmp/evil.sh", b"#!/bin/sh");
+    let response = f.redeem_raw(&body.content_type(), body.end()).await;
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    let photo =
-        app.running.as_ref().unwrap().inspect().photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+    let photo = f.photo().await;
     let version = &photo.current_version().file;
     assert!(
         version.object_key.starts_with("media/") && !version.object_key.contains(".."),
@@ -299,7 +240,7 @@ async fn a_file_name_with_a_path_is_stored_in_the_receivers_own_key_space() {
         version.object_key
     );
     assert_eq!(version.original_filename.as_deref(), Some("evil.sh"), "kept for display, without its path");
-    let outside: Vec<_> = walk_files(&app.data_dir())
+    let outside: Vec<_> = walk_files(&f.data_dir())
         .into_iter()
         .filter(|p| p.file_name().is_some_and(|n| n == "evil.sh"))
         .collect();
@@ -308,27 +249,23 @@ async fn a_file_name_with_a_path_is_stored_in_the_receivers_own_key_space() {
 
 #[tokio::test]
 async fn a_hundred_thousand_fields_or_megabytes_of_text_are_refused_at_the_caps() {
-    let (app, _, token) = one_upload_token(|_| {}).await;
-    let limits = app.config.limits.clone();
-    let mut many = token_part("B", &token);
+    let (f, token) = one_upload_token(|_| {}).await;
+    let limits = f.config.limits.clone();
+    let mut many = with_token("B", &token);
     for i in 0..100_000 {
-        many.extend(format!("--B\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nv\r\n").as_bytes());
+        many = many.field(&format!("f{i}"), "v");
     }
-    many.extend(b"--B--\r\n");
-    let response = raw_redeem(&app, "multipart/form-data; boundary=B", many).await;
+    let response = f.redeem_raw(&many.content_type(), many.end()).await;
     assert_eq!(response.status(), 400);
     let text = response.text().await.unwrap();
     assert!(text.contains(&format!("more than {} form fields", limits.max_fields)), "{text}");
 
-    let mut huge = token_part("B", &token);
-    huge.extend(b"--B\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n");
-    huge.extend(vec![b'n'; 8 * 1024 * 1024]);
-    huge.extend(b"\r\n--B--\r\n");
-    let response = raw_redeem(&app, "multipart/form-data; boundary=B", huge).await;
+    let huge = with_token("B", &token).field("note", &"n".repeat(8 * 1024 * 1024));
+    let response = f.redeem_raw(&huge.content_type(), huge.end()).await;
     assert_eq!(response.status(), 400);
     let text = response.text().await.unwrap();
     assert!(text.contains(&format!("limit of {} bytes", limits.max_field_bytes)), "{text}");
-    assert_eq!(uploads_used(&app, &token).await, 0);
+    assert_eq!(f.uploads_used(&token).await, 0);
 }
 
 /// Sends a chunked redeem of a `file_bytes`-byte file (a JPEG by its first
@@ -339,15 +276,15 @@ async fn chunked_redeem(app: &TestApp, token: &str, file_bytes: usize, sent: Opt
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let address = app.running.as_ref().unwrap().address;
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let head = format!(
-        "POST {REDEEM} HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    );
-    let mut body = token_part("B", token);
-    body.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n");
+    let body = with_token("B", token).file_head("file", "a.jpg");
+    let content_type = body.content_type();
+    let headers =
+        [("Content-Type", content_type.as_str()), ("Transfer-Encoding", "chunked"), ("Connection", "close")];
+    let head = post_head(REDEEM, address, &headers);
     let file_starts = body.len();
-    body.extend(JPEG_SIGNATURE);
-    body.resize(file_starts + file_bytes, b'j');
-    body.extend(b"\r\n--B--\r\n");
+    let mut file = JPEG_SIGNATURE.to_vec();
+    file.resize(file_bytes, b'j');
+    let body = body.raw(&file).end();
     let end = sent.map_or(body.len(), |sent| file_starts + sent);
     socket.write_all(head.as_bytes()).await.unwrap();
     for chunk in body[..end].chunks(64 * 1024) {
@@ -376,20 +313,20 @@ async fn chunked_redeem(app: &TestApp, token: &str, file_bytes: usize, sent: Opt
 #[tokio::test]
 async fn a_chunked_file_one_byte_over_the_limit_is_refused_before_the_rest_is_read() {
     const LIMIT: usize = 1024 * 1024;
-    let (app, _, token) = one_upload_token(|config| config.limits.max_upload_bytes = LIMIT as u64).await;
+    let (f, token) = one_upload_token(|config| config.limits.max_upload_bytes = LIMIT as u64).await;
     let refused = |answer: &str| {
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
         assert!(answer.contains(&format!("limit of {LIMIT} bytes")), "{answer}");
     };
     // A 10 MiB file of which the client sends the limit plus 64 KiB, then
     // waits: the refusal comes without the other 9 MiB.
-    refused(&chunked_redeem(&app, &token, 10 * LIMIT, Some(LIMIT + 64 * 1024)).await);
-    assert_eq!(uploads_used(&app, &token).await, 0, "the slot is back");
+    refused(&chunked_redeem(&f, &token, 10 * LIMIT, Some(LIMIT + 64 * 1024)).await);
+    assert_eq!(f.uploads_used(&token).await, 0, "the slot is back");
     // The whole body, with a file of the limit plus one byte.
-    refused(&chunked_redeem(&app, &token, LIMIT + 1, None).await);
-    assert_eq!(uploads_used(&app, &token).await, 0, "the slot is back");
+    refused(&chunked_redeem(&f, &token, LIMIT + 1, None).await);
+    assert_eq!(f.uploads_used(&token).await, 0, "the slot is back");
     // A file of exactly the limit is accepted, in the slot still there.
-    let accepted = chunked_redeem(&app, &token, LIMIT, None).await;
+    let accepted = chunked_redeem(&f, &token, LIMIT, None).await;
     assert!(accepted.starts_with("HTTP/1.1 200"), "{accepted}");
-    assert_eq!(uploads_used(&app, &token).await, 1);
+    assert_eq!(f.uploads_used(&token).await, 1);
 }

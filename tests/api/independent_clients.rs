@@ -75,7 +75,7 @@ async fn blocking_request(app: &TestApp, spec: Value) -> String {
 async fn oauthlib_signatures_in_header_query_and_body_are_accepted() {
     let app = spawn_app().await;
     let photo_id = app.upload_photo(b"x".to_vec()).await;
-    let url = app.url("/api/photo/get-replace-token");
+    let url = app.url(GET_REPLACE_TOKEN);
     for (method, placement) in [("GET", "header"), ("GET", "query"), ("POST", "body"), ("POST", "header")] {
         let spec = json!({
             "method": method, "url": url, "placement": placement,
@@ -150,8 +150,7 @@ async fn an_upload_as_23s_ruby_sample_sends_it_is_accepted() {
     .await
     .unwrap();
     assert_ok(&body);
-    let photo_id: upload_receiver::domain::PhotoId = xml_field(&body, "photo_id").unwrap().parse().unwrap();
-    let photo = app.running.as_ref().unwrap().inspect().photo(photo_id).await.unwrap().unwrap();
+    let photo = app.photo(&xml_field(&body, "photo_id").unwrap()).await;
     assert_eq!(photo.title.as_deref(), Some("My title ~*"));
     assert_eq!(photo.current_version().file.size, content.len() as u64);
     use sha2::Digest;

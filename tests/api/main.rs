@@ -2,6 +2,10 @@
 //! its own data directory, called by independent clients.
 
 mod common;
+#[path = "../support/files.rs"]
+mod files;
+#[path = "../support/multipart.rs"]
+mod multipart;
 #[path = "../support/servers.rs"]
 mod servers;
 

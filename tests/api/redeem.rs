@@ -7,64 +7,10 @@ use std::time::{Duration, Instant};
 use reqwest::multipart::{Form, Part};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use upload_receiver::domain::{PhotoId, ReplaceToken, unix_now as now};
-use upload_receiver::store::TokenGrant;
 
 use crate::common::*;
+use crate::multipart::MultipartBody;
 use crate::site::Site;
-
-const REDEEM: &str = "/api/photo/redeem-replace-token";
-
-/// An app with one photo, and a way to issue tokens for it.
-struct Fixture {
-    app: TestApp,
-    photo_id: String,
-}
-
-impl Fixture {
-    async fn new() -> Fixture {
-        Fixture::with(|_| {}).await
-    }
-
-    async fn with(adjust: impl FnOnce(&mut upload_receiver::Config)) -> Fixture {
-        let app = spawn_app_with(adjust).await;
-        let photo_id = app.upload_photo(b"version one".to_vec()).await;
-        Fixture { app, photo_id }
-    }
-
-    /// Issues a token for the photo with extra get-replace-token parameters.
-    async fn token(&self, params: &[(&str, &str)]) -> String {
-        let mut all = vec![("photo_id", self.photo_id.as_str())];
-        all.extend_from_slice(params);
-        let body = self.app.call("/api/photo/get-replace-token", &all).await;
-        xml_field(&body, "replace_token").unwrap_or_else(|| panic!("{body}"))
-    }
-
-    async fn photo(&self) -> upload_receiver::store::Photo {
-        let id: PhotoId = self.photo_id.parse().unwrap();
-        self.app.running.as_ref().unwrap().inspect().photo(id).await.unwrap().unwrap()
-    }
-
-    async fn uploads_used(&self, token: &str) -> u32 {
-        let token: ReplaceToken = token.parse().unwrap();
-        self.app.running.as_ref().unwrap().inspect().token_status(&token).await.unwrap().unwrap().uploads_used
-    }
-
-    async fn stored_files(&self) -> usize {
-        self.app.stored_objects().await.len()
-    }
-
-    /// Posts a redeem form: `replace_token` first, then the extras, then `file`.
-    async fn redeem(&self, token: &str, file: &[u8], extras: &[(&str, &str)]) -> reqwest::Response {
-        let mut form = Form::new().text("replace_token", token.to_owned());
-        for (name, value) in extras {
-            form = form.text(name.to_string(), value.to_string());
-        }
-        form = form
-            .part("file", Part::bytes(file.to_vec()).file_name("new.jpg").mime_str("image/jpeg").unwrap());
-        self.app.http.post(self.app.url(REDEEM)).multipart(form).send().await.unwrap()
-    }
-}
 
 fn location(response: &reqwest::Response) -> url::Url {
     assert_eq!(response.status(), 303, "expected a redirect");
@@ -77,7 +23,7 @@ fn query_param(url: &url::Url, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn a_redeem_stores_a_new_version_and_redirects_with_the_success_parameters() {
-    let f = Fixture::new().await;
+    let f = PhotoApp::new().await;
     let token = f.token(&[("return_url", "http://www.example.com/done?theme=green")]).await;
     let content = b"the replacement bytes".repeat(1000);
     let response = f.redeem(&token, &content, &[("color", "blue")]).await;
@@ -108,26 +54,26 @@ async fn a_redeem_stores_a_new_version_and_redirects_with_the_success_parameters
 
 #[tokio::test]
 async fn a_file_sent_before_its_token_is_spooled_and_still_stored() {
-    let f = Fixture::new().await;
+    let f = PhotoApp::new().await;
     let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
     let content: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
     let form = Form::new()
         .part("file", Part::bytes(content.clone()).file_name("first.bin"))
         .text("replace_token", token.clone());
-    let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
+    let response = f.http.post(f.url(REDEEM)).multipart(form).send().await.unwrap();
     assert!(query_param(&location(&response), "photo_id").is_some());
     assert_eq!(f.photo().await.current_version().file.sha256, hex::encode(Sha256::digest(&content)));
-    let spooled = walk_files(&f.app.data_dir().join("spool"));
+    let spooled = walk_files(&f.data_dir().join("spool"));
     assert!(spooled.is_empty(), "the spool file is gone: {spooled:?}");
 }
 
 #[tokio::test]
 async fn the_token_may_come_in_the_query_string() {
-    let f = Fixture::new().await;
+    let f = PhotoApp::new().await;
     let token = f.token(&[]).await;
     let form = Form::new().part("file", Part::bytes(b"abc".to_vec()).file_name("a.jpg"));
-    let url = format!("{}?replace_token={token}", f.app.url(REDEEM));
-    let response = f.app.http.post(url).multipart(form).send().await.unwrap();
+    let url = format!("{}?replace_token={token}", f.url(REDEEM));
+    let response = f.http.post(url).multipart(form).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "OK\n", "no return_url: a simple 200 OK");
     assert_eq!(f.photo().await.versions.len(), 2);
@@ -144,37 +90,26 @@ async fn assert_plain_refusal(response: reqwest::Response, status: u16, text: &s
 
 #[tokio::test]
 async fn unknown_expired_and_used_up_tokens_get_plain_text_that_stops_resumable_js() {
-    let f = Fixture::new().await;
+    let f = PhotoApp::new().await;
     let unknown = "0123456789abcdef0123456789abcdef01234567";
     assert_plain_refusal(f.redeem(unknown, b"x", &[]).await, 404, "unknown or has expired").await;
     assert_plain_refusal(f.redeem("not-a-token", b"x", &[]).await, 404, "unknown or has expired").await;
 
-    let expired = ReplaceToken::generate();
-    let grant = TokenGrant {
-        token: expired.clone(),
-        photo_id: f.photo_id.parse().unwrap(),
-        max_uploads: 5,
-        issued_at: now() - 3600,
-        valid_until: now() - 1,
-        return_url: Some("http://www.example.com/done".into()),
-        background_return: false,
-        issued_to: "test".into(),
-    };
-    assert!(f.app.running.as_ref().unwrap().inspect().issue_token(grant).await.unwrap());
-    assert_plain_refusal(f.redeem(expired.as_str(), b"x", &[]).await, 404, "unknown or has expired").await;
+    let expired = f.expired_token().await;
+    assert_plain_refusal(f.redeem(&expired, b"x", &[]).await, 404, "unknown or has expired").await;
 
     let once = f.token(&[("return_url", "http://www.example.com/done")]).await;
     assert_eq!(f.redeem(&once, b"x", &[]).await.status(), 303);
     assert_plain_refusal(f.redeem(&once, b"y", &[]).await, 404, "no uploads left").await;
     assert_eq!(f.photo().await.versions.len(), 2, "only the one allowed upload landed");
-    assert_eq!(f.stored_files().await, 2);
+    assert_eq!(f.stored_objects().await.len(), 2);
 }
 
 #[tokio::test]
 async fn a_missing_or_repeated_token_is_400_and_uses_no_slot() {
-    let f = Fixture::new().await;
+    let f = PhotoApp::new().await;
     let form = Form::new().part("file", Part::bytes(b"abc".to_vec()).file_name("a.jpg"));
-    let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
+    let response = f.http.post(f.url(REDEEM)).multipart(form).send().await.unwrap();
     assert_plain_refusal(response, 400, "No replace_token").await;
 
     let token = f.token(&[]).await;
@@ -185,34 +120,33 @@ async fn a_missing_or_repeated_token_is_400_and_uses_no_slot() {
         .text("replace_token", token.clone())
         .part("file", Part::bytes(b"abc".to_vec()).file_name("a.jpg"))
         .text("replace_token", token.clone());
-    let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
+    let response = f.http.post(f.url(REDEEM)).multipart(form).send().await.unwrap();
     assert_plain_refusal(response, 400, "more than once").await;
     assert_eq!(f.uploads_used(&token).await, 0);
-    assert_eq!(f.stored_files().await, 1, "only the original upload is stored");
+    assert_eq!(f.stored_objects().await.len(), 1, "only the original upload is stored");
     assert_eq!(f.redeem(&token, b"now properly", &[]).await.status(), 200, "the slot is still there");
 }
 
 #[tokio::test]
 async fn a_request_that_is_not_multipart_is_415() {
-    let f = Fixture::new().await;
-    let response = f.app.http.post(f.app.url(REDEEM)).body("replace_token=x").send().await.unwrap();
+    let f = PhotoApp::new().await;
+    let response = f.http.post(f.url(REDEEM)).body("replace_token=x").send().await.unwrap();
     assert_plain_refusal(response, 415, "multipart").await;
 }
 
 #[tokio::test]
 async fn resumable_js_chunk_probes_are_told_to_send() {
-    let f = Fixture::new().await;
-    let probe =
-        f.app.http.get(f.app.url("/api/photo/redeem-replace-token?resumableChunkNumber=1")).send().await;
+    let f = PhotoApp::new().await;
+    let probe = f.http.get(f.url(&format!("{REDEEM}?resumableChunkNumber=1"))).send().await;
     assert_eq!(probe.unwrap().status(), 204);
 }
 
 #[tokio::test]
 async fn a_redeem_without_a_file_reports_the_error_to_the_site_and_gives_the_slot_back() {
-    let f = Fixture::new().await;
+    let f = PhotoApp::new().await;
     let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
     let form = Form::new().text("replace_token", token.clone()).text("note", "no file here");
-    let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
+    let response = f.http.post(f.url(REDEEM)).multipart(form).send().await.unwrap();
     let target = location(&response);
     assert!(query_param(&target, "error_message").unwrap().contains("No file"));
     assert_eq!(query_param(&target, "note").as_deref(), Some("no file here"));
@@ -223,14 +157,14 @@ async fn a_redeem_without_a_file_reports_the_error_to_the_site_and_gives_the_slo
 
 #[tokio::test]
 async fn a_file_over_the_limit_fails_with_the_slot_back_and_the_old_version_untouched() {
-    let f = Fixture::with(|c| c.limits.max_upload_bytes = 100_000).await;
+    let f = PhotoApp::with(|c| c.limits.max_upload_bytes = 100_000).await;
     let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
     let response = f.redeem(&token, &vec![7u8; 100_001], &[]).await;
     let message = query_param(&location(&response), "error_message").unwrap();
     assert!(message.contains("100000"), "{message}");
     let photo = f.photo().await;
     assert_eq!((photo.versions.len(), photo.current_version().file.size), (1, 11));
-    assert_eq!(f.stored_files().await, 1, "no partial object");
+    assert_eq!(f.stored_objects().await.len(), 1, "no partial object");
     assert_eq!(f.uploads_used(&token).await, 0);
     assert_eq!(f.redeem(&token, &vec![7u8; 100_000], &[]).await.status(), 303);
 }
@@ -238,50 +172,34 @@ async fn a_file_over_the_limit_fails_with_the_slot_back_and_the_old_version_unto
 #[tokio::test]
 async fn a_hundred_concurrent_redeems_of_a_three_upload_token_store_exactly_three_versions() {
     // All hundred are received at once: none is turned away as busy.
-    let f = Fixture::with(|c| c.limits.max_concurrent_uploads = 128).await;
+    let f = PhotoApp::with(|c| c.limits.max_concurrent_uploads = 128).await;
     let token = f.token(&[("max_uploads", "3"), ("return_url", "http://www.example.com/done")]).await;
-    let attempts = (0..100).map(|i| {
-        let (http, url, token) = (f.app.http.clone(), f.app.url(REDEEM), token.clone());
-        tokio::spawn(async move {
-            let form = Form::new().text("replace_token", token).part(
-                "file",
-                Part::bytes(format!("concurrent upload {i}").repeat(500).into_bytes()).file_name("c.jpg"),
-            );
-            http.post(url).multipart(form).send().await.unwrap().status().as_u16()
-        })
-    });
-    let statuses: Vec<u16> =
-        futures_util::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
+    let statuses =
+        f.redeem_at_once(&token, 100, |i| format!("concurrent upload {i}").repeat(500).into_bytes()).await;
     let successes = statuses.iter().filter(|s| **s == 303).count();
     let refused = statuses.iter().filter(|s| **s == 404).count();
     assert_eq!((successes, refused), (3, 97), "{statuses:?}");
     let photo = f.photo().await;
     assert_eq!(photo.versions.len(), 4, "the original and exactly three replacements");
-    assert_eq!(f.stored_files().await, 4);
+    assert_eq!(f.stored_objects().await.len(), 4);
     assert_eq!(f.uploads_used(&token).await, 3);
 }
 
 #[tokio::test]
 async fn a_client_that_resets_mid_body_gets_its_slot_back_within_a_second_and_no_callback() {
-    let site = Site::start().await;
-    let f = Fixture::with(|config| config.callback.allowed_hosts = vec!["127.0.0.1".into()]).await;
-    let token = f.token(&[("return_url", &site.url("/cb")), ("background_return_p", "1")]).await;
-    let address = f.app.running.as_ref().unwrap().address;
-    let head = format!(
-        "POST {REDEEM} HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: 10000000\r\n\r\n"
-    );
-    let mut body =
-        format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n")
-            .into_bytes();
-    body.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"half.bin\"\r\n\r\n");
-    body.extend(vec![b'h'; 5 * 1024 * 1024]);
+    let (f, site) = background_fixture().await;
+    let token = background_token(&f, &site, &[]).await;
+    let address = f.running.as_ref().unwrap().address;
+    let body = MultipartBody::new("B").field("replace_token", &token).file_head("file", "half.bin");
+    let head = body.post_head(REDEEM, address, 10_000_000);
+    let body = body.raw(&vec![b'h'; 5 * 1024 * 1024]).into_bytes();
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
     // SO_LINGER 0: closing sends a TCP reset instead of a FIN.
     socket.set_zero_linger().unwrap();
     socket.write_all(head.as_bytes()).await.unwrap();
     socket.write_all(&body).await.unwrap();
-    f.app.wait_for_metric(SLOTS_RESERVED, 1.0).await;
-    f.app.wait_for_metric("upload_receiver_bytes_received_total", 1.0).await;
+    f.wait_for_metric(SLOTS_RESERVED, 1.0).await;
+    f.wait_for_metric("upload_receiver_bytes_received_total", 1.0).await;
     let reset = Instant::now();
     drop(socket);
 
@@ -298,13 +216,13 @@ async fn a_client_that_resets_mid_body_gets_its_slot_back_within_a_second_and_no
     let photo = f.photo().await;
     assert_eq!(photo.versions.len(), 2);
     assert_eq!(photo.current_version().file.size, 15);
-    assert_eq!(f.stored_files().await, 2, "no partial object: {:?}", f.app.stored_objects().await);
+    assert_eq!(f.stored_objects().await.len(), 2, "no partial object: {:?}", f.stored_objects().await);
     assert_eq!(site.requests().len(), 1, "only the completed upload called the site back");
 }
 
 #[tokio::test]
 async fn extra_parameters_cannot_override_the_receivers_and_are_encoded() {
-    let f = Fixture::new().await;
+    let f = PhotoApp::new().await;
     let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
     let evil = "x\r\nSet-Cookie: a=b\"<script>";
     let extras = [
@@ -330,7 +248,7 @@ async fn extra_parameters_cannot_override_the_receivers_and_are_encoded() {
 
 /// Issues a token with `return_url`, then finds the padding that makes the
 /// return URL with all parameters exactly `length` characters long.
-async fn padded_redeem(f: &Fixture, token: &str, length: usize) -> reqwest::Response {
+async fn padded_redeem(f: &PhotoApp, token: &str, length: usize) -> reqwest::Response {
     // A first redeem with an empty pad measures the rest of the URL; the
     // token secret and ids have fixed lengths, so only the pad varies.
     let probe = f.redeem(token, b"p", &[("pad", "")]).await;
@@ -343,7 +261,7 @@ async fn padded_redeem(f: &Fixture, token: &str, length: usize) -> reqwest::Resp
 
 #[tokio::test]
 async fn urls_under_1500_characters_redirect_and_longer_ones_post_a_form() {
-    let f = Fixture::new().await;
+    let f = PhotoApp::new().await;
     let token =
         f.token(&[("return_url", "http://www.example.com/done?theme=green"), ("max_uploads", "6")]).await;
     let response = padded_redeem(&f, &token, 1499).await;
@@ -370,10 +288,19 @@ async fn urls_under_1500_characters_redirect_and_longer_ones_post_a_form() {
 }
 
 /// A fixture whose callbacks may reach the loopback site.
-async fn background_fixture() -> (Fixture, Site) {
+async fn background_fixture() -> (PhotoApp, Site) {
     let site = Site::start().await;
-    let f = Fixture::with(|c| c.callback.allowed_hosts = vec!["127.0.0.1".into()]).await;
+    let f = PhotoApp::with(|c| c.callback.allowed_hosts = vec!["127.0.0.1".into()]).await;
     (f, site)
+}
+
+/// A background-mode token for the photo that calls `site` back at `/cb`,
+/// with the other get-replace-token parameters in `params`.
+async fn background_token(f: &PhotoApp, site: &Site, params: &[(&str, &str)]) -> String {
+    let return_url = site.url("/cb");
+    let mut all = vec![("return_url", return_url.as_str()), ("background_return_p", "1")];
+    all.extend_from_slice(params);
+    f.token(&all).await
 }
 
 #[tokio::test]
@@ -404,9 +331,7 @@ async fn background_mode_calls_the_site_and_answers_in_plain_text() {
 #[tokio::test]
 async fn background_callbacks_are_get_under_1500_characters_and_post_from_1500() {
     let (f, site) = background_fixture().await;
-    let token = f
-        .token(&[("return_url", &site.url("/cb")), ("background_return_p", "1"), ("max_uploads", "6")])
-        .await;
+    let token = background_token(&f, &site, &[("max_uploads", "6")]).await;
     // Measure the GET URL with an empty pad, as the site received it.
     let answer = f.redeem(&token, b"p", &[("pad", "")]).await.text().await.unwrap();
     assert!(answer.starts_with("ok "), "{answer}");
@@ -430,8 +355,8 @@ async fn background_callbacks_are_get_under_1500_characters_and_post_from_1500()
 #[tokio::test]
 async fn background_callbacks_to_loopback_are_refused_without_an_allow_list() {
     let site = Site::start().await;
-    let f = Fixture::new().await;
-    let token = f.token(&[("return_url", &site.url("/cb")), ("background_return_p", "1")]).await;
+    let f = PhotoApp::new().await;
+    let token = background_token(&f, &site, &[]).await;
     let answer = f.redeem(&token, b"abc", &[]).await.text().await.unwrap();
     assert!(answer.starts_with("error "), "{answer}");
     assert!(answer.contains("not allowed"), "{answer}");
@@ -440,12 +365,12 @@ async fn background_callbacks_to_loopback_are_refused_without_an_allow_list() {
 
 #[tokio::test]
 async fn a_signed_replace_stores_a_new_version_wherever_photo_id_comes() {
-    let f = Fixture::new().await;
-    let writer = f.app.writer.clone();
+    let f = PhotoApp::new().await;
+    let writer = f.writer.clone();
     let file = || Part::bytes(b"replaced by the server".to_vec()).file_name("r.jpg");
     // photo_id as a field after the file (spooled), then before it.
     let form = Form::new().part("file", file()).text("photo_id", f.photo_id.clone());
-    let body = text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await;
+    let body = text(f.signed_multipart(&writer, "/api/photo/replace", form)).await;
     assert_eq!(
         xml_attribute(&body, "message").as_deref(),
         Some("The photo was successfully replaced"),
@@ -453,45 +378,36 @@ async fn a_signed_replace_stores_a_new_version_wherever_photo_id_comes() {
     );
     assert_eq!(xml_field(&body, "photo_id").unwrap(), f.photo_id);
     let form = Form::new().text("photo_id", f.photo_id.clone()).part("file", file());
-    assert_ok(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await);
+    assert_ok(&text(f.signed_multipart(&writer, "/api/photo/replace", form)).await);
     assert_eq!(f.photo().await.versions.len(), 3);
 }
 
 #[tokio::test]
 async fn a_replace_of_an_unknown_photo_stores_nothing() {
-    let f = Fixture::new().await;
-    let writer = f.app.writer.clone();
+    let f = PhotoApp::new().await;
+    let writer = f.writer.clone();
     let form =
         Form::new().text("photo_id", "999").part("file", Part::bytes(vec![1; 1000]).file_name("r.jpg"));
-    assert_error(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await, "no_such_photo");
+    assert_error(&text(f.signed_multipart(&writer, "/api/photo/replace", form)).await, "no_such_photo");
     let form = Form::new().part("file", Part::bytes(vec![1; 1000]).file_name("r.jpg"));
-    assert_error(&text(f.app.signed_multipart(&writer, "/api/photo/replace", form)).await, "invalid_input");
-    assert_eq!(f.stored_files().await, 1);
+    assert_error(&text(f.signed_multipart(&writer, "/api/photo/replace", form)).await, "invalid_input");
+    assert_eq!(f.stored_objects().await.len(), 1);
     let form = Form::new()
         .text("photo_id", f.photo_id.clone())
         .part("file", Part::bytes(vec![1; 10]).file_name("r.jpg"));
-    let unsigned = f.app.http.post(f.app.url("/api/photo/replace")).multipart(form);
+    let unsigned = f.http.post(f.url("/api/photo/replace")).multipart(form);
     assert_error(&text(unsigned).await, "permission_denied");
 }
 
 #[tokio::test]
 async fn a_part_header_block_without_end_is_refused_at_its_limit() {
-    let f = Fixture::with(|c| c.limits.max_part_header_bytes = 1024).await;
+    let f = PhotoApp::with(|c| c.limits.max_part_header_bytes = 1024).await;
     let token = f.token(&[]).await;
-    let mut body =
-        format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n")
-            .into_bytes();
-    body.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Endless: ");
-    body.extend(vec![b'e'; 200_000]);
-    let response = f
-        .app
-        .http
-        .post(f.app.url(REDEEM))
-        .header("content-type", "multipart/form-data; boundary=B")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let body = MultipartBody::new("B")
+        .field("replace_token", &token)
+        .raw(b"--B\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Endless: ")
+        .raw(&vec![b'e'; 200_000]);
+    let response = f.redeem_raw(&body.content_type(), body.into_bytes()).await;
     assert_eq!(response.status(), 400);
     let answer = response.text().await.unwrap();
     assert!(answer.contains("1024"), "{answer}");
@@ -500,18 +416,14 @@ async fn a_part_header_block_without_end_is_refused_at_its_limit() {
 
 #[tokio::test]
 async fn a_stalled_body_times_out_and_gives_the_slot_back() {
-    let f = Fixture::with(|c| c.server.body_idle_timeout_secs = 1).await;
+    let f = PhotoApp::with(|c| c.server.body_idle_timeout_secs = 1).await;
     let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
-    let address = f.app.running.as_ref().unwrap().address;
+    let address = f.running.as_ref().unwrap().address;
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let head = format!(
-        "POST {REDEEM} HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: 1000000\r\n\r\n"
-    );
-    socket.write_all(head.as_bytes()).await.unwrap();
-    let part = format!(
-        "--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s\"\r\n\r\nsome bytes"
-    );
-    socket.write_all(part.as_bytes()).await.unwrap();
+    let part =
+        MultipartBody::new("B").field("replace_token", &token).file_head("file", "s").raw(b"some bytes");
+    socket.write_all(part.post_head(REDEEM, address, 1_000_000).as_bytes()).await.unwrap();
+    socket.write_all(&part.into_bytes()).await.unwrap();
     let started = Instant::now();
     let mut answer = vec![0u8; 4096];
     let n =
@@ -524,40 +436,33 @@ async fn a_stalled_body_times_out_and_gives_the_slot_back() {
     assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
     assert!(answer.contains("error_message="), "{answer}");
     assert_eq!(f.uploads_used(&token).await, 0);
-    assert_eq!(f.stored_files().await, 1);
+    assert_eq!(f.stored_objects().await.len(), 1);
 }
 
 #[tokio::test]
 async fn two_file_parts_or_a_malformed_body_are_400_with_the_slot_back() {
-    let f = Fixture::new().await;
+    let f = PhotoApp::new().await;
     let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
     let form = Form::new()
         .text("replace_token", token.clone())
         .part("file", Part::bytes(vec![1; 5000]).file_name("a.jpg"))
         .part("file", Part::bytes(vec![2; 5000]).file_name("b.jpg"));
-    let response = f.app.http.post(f.app.url(REDEEM)).multipart(form).send().await.unwrap();
+    let response = f.http.post(f.url(REDEEM)).multipart(form).send().await.unwrap();
     assert_plain_refusal(response, 400, "more than one file part").await;
-    let truncated = format!(
-        "--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t\"\r\n\r\nno closing boundary"
-    );
-    let response = f
-        .app
-        .http
-        .post(f.app.url(REDEEM))
-        .header("content-type", "multipart/form-data; boundary=B")
-        .body(truncated)
-        .send()
-        .await
-        .unwrap();
+    let truncated = MultipartBody::new("B")
+        .field("replace_token", &token)
+        .file_head("file", "t")
+        .raw(b"no closing boundary");
+    let response = f.redeem_raw(&truncated.content_type(), truncated.into_bytes()).await;
     assert_eq!(response.status(), 400);
     assert_eq!(f.uploads_used(&token).await, 0);
-    assert_eq!(f.stored_files().await, 1);
+    assert_eq!(f.stored_objects().await.len(), 1);
     assert_eq!(f.redeem(&token, b"fine", &[]).await.status(), 303);
 }
 
 #[tokio::test]
 async fn too_many_or_too_large_fields_are_400_with_the_slot_back() {
-    let f = Fixture::with(|c| {
+    let f = PhotoApp::with(|c| {
         c.limits.max_fields = 5;
         c.limits.max_field_bytes = 100;
     })
@@ -570,19 +475,17 @@ async fn too_many_or_too_large_fields_are_400_with_the_slot_back() {
     assert_plain_refusal(f.redeem(&token, b"abc", &[("note", &large)]).await, 400, "limit of 100 bytes")
         .await;
     assert_eq!(f.uploads_used(&token).await, 0);
-    assert_eq!(f.stored_files().await, 1);
+    assert_eq!(f.stored_objects().await.len(), 1);
 }
 
 /// The value of the metric line that starts with `prefix`, if any.
 #[tokio::test]
 async fn metrics_count_requests_slots_bytes_and_callbacks() {
     let (f, site) = background_fixture().await;
-    let token = f
-        .token(&[("return_url", &site.url("/cb")), ("background_return_p", "1"), ("max_uploads", "2")])
-        .await;
+    let token = background_token(&f, &site, &[("max_uploads", "2")]).await;
     assert!(f.redeem(&token, &[5u8; 70_000], &[]).await.text().await.unwrap().starts_with("ok "));
     assert_eq!(f.redeem("0123456789abcdef0123456789abcdef01234567", b"x", &[]).await.status(), 404);
-    let response = f.app.http.get(f.app.url("/metrics")).send().await.unwrap();
+    let response = f.http.get(f.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     let text = response.text().await.unwrap();
@@ -604,34 +507,26 @@ async fn metrics_count_requests_slots_bytes_and_callbacks() {
 
 #[tokio::test]
 async fn uploads_beyond_the_concurrency_limit_are_told_to_retry_and_use_no_slot() {
-    let f = Fixture::with(|c| c.limits.max_concurrent_uploads = 1).await;
+    let f = PhotoApp::with(|c| c.limits.max_concurrent_uploads = 1).await;
     let token = f.token(&[("return_url", "http://www.example.com/done"), ("max_uploads", "2")]).await;
     // One upload in progress, its body still arriving.
-    let address = f.app.running.as_ref().unwrap().address;
+    let address = f.running.as_ref().unwrap().address;
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let part = format!(
-        "--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s\"\r\n\r\nstarted"
-    );
-    let rest = "\r\n--B--\r\n";
-    let head = format!(
-        "POST {REDEEM} HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n",
-        part.len() + rest.len()
-    );
+    let part = MultipartBody::new("B").field("replace_token", &token).file_head("file", "s").raw(b"started");
+    let rest = part.closing();
+    let head = part.post_head(REDEEM, address, part.len() + rest.len());
     socket.write_all(head.as_bytes()).await.unwrap();
-    socket.write_all(part.as_bytes()).await.unwrap();
-    f.app.wait_for_metric(SLOTS_RESERVED, 1.0).await;
+    socket.write_all(&part.into_bytes()).await.unwrap();
+    f.wait_for_metric(SLOTS_RESERVED, 1.0).await;
 
     let response = f.redeem(&token, b"second", &[]).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
-    let writer = f.app.writer.clone();
+    let writer = f.writer.clone();
     let form = Form::new().part("file", Part::bytes(b"x".to_vec()).file_name("x.jpg"));
-    assert_error(
-        &text(f.app.signed_multipart(&writer, "/api/photo/upload", form)).await,
-        "service_unavailable",
-    );
+    assert_error(&text(f.signed_multipart(&writer, "/api/photo/upload", form)).await, "service_unavailable");
 
-    socket.write_all(rest.as_bytes()).await.unwrap();
+    socket.write_all(&rest).await.unwrap();
     let mut answer = vec![0u8; 2048];
     let n = tokio::io::AsyncReadExt::read(&mut socket, &mut answer).await.unwrap();
     assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 303"));

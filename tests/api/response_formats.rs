@@ -3,9 +3,8 @@
 
 use serde_json::Value;
 
+use crate::common::GET_REPLACE_TOKEN as PATH;
 use crate::common::*;
-
-const PATH: &str = "/api/photo/get-replace-token";
 
 async fn get(app: &TestApp, params: &[(&str, &str)]) -> (String, String) {
     let writer = app.writer.clone();

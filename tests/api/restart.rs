@@ -1,7 +1,5 @@
 //! A restart of the process keeps tokens, photos and generated credentials.
 
-use upload_receiver::domain::{PhotoId, ReplaceToken};
-
 use crate::common::*;
 
 #[tokio::test]
@@ -10,19 +8,16 @@ async fn a_restart_keeps_tokens_photos_and_the_generated_credentials() {
     let generated = app.writer.clone();
     assert!(app.data_dir().join("credentials.toml").exists());
     let photo_id = app.upload_photo(b"kept across restarts".to_vec()).await;
-    let body =
-        app.call("/api/photo/get-replace-token", &[("photo_id", &photo_id), ("max_uploads", "5")]).await;
-    let token: ReplaceToken = xml_field(&body, "replace_token").unwrap().parse().unwrap();
+    let token = app.replace_token(&photo_id, &[("max_uploads", "5")]).await;
 
     let app = app.restart().await;
     assert_eq!(app.writer, generated, "the same credential set is loaded, not a new one");
-    let state = app.running.as_ref().unwrap().inspect();
-    let photo = state.photo(photo_id.parse::<PhotoId>().unwrap()).await.unwrap().expect("the photo survives");
+    let photo = app.photo(&photo_id).await;
     assert_eq!(photo.current_version().file.size, 20);
-    let status = state.token_status(&token).await.unwrap().expect("the token survives");
+    let status = app.token_status(&token).await;
     assert_eq!((status.grant.max_uploads, status.uploads_used), (5, 0));
     // The generated credentials still sign, and ids keep increasing.
-    let body = app.call("/api/photo/get-replace-token", &[("photo_id", &photo_id)]).await;
+    let body = app.call(GET_REPLACE_TOKEN, &[("photo_id", &photo_id)]).await;
     assert_ok(&body);
     let next: u64 = app.upload_photo(b"y".to_vec()).await.parse().unwrap();
     assert!(next > photo_id.parse::<u64>().unwrap());

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
+use crate::multipart::{MultipartBody, post_head};
 use crate::servers;
 
 #[tokio::test]
@@ -128,12 +129,15 @@ async fn shutdown_answers_newcomers_503_and_lets_an_in_flight_request_finish() {
         app.signed_multipart(&writer, "/api/photo/upload", reqwest::multipart::Form::new()).build().unwrap();
     let authorization = request.headers()["authorization"].to_str().unwrap().to_owned();
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let part =
-        b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nhello\r\n--B--\r\n";
-    socket
-        .write_all(format!("POST /api/photo/upload HTTP/1.1\r\nHost: {address}\r\nAuthorization: {authorization}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n", part.len()).as_bytes())
-        .await
-        .unwrap();
+    let body = MultipartBody::new("B").file("file", "a", b"hello");
+    let content_type = body.content_type();
+    let part = body.end();
+    let headers = [
+        ("Authorization", authorization),
+        ("Content-Type", content_type),
+        ("Content-Length", part.len().to_string()),
+    ];
+    socket.write_all(post_head("/api/photo/upload", address, &headers).as_bytes()).await.unwrap();
     socket.write_all(&part[..20]).await.unwrap();
     let inspection = app.running.as_ref().unwrap().inspect().clone();
     let mut app = app;
@@ -176,21 +180,15 @@ async fn an_upload_still_running_at_the_drain_deadline_is_cut_and_gives_its_slot
     .await;
     let address = app.running.as_ref().unwrap().address;
     let photo_id = app.upload_photo(b"x".to_vec()).await;
-    let body =
-        app.call("/api/photo/get-replace-token", &[("photo_id", &photo_id), ("max_uploads", "1")]).await;
-    let token: upload_receiver::domain::ReplaceToken =
-        xml_field(&body, "replace_token").unwrap().parse().unwrap();
+    let token = app.replace_token(&photo_id, &[("max_uploads", "1")]).await;
+    let token: upload_receiver::domain::ReplaceToken = token.parse().unwrap();
     let objects_before = app.stored_objects().await;
     let inspection = app.running.as_ref().unwrap().inspect().clone();
     // A redeem that has its slot and sends 1 MiB of a 10 MiB file, then stalls.
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let head = format!(
-        "--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n"
-    );
-    socket
-        .write_all(format!("POST /api/photo/redeem-replace-token HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n{head}", head.len() + 10 * 1024 * 1024).as_bytes())
-        .await
-        .unwrap();
+    let head = MultipartBody::new("B").field("replace_token", token.as_str()).file_head("file", "a");
+    let request_head = head.post_head(REDEEM, address, head.len() + 10 * 1024 * 1024);
+    socket.write_all(&[request_head.into_bytes(), head.into_bytes()].concat()).await.unwrap();
     socket.write_all(&vec![b'v'; 1024 * 1024]).await.unwrap();
     app.wait_for_metric(SLOTS_RESERVED, 1.0).await;
     let status = inspection.token_status(&token).await.unwrap().unwrap();
@@ -259,6 +257,11 @@ fn the_plain_binary_serves_on_the_embedded_default_and_prints_its_credentials() 
             break;
         }
     }
+    let data = dir.path().display();
+    assert_eq!(
+        printed[0],
+        format!("  state: embedded store in {data}/state.redb; files: local files in {data}/objects")
+    );
     let generated = std::fs::read_to_string(dir.path().join("credentials.toml")).unwrap();
     let consumer_key_line = printed
         .iter()
@@ -279,6 +282,36 @@ fn the_plain_binary_serves_on_the_embedded_default_and_prints_its_credentials() 
     let status = child.wait().unwrap();
     assert!(health.unwrap().starts_with("HTTP/1.1 200"));
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn the_banner_names_redis_and_s3_when_they_are_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (redis, prefix, endpoint) = (servers::redis_url(), servers::unique_prefix(), servers::s3_endpoint());
+    let mut child = binary()
+        .env("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0")
+        .env("UPLOAD_RECEIVER__DATA_DIR", dir.path())
+        .env("UPLOAD_RECEIVER__STATE__REDIS_URL", &redis)
+        .env("UPLOAD_RECEIVER__STATE__KEY_PREFIX", &prefix)
+        .env("UPLOAD_RECEIVER__STORAGE__BUCKET", "banner-bucket")
+        .env("UPLOAD_RECEIVER__STORAGE__ENDPOINT", &endpoint)
+        .env("UPLOAD_RECEIVER__STORAGE__FORCE_PATH_STYLE", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("upload-receiver listening on http://"), "{first}");
+    let second = lines.next().unwrap().unwrap();
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        second,
+        format!(
+            "  state: Redis at {redis} (key prefix {prefix:?}); files: S3 bucket banner-bucket at {endpoint} (region us-east-1)"
+        )
+    );
 }
 
 #[tokio::test]
@@ -371,21 +404,20 @@ async fn hostile_bodies_leave_the_binarys_memory_flat() {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     let address = first.trim().strip_prefix("upload-receiver listening on http://").unwrap().to_owned();
     let client = reqwest::Client::new();
-    let url = format!("http://{address}/api/photo/redeem-replace-token");
+    let url = format!("http://{address}{REDEEM}");
     let token = "0123456789abcdef0123456789abcdef01234567";
     let warm = client.post(&url).header("content-type", "multipart/form-data; boundary=B").body("--B--\r\n");
     warm.send().await.unwrap();
     let (idle, _) = memory_kib(child.id());
 
-    let mut fields =
-        format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n");
+    let mut fields = MultipartBody::new("B").field("replace_token", token);
     for i in 0..100_000 {
-        fields.push_str(&format!("--B\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nv\r\n"));
+        fields = fields.field(&format!("f{i}"), "v");
     }
-    let mut text = String::from("--B\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n");
-    text.push_str(&"n".repeat(16 * 1024 * 1024));
-    let mut headers = String::from("--B\r\nContent-Disposition: form-data; name=\"file\"");
-    headers.push_str(&"; x=\"yyyyyyyy\"".repeat(1024 * 1024));
+    let fields = fields.into_bytes();
+    let text = MultipartBody::new("B").field_head("note").raw(&vec![b'n'; 16 * 1024 * 1024]).into_bytes();
+    let mut headers = b"--B\r\nContent-Disposition: form-data; name=\"file\"".to_vec();
+    headers.extend("; x=\"yyyyyyyy\"".repeat(1024 * 1024).as_bytes());
     for (case, body) in
         [("100,000 fields", fields), ("16 MiB of text", text), ("16 MiB of part headers", headers)]
     {

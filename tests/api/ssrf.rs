@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use reqwest::multipart::{Form, Part};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
@@ -58,14 +57,9 @@ const OK_PAGE: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close
 /// Issues a background-mode token for `return_url` and redeems it; returns
 /// the plain-text answer.
 async fn background_redeem(app: &TestApp, photo_id: &str, return_url: &str) -> String {
-    let params = [("photo_id", photo_id), ("return_url", return_url), ("background_return_p", "1")];
-    let body = app.call("/api/photo/get-replace-token", &params).await;
-    let token = xml_field(&body, "replace_token").unwrap_or_else(|| panic!("{return_url}: {body}"));
-    let form = Form::new()
-        .text("replace_token", token)
-        .part("file", Part::bytes(JPEG_SIGNATURE.to_vec()).file_name("a.jpg"));
-    let response = app.http.post(app.url("/api/photo/redeem-replace-token")).multipart(form).send().await;
-    response.unwrap().text().await.unwrap()
+    let params = [("return_url", return_url), ("background_return_p", "1")];
+    let token = app.replace_token(photo_id, &params).await;
+    app.redeem(&token, JPEG_SIGNATURE, &[]).await.text().await.unwrap()
 }
 
 #[tokio::test]
@@ -137,8 +131,7 @@ async fn a_callback_server_that_never_answers_times_out_and_the_upload_stays() {
     assert!(took < Duration::from_secs(3), "answered within the callback timeout: {took:?}");
     assert!(answer.starts_with("error "), "{answer}");
     assert!(answer.contains("The file was stored") && answer.contains("timed out"), "{answer}");
-    let photo =
-        app.running.as_ref().unwrap().inspect().photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+    let photo = app.photo(&photo_id).await;
     assert_eq!(photo.versions.len(), 2, "the upload stays committed");
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let counted = metrics

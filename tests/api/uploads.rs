@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 use reqwest::multipart::{Form, Part};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use upload_receiver::domain::PhotoId;
 
 use crate::common::*;
+use crate::multipart::{MultipartBody, post_head};
 
 const PATH: &str = "/api/photo/upload";
 
@@ -39,13 +39,13 @@ async fn an_upload_creates_a_photo_whose_version_matches_the_bytes() {
     let body = text(app.signed_multipart(&writer, PATH, form)).await;
     assert_ok(&body);
     assert_eq!(xml_attribute(&body, "message").as_deref(), Some("The file was successfully uploaded"));
-    let photo_id: PhotoId = xml_field(&body, "photo_id").unwrap().parse().unwrap();
+    let photo_id = xml_field(&body, "photo_id").unwrap();
     assert_eq!(xml_field(&body, "tree_id").as_deref(), Some("1"));
     let token = xml_field(&body, "token").unwrap();
     assert_eq!(token.len(), 32);
     assert!(token.bytes().all(|b| b.is_ascii_alphanumeric()));
 
-    let photo = app.running.as_ref().unwrap().inspect().photo(photo_id).await.unwrap().expect("stored");
+    let photo = app.photo(&photo_id).await;
     assert_eq!(photo.token.as_str(), token);
     assert_eq!(photo.title.as_deref(), Some("Holiday in Rome"));
     let version = photo.current_version();
@@ -69,8 +69,8 @@ async fn photo_ids_increase_and_tokens_differ() {
 #[tokio::test]
 async fn a_zero_byte_file_is_stored() {
     let app = spawn_app().await;
-    let id: PhotoId = app.upload_photo(Vec::new()).await.parse().unwrap();
-    let photo = app.running.as_ref().unwrap().inspect().photo(id).await.unwrap().unwrap();
+    let id = app.upload_photo(Vec::new()).await;
+    let photo = app.photo(&id).await;
     assert_eq!(photo.current_version().file.size, 0);
     assert_eq!(photo.current_version().file.sha256, hex::encode(Sha256::digest(b"")));
 }
@@ -158,13 +158,14 @@ async fn an_oversized_upload_is_refused_without_reading_the_rest_of_the_body() {
     let request = app.signed_multipart(&writer, PATH, Form::new()).build().unwrap();
     let authorization = request.headers()["authorization"].to_str().unwrap().to_owned();
     let declared = 1u64 << 30; // claims 1 GiB, sends 1 MiB, then waits
-    let head = format!(
-        "POST {PATH} HTTP/1.1\r\nHost: {}\r\nAuthorization: {authorization}\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: {declared}\r\n\r\n",
-        request.url().authority()
-    );
-    let mut body =
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n".to_vec();
-    body.extend(vec![b'a'; 1024 * 1024]);
+    let body = MultipartBody::new("XyZ").file_head("file", "a.bin");
+    let headers = [
+        ("Authorization", authorization),
+        ("Content-Type", body.content_type()),
+        ("Content-Length", declared.to_string()),
+    ];
+    let head = post_head(PATH, request.url().authority(), &headers);
+    let body = body.raw(&vec![b'a'; 1024 * 1024]).into_bytes();
     let (answer, waited) = answer_to_partial_body(&app, head, &body).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("code=\"invalid_input\""), "{answer}");
@@ -175,10 +176,8 @@ async fn an_oversized_upload_is_refused_without_reading_the_rest_of_the_body() {
 #[tokio::test]
 async fn an_oversized_form_body_is_refused_from_its_declared_length() {
     let app = spawn_app_with(|c| c.limits.max_form_bytes = 1000).await;
-    let head = format!(
-        "POST /api/echo HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 5000000\r\n\r\n",
-        app.running.as_ref().unwrap().address
-    );
+    let headers = [("Content-Type", "application/x-www-form-urlencoded"), ("Content-Length", "5000000")];
+    let head = post_head("/api/echo", app.running.as_ref().unwrap().address, &headers);
     let (answer, _) = answer_to_partial_body(&app, head, b"a=1&").await;
     assert!(answer.contains("code=\"invalid_input\""), "{answer}");
     assert!(answer.contains("1000 bytes"), "{answer}");
@@ -202,13 +201,13 @@ async fn a_malformed_multipart_body_is_invalid_input_and_stores_nothing() {
     for (content_type, body) in [
         (
             "multipart/form-data; boundary=XyZ",
-            "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc",
+            MultipartBody::new("XyZ").file_head("file", "a").raw(b"abc").into_bytes(),
         ),
         (
             "multipart/form-data; boundary=XyZ",
-            "--XyZ\r\nContent-Disposition: form-data; name=\"\"\r\n\r\nabc\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"\"\r\n\r\nabc\r\n--XyZ--\r\n".to_vec(),
         ),
-        ("multipart/form-data", "--XyZ\r\n\r\n"),
+        ("multipart/form-data", b"--XyZ\r\n\r\n".to_vec()),
     ] {
         let request = app.signed_multipart(&writer, PATH, Form::new()).build().unwrap();
         let authorization = request.headers()["authorization"].to_str().unwrap().to_owned();

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use reqwest::multipart::{Form, Part};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use upload_receiver::config::Config;
 use upload_receiver::storage::ObjectStore;
 
 use crate::common::*;
+use crate::multipart::MultipartBody;
 use crate::processes;
 use crate::servers;
 
@@ -22,18 +22,12 @@ async fn with_redis_stopped_a_redeem_gets_a_fast_503_and_nothing_reaches_s3() {
     config.state.redis_url = Some(format!("redis://127.0.0.1:{}/", redis.port));
     config.state.redis_timeout_secs = 1;
     let bucket = config.storage.bucket.clone().unwrap();
-    let app = spawn_app_from(config).await;
-    let photo_id = app.upload_photo(b"original".to_vec()).await;
-    let body = app.call("/api/photo/get-replace-token", &[("photo_id", &photo_id)]).await;
-    let token = xml_field(&body, "replace_token").unwrap();
+    let app = PhotoApp::on(spawn_app_from(config).await).await;
+    let token = app.token(&[]).await;
 
     redis.kill();
     let started = Instant::now();
-    let form = Form::new()
-        .text("replace_token", token)
-        .part("file", Part::bytes(vec![3u8; 200_000]).file_name("a.jpg"));
-    let response =
-        app.http.post(app.url("/api/photo/redeem-replace-token")).multipart(form).send().await.unwrap();
+    let response = app.redeem(&token, &vec![3u8; 200_000], &[]).await;
     let waited = started.elapsed();
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
@@ -55,29 +49,16 @@ async fn with_the_s3_server_killed_mid_upload_the_client_gets_the_error_and_the_
     config.storage.timeout_secs = 2;
     let bucket = config.storage.bucket.clone().unwrap();
     servers::create_bucket_at(&endpoint, &bucket).await;
-    let app = spawn_app_from(config).await;
-    let photo_id = app.upload_photo(b"original".to_vec()).await;
-    let body = app
-        .call(
-            "/api/photo/get-replace-token",
-            &[("photo_id", &photo_id), ("return_url", "http://www.example.com/done")],
-        )
-        .await;
-    let token = xml_field(&body, "replace_token").unwrap();
+    let app = PhotoApp::on(spawn_app_from(config).await).await;
+    let token = app.token(&[("return_url", "http://www.example.com/done")]).await;
 
     // 20 MiB declared; 6 MiB sent (one 5 MiB part goes to S3); then S3 dies.
     let address = app.running.as_ref().unwrap().address;
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let mut head =
-        format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n")
-            .into_bytes();
-    head.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.mp4\"\r\n\r\n");
-    let total = head.len() + 20 * 1024 * 1024 + "\r\n--B--\r\n".len();
-    let request = format!(
-        "POST /api/photo/redeem-replace-token HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {total}\r\n\r\n"
-    );
-    socket.write_all(request.as_bytes()).await.unwrap();
-    socket.write_all(&head).await.unwrap();
+    let head = MultipartBody::new("B").field("replace_token", &token).file_head("file", "big.mp4");
+    let total = head.len() + 20 * 1024 * 1024 + head.closing().len();
+    socket.write_all(head.post_head(REDEEM, address, total).as_bytes()).await.unwrap();
+    socket.write_all(&head.into_bytes()).await.unwrap();
     socket.write_all(&vec![b'v'; 6 * 1024 * 1024]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     s3.kill();
@@ -98,11 +79,7 @@ async fn with_the_s3_server_killed_mid_upload_the_client_gets_the_error_and_the_
     let _s3 = processes::moto(s3.port);
     servers::create_bucket_at(&endpoint, &bucket).await;
     assert!(servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty());
-    let form = Form::new()
-        .text("replace_token", token)
-        .part("file", Part::bytes(b"retry".to_vec()).file_name("r.jpg"));
-    let response =
-        app.http.post(app.url("/api/photo/redeem-replace-token")).multipart(form).send().await.unwrap();
+    let response = app.redeem(&token, b"retry", &[]).await;
     assert_eq!(response.status(), 303);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.contains("photo_id="), "{location}");
@@ -110,43 +87,29 @@ async fn with_the_s3_server_killed_mid_upload_the_client_gets_the_error_and_the_
 
 /// An app on Redis state at `redis` (1 s timeouts) and S3, with one photo;
 /// returns it with a token of `max_uploads` for the photo.
-async fn app_on_redis(redis: &processes::Owned, max_uploads: u32) -> (TestApp, String, String) {
+async fn app_on_redis(redis: &processes::Owned, max_uploads: u32) -> (PhotoApp, String) {
     let mut config: Config = test_config();
     use_redis_and_s3(&mut config);
     config.state.redis_url = Some(format!("redis://127.0.0.1:{}/", redis.port));
     config.state.redis_timeout_secs = 1;
-    let app = spawn_app_from(config).await;
-    let photo_id = app.upload_photo(b"original".to_vec()).await;
-    let max = max_uploads.to_string();
-    let body =
-        app.call("/api/photo/get-replace-token", &[("photo_id", &photo_id), ("max_uploads", &max)]).await;
-    let token = xml_field(&body, "replace_token").unwrap_or_else(|| panic!("{body}"));
-    (app, photo_id, token)
+    let app = PhotoApp::on(spawn_app_from(config).await).await;
+    let token = app.token(&[("max_uploads", &max_uploads.to_string())]).await;
+    (app, token)
 }
 
-async fn redeem(app: &TestApp, token: &str, file: &[u8]) -> reqwest::Response {
-    let form = Form::new()
-        .text("replace_token", token.to_owned())
-        .part("file", Part::bytes(file.to_vec()).file_name("a.jpg"));
-    app.http.post(app.url("/api/photo/redeem-replace-token")).multipart(form).send().await.unwrap()
-}
-
-/// Committed uploads of `token` and versions of `photo_id`, read from the store.
-async fn counts(app: &TestApp, token: &str, photo_id: &str) -> (u32, usize) {
-    let state = app.running.as_ref().unwrap().inspect();
-    let used = state.token_status(&token.parse().unwrap()).await.unwrap().unwrap().uploads_used;
-    let versions = state.photo(photo_id.parse().unwrap()).await.unwrap().unwrap().versions.len();
-    (used, versions)
+/// Committed uploads of `token` and versions of the photo, read from the store.
+async fn counts(app: &PhotoApp, token: &str) -> (u32, usize) {
+    (app.uploads_used(token).await, app.photo().await.versions.len())
 }
 
 #[tokio::test]
 async fn a_paused_redis_fails_the_reserve_with_503_and_nothing_is_applied_twice() {
     let redis = processes::redis();
-    let (app, photo_id, token) = app_on_redis(&redis, 3).await;
+    let (app, token) = app_on_redis(&redis, 3).await;
 
     redis.signal("STOP");
     let started = Instant::now();
-    let response = redeem(&app, &token, b"during the pause").await;
+    let response = app.redeem(&token, b"during the pause", &[]).await;
     let waited = started.elapsed();
     redis.signal("CONT");
     assert_eq!(response.status(), 503, "{}", response.text().await.unwrap());
@@ -154,70 +117,61 @@ async fn a_paused_redis_fails_the_reserve_with_503_and_nothing_is_applied_twice(
 
     // The reserve sent during the pause runs when Redis resumes: at most
     // that one slot is held (by a lease nobody will commit), never more.
-    assert_eq!(counts(&app, &token, &photo_id).await, (0, 1), "nothing was committed");
+    assert_eq!(counts(&app, &token).await, (0, 1), "nothing was committed");
     let mut accepted = 0;
     for attempt in 0..3 {
-        match redeem(&app, &token, format!("after {attempt}").as_bytes()).await.status().as_u16() {
+        match app.redeem(&token, format!("after {attempt}").as_bytes(), &[]).await.status().as_u16() {
             200 => accepted += 1,
             404 => {}
             other => panic!("unexpected {other}"),
         }
     }
     assert!((2..=3).contains(&accepted), "off by at most the one in-flight reserve: {accepted} of 3");
-    assert_eq!(counts(&app, &token, &photo_id).await, (accepted, 1 + accepted as usize), "each counted once");
+    assert_eq!(counts(&app, &token).await, (accepted, 1 + accepted as usize), "each counted once");
 }
 
 #[tokio::test]
 async fn a_restarted_redis_serves_the_next_redeem_and_counts_once() {
     let redis = processes::redis_in(tempfile::tempdir().unwrap(), processes::free_port(), true);
-    let (app, photo_id, token) = app_on_redis(&redis, 2).await;
-    assert_eq!(redeem(&app, &token, b"before").await.status(), 200);
+    let (app, token) = app_on_redis(&redis, 2).await;
+    assert_eq!(app.redeem(&token, b"before", &[]).await.status(), 200);
 
     // A restart empties the script cache and drops every connection.
     let _redis = redis.restart_redis();
     let mut status = 0;
     for _ in 0..20 {
         // The first call after the restart may still meet the dead connection.
-        status = redeem(&app, &token, b"after the restart").await.status().as_u16();
+        status = app.redeem(&token, b"after the restart", &[]).await.status().as_u16();
         if status != 503 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(status, 200);
-    assert_eq!(counts(&app, &token, &photo_id).await, (2, 3), "both uploads counted once");
-    assert_eq!(redeem(&app, &token, b"one too many").await.status(), 404);
+    assert_eq!(counts(&app, &token).await, (2, 3), "both uploads counted once");
+    assert_eq!(app.redeem(&token, b"one too many", &[]).await.status(), 404);
 }
 
 /// An app on the shared Redis and S3 at `endpoint` (2 s S3 call timeout,
 /// 5 MiB parts), with one photo and a one-upload token that reports to
 /// `http://www.example.com/done`.
-async fn app_on_s3(endpoint: &str) -> (TestApp, String, String) {
+async fn app_on_s3(endpoint: &str) -> (PhotoApp, String) {
     let mut config: Config = test_config();
     use_redis_and_s3(&mut config);
     config.storage.endpoint = Some(endpoint.to_owned());
     config.storage.timeout_secs = 2;
     config.storage.part_size = 5 * 1024 * 1024;
     servers::create_bucket_at(endpoint, config.storage.bucket.as_ref().unwrap()).await;
-    let app = spawn_app_from(config).await;
-    let photo_id = app.upload_photo(b"original".to_vec()).await;
-    let params = [("photo_id", photo_id.as_str()), ("return_url", "http://www.example.com/done")];
-    let body = app.call("/api/photo/get-replace-token", &params).await;
-    let token = xml_field(&body, "replace_token").unwrap();
-    (app, photo_id, token)
-}
-
-/// The `error_message` a redeem's redirect carries, if any.
-fn redirect_error(response: &reqwest::Response) -> Option<String> {
-    let location = url::Url::parse(response.headers().get("location")?.to_str().ok()?).ok()?;
-    location.query_pairs().find(|(n, _)| n == "error_message").map(|(_, v)| v.into_owned())
+    let app = PhotoApp::on(spawn_app_from(config).await).await;
+    let token = app.token(&[("return_url", "http://www.example.com/done")]).await;
+    (app, token)
 }
 
 #[tokio::test]
 async fn an_s3_server_paused_mid_part_times_out_gives_the_slot_back_and_leaves_no_orphan() {
     let s3 = processes::moto(0);
     let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    let (app, photo_id, token) = app_on_s3(&endpoint).await;
+    let (app, token) = app_on_s3(&endpoint).await;
     let bucket = app.config.storage.bucket.clone().unwrap();
 
     // 12 MiB: the first 5 MiB part goes out while the body still arrives;
@@ -226,7 +180,7 @@ async fn an_s3_server_paused_mid_part_times_out_gives_the_slot_back_and_leaves_n
     let upload = tokio::spawn({
         let app = TestApp::handle_of(&app);
         let token = token.clone();
-        async move { redeem(&app, &token, &body).await }
+        async move { app.redeem(&token, &body, &[]).await }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     while servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty() {
@@ -242,7 +196,7 @@ async fn an_s3_server_paused_mid_part_times_out_gives_the_slot_back_and_leaves_n
     let message = redirect_error(&response).expect("an error outcome for the site");
     assert!(message.contains("could not be stored"), "{message}");
     assert!(waited < Duration::from_secs(15), "the per-call timeout (2 s) fired: {waited:?}");
-    assert_eq!(counts(&app, &token, &photo_id).await, (0, 1), "the slot is back, no version");
+    assert_eq!(counts(&app, &token).await, (0, 1), "the slot is back, no version");
 
     // The abort sent while the server was paused may have failed; the sweep
     // (here with no minimum age) finishes the job.
@@ -254,7 +208,7 @@ async fn an_s3_server_paused_mid_part_times_out_gives_the_slot_back_and_leaves_n
             .unwrap();
     store.sweep(Duration::ZERO).await.unwrap();
     assert!(servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty(), "no orphan after the sweep");
-    assert_eq!(redeem(&app, &token, b"again").await.status(), 303, "the slot is usable again");
+    assert_eq!(app.redeem(&token, b"again", &[]).await.status(), 303, "the slot is usable again");
 }
 
 /// A relay in front of an S3 server that answers every
@@ -314,17 +268,17 @@ async fn complete_fails_with_200(upstream: String) -> (String, Arc<AtomicUsize>)
 async fn an_s3_complete_answered_200_with_an_error_is_a_failure() {
     let endpoint = servers::s3_endpoint();
     let (relay, completions) = complete_fails_with_200(endpoint.clone()).await;
-    let (app, photo_id, token) = app_on_s3(&relay).await;
+    let (app, token) = app_on_s3(&relay).await;
     let bucket = app.config.storage.bucket.clone().unwrap();
 
-    let response = redeem(&app, &token, &vec![b'c'; 6 * 1024 * 1024]).await;
+    let response = app.redeem(&token, &vec![b'c'; 6 * 1024 * 1024], &[]).await;
     assert_eq!(response.status(), 303);
     let message = redirect_error(&response).expect("an error outcome, not a success");
     assert!(message.contains("could not be stored"), "{message}");
     // The SDK takes the 200 for the error it is, and retries it as one.
     let completions = completions.load(Ordering::SeqCst);
     assert!(completions >= 1, "the parts went through and the completion met the error: {completions}");
-    assert_eq!(counts(&app, &token, &photo_id).await, (0, 1), "no version recorded, the slot back");
+    assert_eq!(counts(&app, &token).await, (0, 1), "no version recorded, the slot back");
     // The failed upload was aborted (through the relay, which passes aborts on).
     let deadline = Instant::now() + Duration::from_secs(5);
     while !servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty() {
@@ -367,23 +321,24 @@ fn second_instance(config: &Config) -> (processes::Owned, String) {
 }
 
 /// Starts a redeem of a `total`-byte JPEG on `address` and sends its first
-/// `sent` bytes; returns the socket, still open.
-async fn partial_redeem(address: &str, token: &str, total: usize, sent: usize) -> tokio::net::TcpStream {
+/// `sent` bytes; returns the socket, still open, and the bytes that end the
+/// body once the rest of the file is sent.
+async fn partial_redeem(
+    address: &str,
+    token: &str,
+    total: usize,
+    sent: usize,
+) -> (tokio::net::TcpStream, Vec<u8>) {
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let mut head =
-        format!("--B\r\nContent-Disposition: form-data; name=\"replace_token\"\r\n\r\n{token}\r\n")
-            .into_bytes();
-    head.extend(b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n\r\n");
-    let length = head.len() + total + "\r\n--B--\r\n".len();
-    let request = format!(
-        "POST /api/photo/redeem-replace-token HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {length}\r\n\r\n"
-    );
-    socket.write_all(request.as_bytes()).await.unwrap();
-    socket.write_all(&head).await.unwrap();
-    let mut file = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00".to_vec();
+    let head = MultipartBody::new("B").field("replace_token", token).file_head("file", "big.jpg");
+    let closing = head.closing();
+    let length = head.len() + total + closing.len();
+    socket.write_all(head.post_head(REDEEM, address, length).as_bytes()).await.unwrap();
+    socket.write_all(&head.into_bytes()).await.unwrap();
+    let mut file = JPEG_SIGNATURE.to_vec();
     file.resize(sent, b'k');
     socket.write_all(&file).await.unwrap();
-    socket
+    (socket, closing)
 }
 
 #[tokio::test]
@@ -396,20 +351,18 @@ async fn one_of_two_instances_killed_mid_upload_leaves_the_other_unaffected_and_
     let endpoint = config.storage.endpoint.clone().unwrap();
     let survivor = spawn_app_from(config.clone()).await;
     let (mut doomed, doomed_address) = second_instance(&config);
-    let photo_id = survivor.upload_photo(b"original".to_vec()).await;
-    let params = [("photo_id", photo_id.as_str()), ("max_uploads", "1")];
+    let survivor = PhotoApp::on(survivor).await;
     let mut tokens = Vec::new();
     for _ in 0..2 {
-        let body = survivor.call("/api/photo/get-replace-token", &params).await;
-        tokens.push(xml_field(&body, "replace_token").unwrap());
+        tokens.push(survivor.token(&[("max_uploads", "1")]).await);
     }
     let (on_doomed, on_survivor) = (tokens[0].clone(), tokens[1].clone());
 
     // Both instances are mid-upload; the doomed one has sent a part to S3.
-    let mut doomed_socket =
+    let (mut doomed_socket, _) =
         partial_redeem(&doomed_address, &on_doomed, 12 * 1024 * 1024, 6 * 1024 * 1024).await;
     let survivor_address = survivor.running.as_ref().unwrap().address.to_string();
-    let mut survivor_socket =
+    let (mut survivor_socket, survivor_closing) =
         partial_redeem(&survivor_address, &on_survivor, 12 * 1024 * 1024, 6 * 1024 * 1024).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while servers::s3_open_uploads_at(&endpoint, &bucket).await.len() < 2 {
@@ -422,12 +375,12 @@ async fn one_of_two_instances_killed_mid_upload_leaves_the_other_unaffected_and_
 
     // The survivor's upload finishes as if nothing happened.
     survivor_socket.write_all(&vec![b'k'; 6 * 1024 * 1024]).await.unwrap();
-    survivor_socket.write_all(b"\r\n--B--\r\n").await.unwrap();
+    survivor_socket.write_all(&survivor_closing).await.unwrap();
     let mut answer = vec![0u8; 4096];
     let n = survivor_socket.read(&mut answer).await.unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(counts(&survivor, &on_survivor, &photo_id).await, (1, 2));
+    assert_eq!(counts(&survivor, &on_survivor).await, (1, 2));
 
     // The dead instance left its multipart upload open; the sweep aborts it.
     assert_eq!(servers::s3_open_uploads_at(&endpoint, &bucket).await.len(), 1, "the orphan is there");
@@ -440,7 +393,11 @@ async fn one_of_two_instances_killed_mid_upload_leaves_the_other_unaffected_and_
     assert_eq!(store.sweep(Duration::ZERO).await.unwrap(), 1);
     assert!(servers::s3_open_uploads_at(&endpoint, &bucket).await.is_empty());
     // Its slot comes back when the lease (3 s) runs out.
-    assert_eq!(redeem(&survivor, &on_doomed, b"\xff\xd8\xff\xe0 retry").await.status(), 404, "still leased");
+    assert_eq!(
+        survivor.redeem(&on_doomed, b"\xff\xd8\xff\xe0 retry", &[]).await.status(),
+        404,
+        "still leased"
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(redeem(&survivor, &on_doomed, b"\xff\xd8\xff\xe0 retry").await.status(), 200);
+    assert_eq!(survivor.redeem(&on_doomed, b"\xff\xd8\xff\xe0 retry", &[]).await.status(), 200);
 }

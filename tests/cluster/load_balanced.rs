@@ -1,6 +1,5 @@
 //! Two receivers on one Redis and one bucket, behind nginx.
 
-use reqwest::multipart::{Form, Part};
 use upload_receiver::config::Config;
 
 use crate::common::*;
@@ -44,37 +43,19 @@ impl Cluster {
 async fn a_token_issued_by_one_instance_is_redeemed_through_the_other() {
     let c = cluster().await;
     let photo_id = c.a.upload_photo(b"original".to_vec()).await;
-    let body = c.a.call("/api/photo/get-replace-token", &[("photo_id", &photo_id)]).await;
-    let token = xml_field(&body, "replace_token").unwrap();
-    let form = Form::new()
-        .text("replace_token", token)
-        .part("file", Part::bytes(b"via b".to_vec()).file_name("b.jpg"));
-    let response =
-        c.b.http.post(c.b.url("/api/photo/redeem-replace-token")).multipart(form).send().await.unwrap();
+    let token = c.a.replace_token(&photo_id, &[]).await;
+    let response = c.b.redeem(&token, b"via b", &[]).await;
     assert_eq!(response.status(), 200);
-    let photo =
-        c.a.running.as_ref().unwrap().inspect().photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+    let photo = c.a.photo(&photo_id).await;
     assert_eq!(photo.versions.len(), 2, "instance a sees the version instance b stored");
 }
 
 #[tokio::test]
 async fn a_hundred_concurrent_redeems_through_the_balancer_store_exactly_three() {
     let c = cluster().await;
-    let lb = c.via_lb();
-    let photo_id = lb.upload_photo(b"original".to_vec()).await;
-    let body =
-        lb.call("/api/photo/get-replace-token", &[("photo_id", &photo_id), ("max_uploads", "3")]).await;
-    let token = xml_field(&body, "replace_token").unwrap_or_else(|| panic!("{body}"));
-    let attempts = (0..100).map(|i| {
-        let (http, url, token) = (lb.http.clone(), lb.url("/api/photo/redeem-replace-token"), token.clone());
-        tokio::spawn(async move {
-            let file = Part::bytes(format!("upload {i} ").repeat(2000).into_bytes()).file_name("c.jpg");
-            let form = Form::new().text("replace_token", token).part("file", file);
-            http.post(url).multipart(form).send().await.unwrap().status().as_u16()
-        })
-    });
-    let statuses: Vec<u16> =
-        futures_util::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
+    let lb = PhotoApp::on(c.via_lb()).await;
+    let token = lb.token(&[("max_uploads", "3")]).await;
+    let statuses = lb.redeem_at_once(&token, 100, |i| format!("upload {i} ").repeat(2000).into_bytes()).await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 404).count(), 97, "{statuses:?}");
     assert_eq!(servers::s3_keys(&c.bucket).await.len(), 4, "the original and three replacements");
@@ -89,21 +70,14 @@ async fn a_hundred_concurrent_redeems_through_the_balancer_store_exactly_three()
 #[tokio::test]
 async fn multipart_uploads_through_the_balancer_complete_and_leave_none_open() {
     let c = cluster().await;
-    let lb = c.via_lb();
-    let photo_id = lb.upload_photo(b"original".to_vec()).await;
-    let body =
-        lb.call("/api/photo/get-replace-token", &[("photo_id", &photo_id), ("max_uploads", "2")]).await;
-    let token = xml_field(&body, "replace_token").unwrap();
+    let lb = PhotoApp::on(c.via_lb()).await;
+    let token = lb.token(&[("max_uploads", "2")]).await;
     let content: Vec<u8> = (0..12 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
     for _ in 0..2 {
-        let file = Part::bytes(content.clone()).file_name("big.mp4");
-        let form = Form::new().text("replace_token", token.clone()).part("file", file);
-        let response =
-            lb.http.post(lb.url("/api/photo/redeem-replace-token")).multipart(form).send().await.unwrap();
+        let response = lb.redeem(&token, &content, &[]).await;
         assert_eq!(response.status(), 200);
     }
-    let photo =
-        c.b.running.as_ref().unwrap().inspect().photo(photo_id.parse().unwrap()).await.unwrap().unwrap();
+    let photo = c.b.photo(&lb.photo_id).await;
     use sha2::Digest;
     assert_eq!(photo.current_version().file.sha256, hex::encode(sha2::Sha256::digest(&content)));
     assert!(servers::s3_open_uploads(&c.bucket).await.is_empty());

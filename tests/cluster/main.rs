@@ -6,6 +6,10 @@
 #[allow(dead_code)]
 #[path = "../api/common.rs"]
 mod common;
+#[path = "../support/files.rs"]
+mod files;
+#[path = "../support/multipart.rs"]
+mod multipart;
 #[path = "../support/servers.rs"]
 mod servers;
 

@@ -3,6 +3,8 @@
 //! `ObjectStore`. The servers are real, started by `scripts/test.sh`; a
 //! missing one fails the tests that need it.
 
+#[path = "../support/files.rs"]
+mod files;
 #[path = "../support/servers.rs"]
 mod servers;
 

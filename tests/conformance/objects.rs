@@ -124,16 +124,7 @@ conformance!(s3, {
 });
 
 fn list_files(dir: &std::path::Path) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(list_files(&path));
-        } else {
-            found.push(path.display().to_string());
-        }
-    }
-    found
+    crate::files::walk_files(dir).iter().map(|p| p.display().to_string()).collect()
 }
 
 /// Waits up to 5 s for the store to hold nothing: an abort started when a
