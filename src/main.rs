@@ -72,6 +72,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Before anything is printed: a signal from then on stops the
+        // service gracefully.
+        let shutdown = shutdown_signal();
         let app = App::build(config.clone()).await?;
         let address = app.local_addr();
         banner!("upload-receiver listening on http://{address}");
@@ -80,7 +83,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if let Some((credential, provenance)) = app.generated_credential() {
             print_generated_credential(credential, provenance, &config, address);
         }
-        app.run_until(shutdown_signal()).await;
+        app.run_until(shutdown).await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
@@ -144,20 +147,28 @@ fn sign(config: &Config, method: &str, url: &url::Url) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler cannot fail on Unix");
+/// Listens for SIGINT and SIGTERM from the moment it is called (so one
+/// that arrives while the service starts is not lost, nor fatal), and
+/// completes on the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail on Unix");
+    let mut terminate =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail on Unix");
+    async move {
         tokio::select! {
-            _ = interrupt => tracing::info!("SIGINT received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

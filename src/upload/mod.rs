@@ -327,6 +327,103 @@ pub fn clean_filename(raw: &str) -> String {
 mod tests {
     use super::*;
 
+    use crate::storage::memory::MemoryObjectStore;
+
+    fn limits() -> MultipartLimits {
+        MultipartLimits {
+            max_file_bytes: 1024,
+            max_fields: 8,
+            max_field_bytes: 64,
+            max_part_header_bytes: 256,
+        }
+    }
+
+    fn any_type() -> MediaTypes {
+        MediaTypes::parse(&["*/*".to_owned()]).unwrap()
+    }
+
+    /// A form over `body`, arriving in chunks of `chunk` bytes.
+    fn form(body: &str, chunk: usize) -> Form {
+        let chunks: Vec<std::io::Result<Bytes>> =
+            body.as_bytes().chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        Form::new(futures_util::stream::iter(chunks), "B", limits())
+    }
+
+    fn part(name: &str, value: &str) -> String {
+        format!("--B\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+    }
+
+    fn file_part(content: &str) -> String {
+        format!(
+            "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n{content}\r\n"
+        )
+    }
+
+    fn memory() -> (Arc<MemoryObjectStore>, Arc<dyn ObjectStore>) {
+        let memory = Arc::new(MemoryObjectStore::default());
+        let objects: Arc<dyn ObjectStore> = memory.clone();
+        (memory, objects)
+    }
+
+    fn has_token(fields: &[(String, String)]) -> bool {
+        fields.iter().any(|(name, _)| name == "token")
+    }
+
+    #[tokio::test]
+    async fn a_file_before_the_field_it_waits_for_is_spooled_then_stored_whole() {
+        let (memory, objects) = memory();
+        let spool = tempfile::tempdir().unwrap();
+        let body = format!("{}{}--B--\r\n", file_part("hello, world"), part("token", "t"));
+        let mut form = form(&body, 7);
+        let file = form.read_to_file(spool.path(), has_token).await.unwrap().expect("a file");
+        assert_eq!(form.fields(), [("token".to_owned(), "t".to_owned())], "the body was read past the file");
+        let stored = file.store(&objects, &Cleanup::default(), &any_type()).await.unwrap();
+        form.read_rest().await.unwrap();
+        let version = stored.version(1);
+        let key = ObjectKey::parse(&version.object_key).unwrap();
+        assert_eq!(memory.bytes(&key).as_deref(), Some(&b"hello, world"[..]));
+        assert_eq!(version.size, 12);
+        assert_eq!(version.original_filename.as_deref(), Some("a.bin"));
+        stored.keep();
+        assert_eq!(memory.len(), 1, "a kept file stays");
+        assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "the spool file is gone");
+    }
+
+    #[tokio::test]
+    async fn a_second_file_part_is_refused_after_the_first_was_stored_and_discard_deletes_it() {
+        let (memory, objects) = memory();
+        let body = format!("{}{}{}--B--\r\n", part("token", "t"), file_part("one"), file_part("two"));
+        let mut form = form(&body, 5);
+        let file = form.read_to_file(Path::new("/nonexistent"), has_token).await.unwrap().unwrap();
+        let stored = file.store(&objects, &Cleanup::default(), &any_type()).await.unwrap();
+        assert_eq!(memory.len(), 1);
+        assert!(matches!(form.read_rest().await, Err(UploadError::Malformed(_))));
+        stored.discard().await;
+        assert!(memory.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stored_file_dropped_unkept_is_deleted_by_the_cleanup_tasks() {
+        let (memory, objects) = memory();
+        let cleanup = Cleanup::default();
+        let mut form = form(&format!("{}--B--\r\n", file_part("abandoned")), 64);
+        let file = form.read_to_file(Path::new("/nonexistent"), |_| true).await.unwrap().unwrap();
+        drop(file.store(&objects, &cleanup, &any_type()).await.unwrap());
+        assert_eq!(cleanup.finish(std::time::Duration::from_secs(5)).await, 0);
+        assert!(memory.is_empty(), "the cut upload's object was deleted");
+    }
+
+    #[tokio::test]
+    async fn a_file_of_a_refused_type_stores_nothing() {
+        let (memory, objects) = memory();
+        let mut form = form(&format!("{}--B--\r\n", file_part("<html>not a photo</html>")), 64);
+        let file = form.read_to_file(Path::new("/nonexistent"), |_| true).await.unwrap().unwrap();
+        let images = MediaTypes::parse(&["image/*".to_owned()]).unwrap();
+        let refused = file.store(&objects, &Cleanup::default(), &images).await;
+        assert!(matches!(refused, Err(UploadError::MediaType(_))));
+        assert!(memory.is_empty());
+    }
+
     #[test]
     fn filenames_lose_paths_and_control_characters() {
         assert_eq!(clean_filename("../../etc/passwd"), "passwd");

@@ -394,21 +394,20 @@ mod tests {
         let key = NonceKey { consumer_key: "ck".into(), token: "t".into(), nonce: "n".into(), timestamp: 1 };
         let expires = crate::domain::unix_now() + 600;
         // Hold the writer in a first batch so the next two jobs share one.
+        let (running, started) = std::sync::mpsc::channel::<()>();
         let (held, release) = std::sync::mpsc::channel::<()>();
-        let holder = {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move { store.write(move |_| release.recv().map_err(store_error)).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut holder = Box::pin(store.write(move |_| {
+            let _ = running.send(());
+            release.recv().map_err(store_error)
+        }));
+        assert!(futures_util::poll!(&mut holder).is_pending(), "queued");
+        started.recv_timeout(std::time::Duration::from_secs(5)).expect("the writer runs the first batch");
         assert!(store.first_use_of_nonce(&key, expires).await.unwrap(), "answered without waiting");
-        let failing = {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move { store.write(|_| Err::<(), _>(StoreError::new("injected"))).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut failing = Box::pin(store.write(|_| Err::<(), _>(StoreError::new("injected"))));
+        assert!(futures_util::poll!(&mut failing).is_pending(), "queued behind the held batch");
         held.send(()).unwrap();
-        holder.await.unwrap().unwrap();
-        assert!(failing.await.unwrap().is_err(), "the injected failure aborts its batch, nonce and all");
+        holder.await.unwrap();
+        assert!(failing.await.is_err(), "the injected failure aborts its batch, nonce and all");
         assert!(!store.first_use_of_nonce(&key, expires).await.unwrap(), "a replay meanwhile is refused");
         store.ping().await.unwrap();
         drop(store);
