@@ -91,6 +91,71 @@ pub struct Success {
     pub object_name: &'static str,
     /// The object's fields, in order; children of `<response>` in XML.
     pub fields: Vec<(String, String)>,
+    /// For a method that answers a list (photo/list) instead of fields: in
+    /// JSON the array under `object_name`, in XML one element per item.
+    pub list: Option<List>,
+}
+
+/// Objects of one kind: one `<element>` each in XML, an array in JSON.
+#[derive(Clone, Debug)]
+pub struct List {
+    pub element: &'static str,
+    /// The array's key in JSON, inside an item (`versions`); a top-level
+    /// list is keyed by the answer's `object_name`.
+    pub json_key: &'static str,
+    pub items: Vec<Item>,
+}
+
+/// One object of a [`List`]: its fields, then lists of its own.
+#[derive(Clone, Debug, Default)]
+pub struct Item {
+    pub fields: Vec<(String, String)>,
+    pub lists: Vec<List>,
+}
+
+/// Writes `fields` as child elements at `indent`.
+fn write_xml_fields(out: &mut String, indent: usize, fields: &[(String, String)]) {
+    let pad = "  ".repeat(indent);
+    for (name, value) in fields {
+        if is_xml_name(name) {
+            let _ = writeln!(out, "{pad}<{name}>{}</{name}>", xml_escape(value));
+        } else {
+            let _ = writeln!(
+                out,
+                "{pad}<parameter name=\"{}\">{}</parameter>",
+                xml_escape(name),
+                xml_escape(value)
+            );
+        }
+    }
+}
+
+/// Writes each item of `list` as an `<element>` at `indent`.
+fn write_xml_list(out: &mut String, indent: usize, list: &List) {
+    let pad = "  ".repeat(indent);
+    for item in &list.items {
+        let _ = writeln!(out, "{pad}<{}>", list.element);
+        write_xml_fields(out, indent + 1, &item.fields);
+        for inner in &item.lists {
+            write_xml_list(out, indent + 1, inner);
+        }
+        let _ = writeln!(out, "{pad}</{}>", list.element);
+    }
+}
+
+fn json_object(fields: &[(String, String)]) -> Map<String, Value> {
+    fields.iter().map(|(name, value)| (name.clone(), Value::String(value.clone()))).collect()
+}
+
+fn json_list(list: &List) -> Value {
+    let items = list.items.iter().map(|item| {
+        let mut object = json_object(&item.fields);
+        for inner in &item.lists {
+            object.insert(inner.json_key.into(), json_list(inner));
+        }
+        Value::Object(object)
+    });
+    Value::Array(items.collect())
 }
 
 /// What every answer carries besides its body.
@@ -113,32 +178,24 @@ pub fn render_success(format: &Format, ctx: &Context<'_>, success: &Success) -> 
                 ],
             );
             out.push_str(">\n");
-            for (name, value) in &success.fields {
-                if is_xml_name(name) {
-                    let _ = writeln!(out, "  <{name}>{}</{name}>", xml_escape(value));
-                } else {
-                    let _ = writeln!(
-                        out,
-                        "  <parameter name=\"{}\">{}</parameter>",
-                        xml_escape(name),
-                        xml_escape(value)
-                    );
-                }
+            write_xml_fields(&mut out, 1, &success.fields);
+            if let Some(list) = &success.list {
+                write_xml_list(&mut out, 1, list);
             }
             out.push_str("</response>\n");
             out
         }
         _ => {
-            let mut object = Map::new();
-            for (name, value) in &success.fields {
-                object.insert(name.clone(), Value::String(value.clone()));
-            }
+            let object = match &success.list {
+                Some(list) => json_list(list),
+                None => Value::Object(json_object(&success.fields)),
+            };
             let mut body = Map::new();
             body.insert("status".into(), "ok".into());
             body.insert("message".into(), success.message.clone().into());
             body.insert("permission_level".into(), ctx.permission.as_str().into());
             body.insert("cached".into(), "0".into());
-            body.insert(success.object_name.into(), Value::Object(object));
+            body.insert(success.object_name.into(), object);
             body.insert("p".into(), "1".into());
             body.insert("size".into(), "1".into());
             body.insert("site".into(), site_object(ctx.site));
@@ -260,6 +317,33 @@ mod tests {
 
     fn params<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl FnMut(&str) -> Option<&'a str> {
         move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn a_list_nests_its_items_and_escapes_every_value() {
+        let evil = "</title><script>alert(1)</script>&";
+        let version = Item { fields: vec![("number".into(), "1".into())], lists: Vec::new() };
+        let photo = Item {
+            fields: vec![("title".into(), evil.into())],
+            lists: vec![List { element: "version", json_key: "versions", items: vec![version] }],
+        };
+        let success = Success {
+            message: "Photos".into(),
+            object_name: "photos",
+            fields: Vec::new(),
+            list: Some(List { element: "photo", json_key: "photos", items: vec![photo] }),
+        };
+        let site = SiteConfig::default();
+        let ctx = Context { permission: Permission::Read, site: &site, endpoint: "/api/photo/list" };
+        let xml = render_success(&Format::Xml, &ctx, &success);
+        assert!(xml.contains(
+            "  <photo>\n    <title>&lt;/title&gt;&lt;script&gt;alert(1)&lt;/script&gt;&amp;</title>\n    <version>\n      <number>1</number>\n    </version>\n  </photo>\n"
+        ), "{xml}");
+        let json = render_success(&Format::JsonRaw, &ctx, &success);
+        assert!(!json.contains('<'), "{json}");
+        let parsed: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["photos"][0]["title"], evil);
+        assert_eq!(parsed["photos"][0]["versions"][0]["number"], "1");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! family.
 
 mod call;
+mod list;
 mod misc;
 mod photo;
 mod redeem;
@@ -30,6 +31,7 @@ enum Endpoint {
     PhotoUpload,
     PhotoReplace,
     PhotoRedeemReplaceToken,
+    PhotoList,
     CrossdomainRoot,
     CrossdomainApi,
     Healthz,
@@ -45,6 +47,7 @@ impl Endpoint {
             "/api/photo/upload" => Endpoint::PhotoUpload,
             "/api/photo/replace" => Endpoint::PhotoReplace,
             "/api/photo/redeem-replace-token" => Endpoint::PhotoRedeemReplaceToken,
+            "/api/photo/list" => Endpoint::PhotoList,
             "/crossdomain.xml" => Endpoint::CrossdomainRoot,
             "/api/crossdomain.xml" => Endpoint::CrossdomainApi,
             "/healthz" => Endpoint::Healthz,
@@ -62,6 +65,7 @@ impl Endpoint {
             Endpoint::PhotoUpload => "upload",
             Endpoint::PhotoReplace => "replace",
             Endpoint::PhotoRedeemReplaceToken => "redeem",
+            Endpoint::PhotoList => "photo_list",
             Endpoint::CrossdomainRoot | Endpoint::CrossdomainApi => "crossdomain",
             Endpoint::Healthz => "healthz",
             Endpoint::Readyz => "readyz",
@@ -73,6 +77,7 @@ impl Endpoint {
     fn required_permission(self) -> Option<Permission> {
         match self {
             Endpoint::Echo => Some(Permission::None),
+            Endpoint::PhotoList => Some(Permission::Read),
             Endpoint::PhotoGetReplaceToken | Endpoint::PhotoUpload | Endpoint::PhotoReplace => {
                 Some(Permission::Write)
             }
@@ -161,6 +166,7 @@ async fn route(ctx: &Context, request: Request<Incoming>, peer: SocketAddr) -> R
         }
         Endpoint::PhotoUpload => api_call(ctx, endpoint, request, peer, photo::upload).await,
         Endpoint::PhotoReplace => api_call(ctx, endpoint, request, peer, photo::replace).await,
+        Endpoint::PhotoList => api_call(ctx, endpoint, request, peer, list::list).await,
         Endpoint::PhotoRedeemReplaceToken => unreachable!("the redeem is routed above"),
     }
 }

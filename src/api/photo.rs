@@ -7,7 +7,7 @@ use crate::domain::{PhotoId, ReplaceToken, unix_now};
 use crate::envelope::Success;
 use crate::error::ApiError;
 use crate::http::{Params, body_stream};
-use crate::store::{NewPhoto, Photo, TokenGrant};
+use crate::store::{NewPhoto, Photo, PhotoMetadata, TokenGrant};
 use crate::upload::{Form, StoredFile};
 
 /// `valid_minutes`: default and bounds, from 23's documentation.
@@ -138,6 +138,7 @@ pub async fn get_replace_token(ctx: &Context, request: &mut ApiRequest) -> Resul
             ("valid_until".into(), grant.valid_until.to_string()),
             ("return_url".into(), grant.return_url.unwrap_or_default()),
         ],
+        list: None,
     })
 }
 
@@ -201,8 +202,11 @@ fn photo_fields(photo: &Photo) -> Vec<(String, String)> {
 pub async fn upload(ctx: &Context, request: &mut ApiRequest) -> Result<Success, ApiError> {
     let ((), file) = receive_file(ctx, request, |_| true, async |_| Ok(())).await?;
     let title = request.params.first("title").map(clean_title).filter(|t| !t.is_empty());
-    let new =
-        NewPhoto { tree_id: ctx.config.site.tree_id.clone(), title, first_version: file.version(unix_now()) };
+    let new = NewPhoto {
+        tree_id: ctx.config.site.tree_id.clone(),
+        metadata: PhotoMetadata { title, ..PhotoMetadata::default() },
+        first_version: file.version(unix_now()),
+    };
     let photo = match ctx.state.create_photo(new).await {
         Ok(photo) => photo,
         Err(e) => {
@@ -216,6 +220,7 @@ pub async fn upload(ctx: &Context, request: &mut ApiRequest) -> Result<Success, 
         message: "The file was successfully uploaded".to_owned(),
         object_name: "upload",
         fields: photo_fields(&photo),
+        list: None,
     })
 }
 
@@ -254,6 +259,7 @@ pub async fn replace(ctx: &Context, request: &mut ApiRequest) -> Result<Success,
         message: "The photo was successfully replaced".to_owned(),
         object_name: "photo",
         fields: photo_fields(&photo),
+        list: None,
     })
 }
 

@@ -81,10 +81,38 @@ pub struct Photo {
     pub tree_id: String,
     /// The photo's secret `token` (23's `photo_id` + `token` access scheme).
     pub token: PhotoSecret,
-    pub title: Option<String>,
+    #[serde(flatten)]
+    pub metadata: PhotoMetadata,
     pub created_at: u64,
     /// Oldest first; never empty. The last one is the current version.
     pub versions: Vec<PhotoVersion>,
+}
+
+/// What a site says of a photo, already cleaned for display. Records
+/// written before a field existed read it as its default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhotoMetadata {
+    pub title: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// As the site gave them (23: space-separated).
+    #[serde(default)]
+    pub tags: Option<String>,
+    /// Whether the photo is published; 23's default is yes.
+    #[serde(default = "published")]
+    pub publish: bool,
+    #[serde(default)]
+    pub album_id: Option<String>,
+}
+
+fn published() -> bool {
+    true
+}
+
+impl Default for PhotoMetadata {
+    fn default() -> Self {
+        PhotoMetadata { title: None, description: None, tags: None, publish: true, album_id: None }
+    }
 }
 
 impl Photo {
@@ -97,7 +125,7 @@ impl Photo {
 #[derive(Clone, Debug)]
 pub struct NewPhoto {
     pub tree_id: String,
-    pub title: Option<String>,
+    pub metadata: PhotoMetadata,
     pub first_version: VersionFile,
 }
 
@@ -275,4 +303,22 @@ pub struct TokenStatus {
 pub struct Purged {
     pub nonces: u64,
     pub tokens: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_photo_recorded_before_its_metadata_fields_reads_with_their_defaults() {
+        let old = r#"{"photo_id":3,"tree_id":"1","token":"s3cr3t","title":"Old","created_at":5,
+            "versions":[{"number":1,"object_key":"media/a","size":1,"content_type":"image/jpeg",
+            "sha256":"00","original_filename":null,"created_at":5}]}"#;
+        let photo: Photo = serde_json::from_str(old).unwrap();
+        let expected = PhotoMetadata { title: Some("Old".into()), ..PhotoMetadata::default() };
+        assert_eq!(photo.metadata, expected);
+        assert!(photo.metadata.publish, "published by default, as 23 does");
+        let again: Photo = serde_json::from_str(&serde_json::to_string(&photo).unwrap()).unwrap();
+        assert_eq!(again, photo);
+    }
 }

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::{
-    CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoVersion, Purged, Reservation,
-    ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
+    CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoMetadata, PhotoVersion,
+    Purged, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
 };
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
 
@@ -59,7 +59,8 @@ struct PhotoMeta {
     photo_id: PhotoId,
     tree_id: String,
     token: PhotoSecret,
-    title: Option<String>,
+    #[serde(flatten)]
+    metadata: PhotoMetadata,
     created_at: u64,
 }
 
@@ -69,7 +70,7 @@ impl PhotoMeta {
             photo_id: self.photo_id,
             tree_id: self.tree_id,
             token: self.token,
-            title: self.title,
+            metadata: self.metadata,
             created_at: self.created_at,
             versions,
         }
@@ -243,7 +244,7 @@ impl StateStore for RedisStore {
             photo_id: PhotoId(id),
             tree_id: new.tree_id,
             token: PhotoSecret::generate(),
-            title: new.title,
+            metadata: new.metadata,
             created_at: new.first_version.created_at,
         };
         let args = [encode(&meta), encode(&new.first_version)];

@@ -151,7 +151,7 @@ async fn an_upload_as_23s_ruby_sample_sends_it_is_accepted() {
     .unwrap();
     assert_ok(&body);
     let photo = app.photo(&xml_field(&body, "photo_id").unwrap()).await;
-    assert_eq!(photo.title.as_deref(), Some("My title ~*"));
+    assert_eq!(photo.metadata.title.as_deref(), Some("My title ~*"));
     assert_eq!(photo.current_version().file.size, content.len() as u64);
     use sha2::Digest;
     assert_eq!(photo.current_version().file.sha256, hex::encode(sha2::Sha256::digest(&content)));

@@ -14,6 +14,7 @@ mod browser;
 mod get_replace_token;
 mod hardening;
 mod independent_clients;
+mod photo_list;
 mod redeem;
 mod response_formats;
 mod restart;

@@ -47,7 +47,7 @@ async fn an_upload_creates_a_photo_whose_version_matches_the_bytes() {
 
     let photo = app.photo(&photo_id).await;
     assert_eq!(photo.token.as_str(), token);
-    assert_eq!(photo.title.as_deref(), Some("Holiday in Rome"));
+    assert_eq!(photo.metadata.title.as_deref(), Some("Holiday in Rome"));
     let version = photo.current_version();
     assert_eq!(version.number, 1);
     assert_eq!(version.file.size, content.len() as u64);

@@ -7,7 +7,7 @@ use upload_receiver::domain::{PhotoId, ReplaceToken, unix_now};
 use upload_receiver::store::embedded::EmbeddedStore;
 use upload_receiver::store::redis::RedisStore;
 use upload_receiver::store::{
-    CommitError, NewPhoto, NonceKey, ReserveError, StateStore, TokenGrant, VersionFile,
+    CommitError, NewPhoto, NonceKey, PhotoMetadata, ReserveError, StateStore, TokenGrant, VersionFile,
 };
 
 use crate::servers;
@@ -24,8 +24,11 @@ fn version(key: &str) -> VersionFile {
 }
 
 async fn new_photo(store: &dyn StateStore) -> PhotoId {
-    let new =
-        NewPhoto { tree_id: "7".into(), title: Some("t".into()), first_version: version("media/first") };
+    let new = NewPhoto {
+        tree_id: "7".into(),
+        metadata: PhotoMetadata { title: Some("t".into()), ..PhotoMetadata::default() },
+        first_version: version("media/first"),
+    };
     store.create_photo(new).await.unwrap().photo_id
 }
 
@@ -135,7 +138,7 @@ async fn photos_get_increasing_ids_and_keep_their_versions_case(s: &dyn StateSto
     let second = new_photo(s).await;
     assert!(second > first);
     let photo = s.photo(first).await.unwrap().unwrap();
-    assert_eq!((photo.tree_id.as_str(), photo.title.as_deref()), ("7", Some("t")));
+    assert_eq!((photo.tree_id.as_str(), photo.metadata.title.as_deref()), ("7", Some("t")));
     assert_eq!(photo.versions.len(), 1);
     assert_eq!(photo.current_version().number, 1);
     assert_eq!(photo.current_version().file, version("media/first"));

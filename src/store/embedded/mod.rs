@@ -156,7 +156,7 @@ impl StateStore for EmbeddedStore {
                 photo_id: PhotoId(id),
                 tree_id: new.tree_id,
                 token: PhotoSecret::generate(),
-                title: new.title,
+                metadata: new.metadata,
                 created_at: new.first_version.created_at,
                 versions: vec![PhotoVersion { number: 1, file: new.first_version }],
             };
@@ -360,7 +360,11 @@ mod tests {
         let photo = {
             let store = EmbeddedStore::open(dir.path()).unwrap();
             let photo = store
-                .create_photo(NewPhoto { tree_id: "1".into(), title: None, first_version: version("a") })
+                .create_photo(NewPhoto {
+                    tree_id: "1".into(),
+                    metadata: Default::default(),
+                    first_version: version("a"),
+                })
                 .await
                 .unwrap();
             let grant = TokenGrant {
