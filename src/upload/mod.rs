@@ -181,7 +181,7 @@ impl FilePart {
         let bytes = match self.bytes {
             FileBytes::Streaming(bytes) => bytes,
             FileBytes::Spooled(spool) => {
-                spool.drain().await.map_err(|e| storage_error(StorageError::backend(e)))?
+                spool.drain().await.map_err(|e| UploadError::Storage(StorageError::backend(e)))?
             }
         };
         let (media_type, bytes) = media::sniff(bytes).await.map_err(|e| classify_io(&e))?;

@@ -95,9 +95,3 @@ async fn deliver(ctx: &Context, grant: &TokenGrant, data: &ReturnData, client_go
         }
     }
 }
-
-impl std::fmt::Debug for Redeemed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redeemed").field("photo_id", &self.photo.photo_id).finish_non_exhaustive()
-    }
-}

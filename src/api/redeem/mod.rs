@@ -88,7 +88,7 @@ async fn redeem(
     let stored = match store(ctx, &mut form, file).await {
         Ok(stored) => stored,
         Err(cause) => {
-            let site = SiteReturn { grant: lease.grant().clone(), extras: extras(&query, form.fields()) };
+            let site = site_return(&lease, &query, form.fields());
             lease.refund().await;
             return Err(RedeemError::after_slot(site, cause));
         }
@@ -101,7 +101,7 @@ async fn redeem(
     }
 
     // 5. The commit.
-    let site = SiteReturn { grant: lease.grant().clone(), extras: extras(&query, form.fields()) };
+    let site = site_return(&lease, &query, form.fields());
     match lease.commit(stored.version(unix_now())).await {
         Ok(photo) => {
             stored.keep();
@@ -122,9 +122,11 @@ fn tokens<'a>(
     query.iter().chain(fields).filter(|(name, _)| name == TOKEN_FIELD).map(|(_, value)| value.as_str())
 }
 
-/// The request's other parameters, repeated to the site.
-fn extras(query: &[(String, String)], fields: &[(String, String)]) -> Vec<(String, String)> {
-    query.iter().chain(fields).filter(|(name, _)| name != TOKEN_FIELD).cloned().collect()
+/// Whom to tell: the lease's token terms, and the request's other
+/// parameters (query, then fields), repeated to the site.
+fn site_return(lease: &SlotLease, query: &[(String, String)], fields: &[(String, String)]) -> SiteReturn {
+    let extras = query.iter().chain(fields).filter(|(name, _)| name != TOKEN_FIELD).cloned().collect();
+    SiteReturn { grant: lease.grant().clone(), extras }
 }
 
 /// Step 3: a slot of `token`, unless the client is over its failure budget.

@@ -44,7 +44,7 @@ use super::{
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
 use tables::{
     LiveReservation, META, NEXT_PHOTO_ID, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version,
-    create_tables, encode, get_photo, get_token_state, store_error,
+    create_tables, encode, get_photo, get_token_state, store_error, update_token,
 };
 use writer::Writer;
 
@@ -104,44 +104,6 @@ impl EmbeddedStore {
     {
         let txn = self.db.begin_read().map_err(store_error)?;
         op(&txn)
-    }
-
-    /// Deletes nonces past their expiry, tokens expired long ago with no
-    /// live reservation, and failed-redeem counts of past windows.
-    async fn purge(&self, now: u64) -> Result<Purged, StoreError> {
-        self.failure_counts().retain(|(_, window), _| (window + 1) * 60 > now);
-        self.write(move |txn| {
-            let mut nonces_purged = 0;
-            let mut index = txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
-            let mut nonces = txn.open_table(NONCES).map_err(store_error)?;
-            let expired = index.extract_from_if((0u64, "")..(now, ""), |_, _| true).map_err(store_error)?;
-            for entry in expired {
-                let (key, _) = entry.map_err(store_error)?;
-                let (_, identity) = key.value();
-                nonces.remove(identity).map_err(store_error)?;
-                nonces_purged += 1;
-            }
-            let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
-            let mut tokens_purged = 0;
-            tokens
-                .retain(|_, bytes| {
-                    let keep = match serde_json::from_slice::<TokenState>(bytes) {
-                        Ok(state) => {
-                            let last_lease = state.reservations.iter().map(|r| r.lease_until).max();
-                            let end = state.grant.valid_until.max(last_lease.unwrap_or(0));
-                            end + EXPIRED_TOKEN_RETENTION_SECS > now
-                        }
-                        Err(_) => true,
-                    };
-                    if !keep {
-                        tokens_purged += 1;
-                    }
-                    keep
-                })
-                .map_err(store_error)?;
-            Ok(Purged { nonces: nonces_purged, tokens: tokens_purged })
-        })
-        .await
     }
 }
 
@@ -212,22 +174,19 @@ impl StateStore for EmbeddedStore {
     ) -> Result<Reservation, ReserveError> {
         let token = token.clone();
         self.write(move |txn| {
-            let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
-            let Some(mut state) = get_token_state(&tokens, &token)? else {
-                return Ok(Err(ReserveError::Unknown));
-            };
-            if state.grant.valid_until <= now {
-                return Ok(Err(ReserveError::Expired));
-            }
-            state.reservations.retain(|r| r.lease_until > now);
-            if state.committed as usize + state.reservations.len() >= state.grant.max_uploads as usize {
-                return Ok(Err(ReserveError::UsedUp));
-            }
-            let id = hex::encode(random_bytes::<16>());
-            let lease_until = now + lease_secs;
-            state.reservations.push(LiveReservation { id: id.clone(), lease_until });
-            tokens.insert(token.as_str(), encode(&state).as_slice()).map_err(store_error)?;
-            Ok(Ok(Reservation { grant: state.grant, id, lease_until }))
+            update_token(txn, &token, Err(ReserveError::Unknown), |state| {
+                if state.grant.valid_until <= now {
+                    return Ok((Err(ReserveError::Expired), false));
+                }
+                state.reservations.retain(|r| r.lease_until > now);
+                if state.committed as usize + state.reservations.len() >= state.grant.max_uploads as usize {
+                    return Ok((Err(ReserveError::UsedUp), false));
+                }
+                let id = hex::encode(random_bytes::<16>());
+                let lease_until = now + lease_secs;
+                state.reservations.push(LiveReservation { id: id.clone(), lease_until });
+                Ok((Ok(Reservation { grant: state.grant.clone(), id, lease_until }), true))
+            })
         })
         .await?
     }
@@ -241,16 +200,13 @@ impl StateStore for EmbeddedStore {
         let token = reservation.grant.token.clone();
         let id = reservation.id.clone();
         self.write(move |txn| {
-            let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
-            let Some(mut state) = get_token_state(&tokens, &token)? else {
-                return Ok(false);
-            };
-            let Some(live) = state.live_reservation(&id, now) else {
-                return Ok(false);
-            };
-            live.lease_until = live.lease_until.max(now + lease_secs);
-            tokens.insert(token.as_str(), encode(&state).as_slice()).map_err(store_error)?;
-            Ok(true)
+            update_token(txn, &token, false, |state| {
+                let Some(live) = state.live_reservation(&id, now) else {
+                    return Ok((false, false));
+                };
+                live.lease_until = live.lease_until.max(now + lease_secs);
+                Ok((true, true))
+            })
         })
         .await
     }
@@ -259,16 +215,11 @@ impl StateStore for EmbeddedStore {
         let token = reservation.grant.token.clone();
         let id = reservation.id.clone();
         self.write(move |txn| {
-            let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
-            let Some(mut state) = get_token_state(&tokens, &token)? else {
-                return Ok(());
-            };
-            let before = state.reservations.len();
-            state.reservations.retain(|r| r.id != id);
-            if state.reservations.len() != before {
-                tokens.insert(token.as_str(), encode(&state).as_slice()).map_err(store_error)?;
-            }
-            Ok(())
+            update_token(txn, &token, (), |state| {
+                let before = state.reservations.len();
+                state.reservations.retain(|r| r.id != id);
+                Ok(((), state.reservations.len() != before))
+            })
         })
         .await
     }
@@ -283,22 +234,19 @@ impl StateStore for EmbeddedStore {
         let id = reservation.id.clone();
         let photo_id = reservation.grant.photo_id;
         self.write(move |txn| {
-            let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
-            let Some(mut state) = get_token_state(&tokens, &token)? else {
-                return Ok(Err(CommitError::LeaseLost));
-            };
-            if state.live_reservation(&id, now).is_none() {
-                return Ok(Err(CommitError::LeaseLost));
-            }
-            // Both writes below are in this one transaction: the slot is
-            // consumed if and only if the version is recorded.
-            let Some(photo) = append_version(txn, photo_id, version)? else {
-                return Ok(Err(CommitError::NoSuchPhoto));
-            };
-            state.reservations.retain(|r| r.id != id);
-            state.committed += 1;
-            tokens.insert(token.as_str(), encode(&state).as_slice()).map_err(store_error)?;
-            Ok(Ok(photo))
+            update_token(txn, &token, Err(CommitError::LeaseLost), |state| {
+                if state.live_reservation(&id, now).is_none() {
+                    return Ok((Err(CommitError::LeaseLost), false));
+                }
+                // Both writes are in this one transaction: the slot is
+                // consumed if and only if the version is recorded.
+                let Some(photo) = append_version(txn, photo_id, version)? else {
+                    return Ok((Err(CommitError::NoSuchPhoto), false));
+                };
+                state.reservations.retain(|r| r.id != id);
+                state.committed += 1;
+                Ok((Ok(photo), true))
+            })
         })
         .await?
     }
@@ -333,8 +281,42 @@ impl StateStore for EmbeddedStore {
         self.write(|txn| txn.open_table(META).map(drop).map_err(store_error)).await
     }
 
+    /// Deletes nonces past their expiry, tokens expired long ago with no
+    /// live reservation, and failed-redeem counts of past windows.
     async fn purge_expired(&self, now: u64) -> Result<Purged, StoreError> {
-        self.purge(now).await
+        self.failure_counts().retain(|(_, window), _| (window + 1) * 60 > now);
+        self.write(move |txn| {
+            let mut nonces_purged = 0;
+            let mut index = txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
+            let mut nonces = txn.open_table(NONCES).map_err(store_error)?;
+            let expired = index.extract_from_if((0u64, "")..(now, ""), |_, _| true).map_err(store_error)?;
+            for entry in expired {
+                let (key, _) = entry.map_err(store_error)?;
+                let (_, identity) = key.value();
+                nonces.remove(identity).map_err(store_error)?;
+                nonces_purged += 1;
+            }
+            let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
+            let mut tokens_purged = 0;
+            tokens
+                .retain(|_, bytes| {
+                    let keep = match serde_json::from_slice::<TokenState>(bytes) {
+                        Ok(state) => {
+                            let last_lease = state.reservations.iter().map(|r| r.lease_until).max();
+                            let end = state.grant.valid_until.max(last_lease.unwrap_or(0));
+                            end + EXPIRED_TOKEN_RETENTION_SECS > now
+                        }
+                        Err(_) => true,
+                    };
+                    if !keep {
+                        tokens_purged += 1;
+                    }
+                    keep
+                })
+                .map_err(store_error)?;
+            Ok(Purged { nonces: nonces_purged, tokens: tokens_purged })
+        })
+        .await
     }
 }
 

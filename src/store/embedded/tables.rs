@@ -89,6 +89,26 @@ pub fn get_token_state(
     }
 }
 
+/// Reads `token`'s state in `txn` and hands it to `change`, which answers
+/// and says whether it changed the state; a changed state is written back.
+/// An unknown token answers `unknown` and writes nothing.
+pub fn update_token<T>(
+    txn: &WriteTransaction,
+    token: &ReplaceToken,
+    unknown: T,
+    change: impl FnOnce(&mut TokenState) -> Result<(T, bool), StoreError>,
+) -> Result<T, StoreError> {
+    let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
+    let Some(mut state) = get_token_state(&tokens, token)? else {
+        return Ok(unknown);
+    };
+    let (answer, changed) = change(&mut state)?;
+    if changed {
+        tokens.insert(token.as_str(), encode(&state).as_slice()).map_err(store_error)?;
+    }
+    Ok(answer)
+}
+
 pub fn get_photo(
     photos: &impl ReadableTable<u64, &'static [u8]>,
     id: PhotoId,
