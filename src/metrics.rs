@@ -13,8 +13,8 @@ use prometheus::{
 use crate::domain::{PhotoId, ReplaceToken};
 use crate::storage::{ByteStream, ObjectKey, ObjectStore, StorageError, StoredObject};
 use crate::store::{
-    CommitError, NewPhoto, NonceKey, Photo, Purged, Reservation, ReserveError, StateStore, StoreError,
-    TokenGrant, TokenStatus, VersionFile,
+    CommitError, NewPhoto, NonceKey, Photo, Purged, RecordedVersion, Reservation, ReserveError, StateStore,
+    StoreError, TokenGrant, TokenStatus, VersionFile,
 };
 
 /// Every metric of the process.
@@ -236,7 +236,7 @@ impl StateStore for MeasuredState {
         reservation: &Reservation,
         version: VersionFile,
         now: u64,
-    ) -> Result<Photo, CommitError> {
+    ) -> Result<RecordedVersion, CommitError> {
         let call = self.inner.commit_version(reservation, version, now);
         let result = self.timed("commit_version", call, |e| matches!(e, CommitError::Store(_))).await;
         self.slot(
@@ -255,7 +255,7 @@ impl StateStore for MeasuredState {
         &self,
         photo_id: PhotoId,
         version: VersionFile,
-    ) -> Result<Option<Photo>, StoreError> {
+    ) -> Result<Option<RecordedVersion>, StoreError> {
         self.timed("add_version", self.inner.add_version(photo_id, version), any_error).await
     }
 

@@ -54,6 +54,8 @@ enum Case {
     Tokens,
     /// 64 KiB redeems per second at 64 connections, with p50/p99 latency.
     Small,
+    /// 4 KiB redeems into a photo with 1,000 versions vs. one with 1.
+    Versions,
     /// Internal: run the receiver with the configuration in the environment.
     #[command(hide = true)]
     ServeReceiver,
@@ -100,6 +102,9 @@ async fn run(case: &Case, cli: &Cli) -> anyhow::Result<()> {
     }
     if matches!(case, Case::All | Case::Small) {
         rows.extend(cases::small_uploads(cli).await?);
+    }
+    if matches!(case, Case::All | Case::Versions) {
+        rows.extend(cases::versions(cli).await?);
     }
     report::print_table(&rows);
     report::write_json(&rows, &cli.json)?;

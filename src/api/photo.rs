@@ -3,11 +3,11 @@
 
 use super::call::ApiRequest;
 use crate::context::Context;
-use crate::domain::{PhotoId, ReplaceToken, unix_now};
+use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, unix_now};
 use crate::envelope::Success;
 use crate::error::ApiError;
 use crate::http::{Params, body_stream};
-use crate::store::{NewPhoto, Photo, PhotoMetadata, TokenGrant};
+use crate::store::{NewPhoto, PhotoMetadata, TokenGrant};
 use crate::upload::{Form, StoredFile};
 
 /// `valid_minutes`: default and bounds, from 23's documentation.
@@ -189,11 +189,11 @@ async fn receive_file<T>(
 }
 
 /// The `photo_id`, `tree_id` and `token` fields of an answer.
-fn photo_fields(photo: &Photo) -> Vec<(String, String)> {
+fn photo_fields(photo_id: PhotoId, tree_id: &str, token: &PhotoSecret) -> Vec<(String, String)> {
     vec![
-        ("photo_id".into(), photo.photo_id.to_string()),
-        ("tree_id".into(), photo.tree_id.clone()),
-        ("token".into(), photo.token.as_str().to_owned()),
+        ("photo_id".into(), photo_id.to_string()),
+        ("tree_id".into(), tree_id.to_owned()),
+        ("token".into(), token.as_str().to_owned()),
     ]
 }
 
@@ -219,7 +219,7 @@ pub async fn upload(ctx: &Context, request: &mut ApiRequest) -> Result<Success, 
     Ok(Success {
         message: "The file was successfully uploaded".to_owned(),
         object_name: "upload",
-        fields: photo_fields(&photo),
+        fields: photo_fields(photo.photo_id, &photo.tree_id, &photo.token),
         list: None,
     })
 }
@@ -242,8 +242,8 @@ pub async fn replace(ctx: &Context, request: &mut ApiRequest) -> Result<Success,
         ctx.state.photo(id).await?.ok_or(ApiError::NoSuchPhoto)
     };
     let (photo, file) = receive_file(ctx, request, |fields| !ids(fields).is_empty(), existing).await?;
-    let photo = match ctx.state.add_version(photo.photo_id, file.version(unix_now())).await {
-        Ok(Some(photo)) => photo,
+    let recorded = match ctx.state.add_version(photo.photo_id, file.version(unix_now())).await {
+        Ok(Some(recorded)) => recorded,
         Ok(None) => {
             file.discard().await;
             return Err(ApiError::NoSuchPhoto);
@@ -254,11 +254,11 @@ pub async fn replace(ctx: &Context, request: &mut ApiRequest) -> Result<Success,
         }
     };
     file.keep();
-    tracing::info!(photo_id = %photo.photo_id, version = photo.current_version().number, "photo replaced");
+    tracing::info!(photo_id = %recorded.photo_id, version = recorded.version.number, "photo replaced");
     Ok(Success {
         message: "The photo was successfully replaced".to_owned(),
         object_name: "photo",
-        fields: photo_fields(&photo),
+        fields: photo_fields(recorded.photo_id, &recorded.tree_id, &recorded.token),
         list: None,
     })
 }

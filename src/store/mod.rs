@@ -121,6 +121,47 @@ impl Photo {
     }
 }
 
+/// A photo's own record, without its versions: what both backends store
+/// apart from the versions, so that adding a version never rewrites (or
+/// reads) the ones before it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhotoRecord {
+    pub photo_id: PhotoId,
+    pub tree_id: String,
+    pub token: PhotoSecret,
+    #[serde(flatten)]
+    pub metadata: PhotoMetadata,
+    pub created_at: u64,
+}
+
+impl PhotoRecord {
+    pub fn with_versions(self, versions: Vec<PhotoVersion>) -> Photo {
+        Photo {
+            photo_id: self.photo_id,
+            tree_id: self.tree_id,
+            token: self.token,
+            metadata: self.metadata,
+            created_at: self.created_at,
+            versions,
+        }
+    }
+
+    /// The answer to a commit that recorded `version`.
+    pub fn recorded(self, version: PhotoVersion) -> RecordedVersion {
+        RecordedVersion { photo_id: self.photo_id, tree_id: self.tree_id, token: self.token, version }
+    }
+}
+
+/// A version just recorded, with what an answer needs of its photo. Its
+/// cost does not grow with the photo's other versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedVersion {
+    pub photo_id: PhotoId,
+    pub tree_id: String,
+    pub token: PhotoSecret,
+    pub version: PhotoVersion,
+}
+
 /// What `create_photo` needs; the store assigns the id and secret token.
 #[derive(Clone, Debug)]
 pub struct NewPhoto {
@@ -253,18 +294,22 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Consumes the reserved slot and appends `version` to the token's photo,
     /// making it the current version. Fails with `LeaseLost` (recording
-    /// nothing) when the reservation is no longer live.
+    /// nothing) when the reservation is no longer live. Costs the same
+    /// whatever the number of versions before it.
     async fn commit_version(
         &self,
         reservation: &Reservation,
         version: VersionFile,
         now: u64,
-    ) -> Result<Photo, CommitError>;
+    ) -> Result<RecordedVersion, CommitError>;
 
     /// Appends `version` to a photo directly (the signed `/api/photo/replace`).
     /// `Ok(None)` when there is no such photo.
-    async fn add_version(&self, photo_id: PhotoId, version: VersionFile)
-    -> Result<Option<Photo>, StoreError>;
+    async fn add_version(
+        &self,
+        photo_id: PhotoId,
+        version: VersionFile,
+    ) -> Result<Option<RecordedVersion>, StoreError>;
 
     /// Records a nonce; `true` the first time this exact key is seen, `false`
     /// on every later call until `expires_at` has passed.

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::{
-    CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoMetadata, PhotoVersion,
-    Purged, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
+    CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoRecord, PhotoVersion, Purged,
+    RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
 };
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
 
@@ -49,30 +49,6 @@ impl Scripts {
             refund_slot: Script::new(include_str!("lua/refund_slot.lua")),
             append_version: Script::new(include_str!("lua/append_version.lua")),
             create_photo: Script::new(include_str!("lua/create_photo.lua")),
-        }
-    }
-}
-
-/// A photo without its versions (those are a list of their own).
-#[derive(Serialize, Deserialize)]
-struct PhotoMeta {
-    photo_id: PhotoId,
-    tree_id: String,
-    token: PhotoSecret,
-    #[serde(flatten)]
-    metadata: PhotoMetadata,
-    created_at: u64,
-}
-
-impl PhotoMeta {
-    fn with_versions(self, versions: Vec<PhotoVersion>) -> Photo {
-        Photo {
-            photo_id: self.photo_id,
-            tree_id: self.tree_id,
-            token: self.token,
-            metadata: self.metadata,
-            created_at: self.created_at,
-            versions,
         }
     }
 }
@@ -198,7 +174,7 @@ impl RedisStore {
     }
 
     fn photo_from_parts(meta: &str, versions: &[String]) -> Result<Photo, StoreError> {
-        let meta: PhotoMeta = decode(meta)?;
+        let meta: PhotoRecord = decode(meta)?;
         let versions = versions.iter().map(|v| decode::<PhotoVersion>(v)).collect::<Result<Vec<_>, _>>()?;
         if versions.is_empty() {
             return Err(StoreError::new(format!("photo {} has no versions in redis", meta.photo_id)));
@@ -213,7 +189,7 @@ impl RedisStore {
         photo_id: PhotoId,
         version: &VersionFile,
         commit: Option<(u64, &Reservation)>,
-    ) -> Result<Result<Photo, CommitError>, StoreError> {
+    ) -> Result<Result<RecordedVersion, CommitError>, StoreError> {
         let mut keys = self.keys.photo(photo_id).to_vec();
         let mut args = vec![encode(version)];
         if let Some((now, reservation)) = commit {
@@ -223,9 +199,10 @@ impl RedisStore {
         let answer: Vec<String> = self.run(&self.scripts.append_version, &keys, &args).await?;
         match answer.split_first() {
             Some((status, rest)) if status == "ok" => {
-                let (meta, versions) =
-                    rest.split_first().ok_or_else(|| store_error("append answered without the photo"))?;
-                Ok(Ok(Self::photo_from_parts(meta, versions)?))
+                let [record, version] = rest else {
+                    return Err(store_error("append answered without the photo and its new version"));
+                };
+                Ok(Ok(decode::<PhotoRecord>(record)?.recorded(decode(version)?)))
             }
             Some((status, _)) if status == "lease_lost" => Ok(Err(CommitError::LeaseLost)),
             Some((status, _)) if status == "no_photo" => Ok(Err(CommitError::NoSuchPhoto)),
@@ -240,7 +217,7 @@ impl StateStore for RedisStore {
         let mut connection = self.connection().await?;
         // A crash between taking the id and storing the photo only skips an id.
         let id: u64 = self.bounded(connection.incr(self.keys.photo_sequence(), 1)).await?;
-        let meta = PhotoMeta {
+        let meta = PhotoRecord {
             photo_id: PhotoId(id),
             tree_id: new.tree_id,
             token: PhotoSecret::generate(),
@@ -356,7 +333,7 @@ impl StateStore for RedisStore {
         reservation: &Reservation,
         version: VersionFile,
         now: u64,
-    ) -> Result<Photo, CommitError> {
+    ) -> Result<RecordedVersion, CommitError> {
         self.append(reservation.grant.photo_id, &version, Some((now, reservation))).await?
     }
 
@@ -364,7 +341,7 @@ impl StateStore for RedisStore {
         &self,
         photo_id: PhotoId,
         version: VersionFile,
-    ) -> Result<Option<Photo>, StoreError> {
+    ) -> Result<Option<RecordedVersion>, StoreError> {
         match self.append(photo_id, &version, None).await? {
             Ok(photo) => Ok(Some(photo)),
             Err(CommitError::NoSuchPhoto) => Ok(None),

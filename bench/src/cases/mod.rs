@@ -5,6 +5,7 @@ mod small;
 mod tokens;
 mod upload_fs;
 mod upload_s3;
+mod versions;
 
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ pub use small::small_uploads;
 pub use tokens::tokens;
 pub use upload_fs::upload_fs;
 pub use upload_s3::upload_s3;
+pub use versions::versions;
 
 use crate::MIB;
 use crate::load::Connection;

@@ -9,23 +9,23 @@ use super::error::{RedeemError, SiteReturn};
 use crate::callback::{self, CallbackError, Outcome, ReturnData};
 use crate::context::Context;
 use crate::http::{Body, text};
-use crate::store::{Photo, TokenGrant};
+use crate::store::{RecordedVersion, TokenGrant};
 
 /// A committed redeem.
 pub struct Redeemed {
     pub site: SiteReturn,
-    pub photo: Photo,
+    pub recorded: RecordedVersion,
 }
 
 /// Logs how the redeem ended and answers it.
 pub async fn answer(ctx: &Context, ended: Result<Redeemed, RedeemError>) -> Response<Body> {
     let (site, outcome, client_gone) = match ended {
-        Ok(Redeemed { site, photo }) => {
-            tracing::info!(photo_id = %photo.photo_id, version = photo.current_version().number, size = photo.current_version().file.size, "photo replaced");
+        Ok(Redeemed { site, recorded }) => {
+            tracing::info!(photo_id = %recorded.photo_id, version = recorded.version.number, size = recorded.version.file.size, "photo replaced");
             let outcome = Outcome::Replaced {
-                photo_id: photo.photo_id.to_string(),
-                tree_id: photo.tree_id.clone(),
-                token: photo.token.as_str().to_owned(),
+                photo_id: recorded.photo_id.to_string(),
+                tree_id: recorded.tree_id,
+                token: recorded.token.as_str().to_owned(),
             };
             (site, outcome, false)
         }

@@ -103,9 +103,9 @@ async fn redeem(
     // 5. The commit.
     let site = site_return(&lease, &query, form.fields());
     match lease.commit(stored.version(unix_now())).await {
-        Ok(photo) => {
+        Ok(recorded) => {
             stored.keep();
-            Ok(Redeemed { site, photo })
+            Ok(Redeemed { site, recorded })
         }
         Err(e) => {
             stored.discard().await;

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{ReplaceToken, unix_now};
-use crate::store::{CommitError, Photo, Reservation, ReserveError, StateStore, TokenGrant, VersionFile};
+use crate::store::{
+    CommitError, RecordedVersion, Reservation, ReserveError, StateStore, TokenGrant, VersionFile,
+};
 use crate::tasks::Cleanup;
 
 /// A reserved upload slot, renewed until it is committed, refunded or dropped.
@@ -51,7 +53,7 @@ impl SlotLease {
     /// Consumes the slot and records `version` as the photo's new current
     /// version, both or neither. When the store fails or the photo is gone,
     /// the slot is given back; a lost lease has gone back already.
-    pub async fn commit(mut self, version: VersionFile) -> Result<Photo, CommitError> {
+    pub async fn commit(mut self, version: VersionFile) -> Result<RecordedVersion, CommitError> {
         self.settled = true;
         let committed = self.state.commit_version(&self.reservation, version, unix_now()).await;
         if let Err(CommitError::Store(_) | CommitError::NoSuchPhoto) = committed {

@@ -38,13 +38,13 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::{
-    CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoVersion, Purged, Reservation,
-    ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
+    CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoRecord, PhotoVersion, Purged,
+    RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
 };
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
 use tables::{
     LiveReservation, META, NEXT_PHOTO_ID, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version,
-    create_tables, encode, get_photo, get_token_state, store_error, update_token,
+    create_tables, encode, get_token_state, insert_photo, read_photo, store_error, update_token,
 };
 use writer::Writer;
 
@@ -114,23 +114,23 @@ impl StateStore for EmbeddedStore {
             let mut meta = txn.open_table(META).map_err(store_error)?;
             let id = meta.get(NEXT_PHOTO_ID).map_err(store_error)?.map_or(1, |v| v.value());
             meta.insert(NEXT_PHOTO_ID, id + 1).map_err(store_error)?;
-            let photo = Photo {
+            let record = PhotoRecord {
                 photo_id: PhotoId(id),
                 tree_id: new.tree_id,
                 token: PhotoSecret::generate(),
                 metadata: new.metadata,
                 created_at: new.first_version.created_at,
-                versions: vec![PhotoVersion { number: 1, file: new.first_version }],
             };
+            let versions = vec![PhotoVersion { number: 1, file: new.first_version }];
             let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
-            photos.insert(id, encode(&photo).as_slice()).map_err(store_error)?;
-            Ok(photo)
+            insert_photo(txn, &mut photos, &record, versions.clone())?;
+            Ok(record.with_versions(versions))
         })
         .await
     }
 
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
-        self.read(move |txn| get_photo(&txn.open_table(PHOTOS).map_err(store_error)?, id)).await
+        self.read(move |txn| read_photo(txn, id)).await
     }
 
     async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError> {
@@ -229,7 +229,7 @@ impl StateStore for EmbeddedStore {
         reservation: &Reservation,
         version: VersionFile,
         now: u64,
-    ) -> Result<Photo, CommitError> {
+    ) -> Result<RecordedVersion, CommitError> {
         let token = reservation.grant.token.clone();
         let id = reservation.id.clone();
         let photo_id = reservation.grant.photo_id;
@@ -255,7 +255,7 @@ impl StateStore for EmbeddedStore {
         &self,
         photo_id: PhotoId,
         version: VersionFile,
-    ) -> Result<Option<Photo>, StoreError> {
+    ) -> Result<Option<RecordedVersion>, StoreError> {
         self.write(move |txn| append_version(txn, photo_id, version)).await
     }
 
@@ -371,6 +371,40 @@ mod tests {
         };
         assert_eq!(store.photo(photo.photo_id).await.unwrap(), Some(photo));
         assert!(store.token_status(&token, 1).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn photos_kept_whole_by_an_earlier_release_are_split_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = PhotoRecord {
+            photo_id: PhotoId(7),
+            tree_id: "1".into(),
+            token: PhotoSecret::generate(),
+            metadata: Default::default(),
+            created_at: 1,
+        };
+        let versions = vec![
+            PhotoVersion { number: 1, file: version("a") },
+            PhotoVersion { number: 2, file: version("b") },
+        ];
+        let whole = record.clone().with_versions(versions.clone());
+        {
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            let legacy: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("photos");
+            txn.open_table(legacy).unwrap().insert(7, encode(&whole).as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.photo(PhotoId(7)).await.unwrap(), Some(whole));
+        let recorded = store.add_version(PhotoId(7), version("c")).await.unwrap().unwrap();
+        assert_eq!(recorded.version.number, 3, "numbering goes on from the split versions");
+        assert_eq!(store.photo(PhotoId(7)).await.unwrap().unwrap().versions.len(), 3);
+        let txn = store.db.begin_read().unwrap();
+        assert!(
+            !txn.list_tables().unwrap().any(|t| redb::TableHandle::name(&t) == "photos"),
+            "legacy table gone"
+        );
     }
 
     #[tokio::test]

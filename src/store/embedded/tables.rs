@@ -1,15 +1,23 @@
 //! The embedded store's tables and the records in them, and the reads and
 //! writes one transaction does on them. Records are JSON; keys are the
-//! natural ones (photo id, token, nonce identity).
+//! natural ones (photo id, (photo id, version number), token, nonce
+//! identity). A photo's record and each of its versions are rows of their
+//! own, so recording a version writes one small row whatever came before.
 
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::causes::BoxError;
 use crate::domain::{PhotoId, ReplaceToken};
-use crate::store::{Photo, PhotoVersion, StoreError, TokenGrant, VersionFile};
+use crate::store::{Photo, PhotoRecord, PhotoVersion, RecordedVersion, StoreError, TokenGrant, VersionFile};
 
-pub const PHOTOS: TableDefinition<u64, &[u8]> = TableDefinition::new("photos");
+/// Photo id → its [`PhotoRecord`].
+pub const PHOTOS: TableDefinition<u64, &[u8]> = TableDefinition::new("photo_records");
+/// (photo id, version number) → that [`VersionFile`].
+pub const VERSIONS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("photo_versions");
+/// Where earlier releases kept each photo whole, versions and all; split
+/// into the two tables above when the database is opened.
+const WHOLE_PHOTOS: TableDefinition<u64, &[u8]> = TableDefinition::new("photos");
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// Nonce identity → expiry.
 pub const NONCES: TableDefinition<&str, u64> = TableDefinition::new("nonces");
@@ -50,10 +58,18 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("state records always serialize")
 }
 
-/// Creates every table up front so read transactions never find one missing.
+/// Creates every table up front so read transactions never find one missing,
+/// and splits the photos of an earlier release's database into records and
+/// versions (in the same transaction: all or nothing).
 pub fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(store_error)?;
+    let photos_are_whole =
+        txn.list_tables().map_err(store_error)?.any(|table| table.name() == WHOLE_PHOTOS.name());
+    if photos_are_whole {
+        split_whole_photos(&txn)?;
+    }
     txn.open_table(PHOTOS).map_err(store_error)?;
+    txn.open_table(VERSIONS).map_err(store_error)?;
     txn.open_table(TOKENS).map_err(store_error)?;
     txn.open_table(NONCES).map_err(store_error)?;
     txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
@@ -109,27 +125,88 @@ pub fn update_token<T>(
     Ok(answer)
 }
 
-pub fn get_photo(
+fn split_whole_photos(txn: &WriteTransaction) -> Result<(), StoreError> {
+    {
+        let whole = txn.open_table(WHOLE_PHOTOS).map_err(store_error)?;
+        let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
+        for entry in whole.iter().map_err(store_error)? {
+            let (_, bytes) = entry.map_err(store_error)?;
+            let photo: Photo = decode(bytes.value())?;
+            let versions = photo.versions.clone();
+            let record = PhotoRecord {
+                photo_id: photo.photo_id,
+                tree_id: photo.tree_id,
+                token: photo.token,
+                metadata: photo.metadata,
+                created_at: photo.created_at,
+            };
+            insert_photo(txn, &mut photos, &record, versions)?;
+        }
+    }
+    txn.delete_table(WHOLE_PHOTOS).map_err(store_error)?;
+    Ok(())
+}
+
+/// Stores a photo's record and its versions.
+pub fn insert_photo(
+    txn: &WriteTransaction,
+    photos: &mut redb::Table<u64, &'static [u8]>,
+    record: &PhotoRecord,
+    versions: Vec<PhotoVersion>,
+) -> Result<(), StoreError> {
+    photos.insert(record.photo_id.0, encode(record).as_slice()).map_err(store_error)?;
+    let mut table = txn.open_table(VERSIONS).map_err(store_error)?;
+    for version in versions {
+        table
+            .insert((record.photo_id.0, version.number), encode(&version.file).as_slice())
+            .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+pub fn get_photo_record(
     photos: &impl ReadableTable<u64, &'static [u8]>,
     id: PhotoId,
-) -> Result<Option<Photo>, StoreError> {
+) -> Result<Option<PhotoRecord>, StoreError> {
     match photos.get(id.0).map_err(store_error)? {
         Some(bytes) => decode(bytes.value()).map(Some),
         None => Ok(None),
     }
 }
 
+/// A photo with every version, oldest first, from one snapshot.
+pub fn read_photo(txn: &redb::ReadTransaction, id: PhotoId) -> Result<Option<Photo>, StoreError> {
+    let Some(record) = get_photo_record(&txn.open_table(PHOTOS).map_err(store_error)?, id)? else {
+        return Ok(None);
+    };
+    let table = txn.open_table(VERSIONS).map_err(store_error)?;
+    let mut versions = Vec::new();
+    for entry in table.range((id.0, 0)..=(id.0, u32::MAX)).map_err(store_error)? {
+        let (key, bytes) = entry.map_err(store_error)?;
+        versions.push(PhotoVersion { number: key.value().1, file: decode(bytes.value())? });
+    }
+    if versions.is_empty() {
+        return Err(StoreError::new(format!("photo {id} has no versions")));
+    }
+    Ok(Some(record.with_versions(versions)))
+}
+
+/// Appends `version` to photo `id`: reads the photo's record and its last
+/// version number, writes one row.
 pub fn append_version(
     txn: &WriteTransaction,
     id: PhotoId,
     version: VersionFile,
-) -> Result<Option<Photo>, StoreError> {
-    let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
-    let Some(mut photo) = get_photo(&photos, id)? else {
+) -> Result<Option<RecordedVersion>, StoreError> {
+    let Some(record) = get_photo_record(&txn.open_table(PHOTOS).map_err(store_error)?, id)? else {
         return Ok(None);
     };
-    let number = photo.current_version().number + 1;
-    photo.versions.push(PhotoVersion { number, file: version });
-    photos.insert(id.0, encode(&photo).as_slice()).map_err(store_error)?;
-    Ok(Some(photo))
+    let mut versions = txn.open_table(VERSIONS).map_err(store_error)?;
+    let last = match versions.range((id.0, 0)..=(id.0, u32::MAX)).map_err(store_error)?.next_back() {
+        Some(entry) => entry.map_err(store_error)?.0.value().1,
+        None => 0,
+    };
+    let number = last + 1;
+    versions.insert((id.0, number), encode(&version).as_slice()).map_err(store_error)?;
+    Ok(Some(record.recorded(PhotoVersion { number, file: version })))
 }

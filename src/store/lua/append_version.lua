@@ -6,7 +6,8 @@
 -- for a commit also KEYS[3] token hash, KEYS[4] its lease set.
 -- ARGV[1] version JSON without its number (an object);
 -- for a commit also ARGV[2] now, ARGV[3] reservation id.
--- Returns {'ok', meta, version JSON...} or {'lease_lost'} / {'no_photo'}.
+-- Returns {'ok', meta, the new version's JSON} or {'lease_lost'} / {'no_photo'}:
+-- O(1) whatever the number of versions before it.
 if ARGV[3] then
   local lease = redis.call('ZSCORE', KEYS[4], ARGV[3])
   if not lease or tonumber(lease) <= tonumber(ARGV[2]) then
@@ -22,9 +23,6 @@ if ARGV[3] then
   redis.call('HINCRBY', KEYS[3], 'committed', 1)
 end
 local number = redis.call('LLEN', KEYS[2]) + 1
-redis.call('RPUSH', KEYS[2], '{"number":' .. number .. ',' .. string.sub(ARGV[1], 2))
-local answer = {'ok', meta}
-for _, version in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-  answer[#answer + 1] = version
-end
-return answer
+local version = '{"number":' .. number .. ',' .. string.sub(ARGV[1], 2)
+redis.call('RPUSH', KEYS[2], version)
+return {'ok', meta, version}
