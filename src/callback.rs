@@ -29,12 +29,13 @@ pub const GET_LIMIT: usize = 1500;
 
 /// Parameters the receiver sets; an extra parameter with one of these names
 /// is dropped rather than allowed to replace or shadow them.
-pub const RESERVED: [&str; 6] = ["domain", "replace_token", "photo_id", "tree_id", "token", "error_message"];
+pub const RESERVED: [&str; 7] =
+    ["domain", "replace_token", "upload_token", "photo_id", "tree_id", "token", "error_message"];
 
 /// How the redeem ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Replaced { photo_id: String, tree_id: String, token: String },
+    Stored { photo_id: String, tree_id: String, token: String },
     Failed { error_message: String },
 }
 
@@ -42,7 +43,8 @@ pub enum Outcome {
 #[derive(Clone, Debug)]
 pub struct ReturnData {
     pub domain: String,
-    pub replace_token: String,
+    /// `replace_token` or `upload_token`, and the token.
+    pub token: (&'static str, String),
     pub outcome: Outcome,
     /// The request's other parameters, repeated to the site.
     pub extras: Vec<(String, String)>,
@@ -54,15 +56,13 @@ impl ReturnData {
         ReturnData { outcome: Outcome::Failed { error_message }, ..self.clone() }
     }
 
-    /// The parameters in order: `domain`, `replace_token`, then the outcome's,
+    /// The parameters in order: `domain`, the token, then the outcome's,
     /// then the extras that do not collide with those.
     pub fn params(&self) -> Vec<(String, String)> {
-        let mut params = vec![
-            ("domain".to_owned(), self.domain.clone()),
-            ("replace_token".to_owned(), self.replace_token.clone()),
-        ];
+        let mut params =
+            vec![("domain".to_owned(), self.domain.clone()), (self.token.0.to_owned(), self.token.1.clone())];
         match &self.outcome {
-            Outcome::Replaced { photo_id, tree_id, token } => params.extend([
+            Outcome::Stored { photo_id, tree_id, token } => params.extend([
                 ("photo_id".to_owned(), photo_id.clone()),
                 ("tree_id".to_owned(), tree_id.clone()),
                 ("token".to_owned(), token.clone()),
@@ -182,7 +182,7 @@ fn post_form_page(return_url: &Url, params: &[(String, String)]) -> Response<Ful
 /// `error <error_message>`.
 pub fn background_answer(data: &ReturnData, callback_url: &str) -> String {
     match &data.outcome {
-        Outcome::Replaced { photo_id, tree_id, token } => {
+        Outcome::Stored { photo_id, tree_id, token } => {
             format!("ok {} {tree_id} {photo_id} {token} {callback_url}\n", data.domain)
         }
         Outcome::Failed { error_message } => format!("error {}\n", single_line(error_message)),
@@ -428,7 +428,7 @@ mod tests {
     fn data(outcome: Outcome, extras: &[(&str, &str)]) -> ReturnData {
         ReturnData {
             domain: "videos.example.com".into(),
-            replace_token: "t".repeat(40),
+            token: ("replace_token", "t".repeat(40)),
             outcome,
             extras: extras.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
@@ -437,7 +437,7 @@ mod tests {
     #[test]
     fn extras_never_replace_the_receivers_parameters() {
         let d = data(
-            Outcome::Replaced { photo_id: "1".into(), tree_id: "2".into(), token: "s".into() },
+            Outcome::Stored { photo_id: "1".into(), tree_id: "2".into(), token: "s".into() },
             &[("photo_id", "666"), ("domain", "evil"), ("error_message", "x"), ("theme", "green")],
         );
         let params = d.params();
@@ -509,10 +509,8 @@ mod tests {
 
     #[test]
     fn the_background_answer_has_the_documented_shape() {
-        let ok = data(
-            Outcome::Replaced { photo_id: "7".into(), tree_id: "3".into(), token: "s3cr3t".into() },
-            &[],
-        );
+        let ok =
+            data(Outcome::Stored { photo_id: "7".into(), tree_id: "3".into(), token: "s3cr3t".into() }, &[]);
         assert_eq!(background_answer(&ok, "http://x/cb"), "ok videos.example.com 3 7 s3cr3t http://x/cb\n");
         let failed = data(Outcome::Failed { error_message: "too\nbig".into() }, &[]);
         assert_eq!(background_answer(&failed, "http://x/cb"), "error too big\n");

@@ -1,5 +1,6 @@
-//! Domain newtypes parsed at the edge: photo ids, replace tokens, secret photo
-//! tokens and the random values behind them; 23's permission levels.
+//! Domain newtypes parsed at the edge: photo ids, browser-upload tokens
+//! (replace and upload) and their kinds, secret photo tokens and the random
+//! values behind them; 23's permission levels.
 //!
 //! Every value that arrives from a client is parsed into one of these types
 //! before it reaches a store, so the stores never see unchecked strings.
@@ -100,6 +101,33 @@ impl fmt::Debug for ReplaceToken {
 impl fmt::Display for ReplaceToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The two kinds of browser-upload token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// Each upload is a new version of one photo.
+    Replace,
+    /// Each upload is a new photo.
+    Upload,
+}
+
+impl TokenKind {
+    /// The name the stores record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Replace => "replace",
+            TokenKind::Upload => "upload",
+        }
+    }
+
+    /// The parameter that carries a token of this kind.
+    pub fn field(self) -> &'static str {
+        match self {
+            TokenKind::Replace => "replace_token",
+            TokenKind::Upload => "upload_token",
+        }
     }
 }
 

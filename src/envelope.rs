@@ -177,6 +177,12 @@ pub fn render_success(format: &Format, ctx: &Context<'_>, success: &Success) -> 
                     ("cached", "0"),
                 ],
             );
+            let empty = success.fields.is_empty() && success.list.as_ref().is_none_or(|l| l.items.is_empty());
+            if empty {
+                // Nothing inside: `<response .../>`, as 23's examples show.
+                out.push_str("/>\n");
+                return out;
+            }
             out.push_str(">\n");
             write_xml_fields(&mut out, 1, &success.fields);
             if let Some(list) = &success.list {

@@ -219,7 +219,8 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let too_large = || ApiError::InvalidInput(format!("the form body exceeds {limit} bytes"));
+    let too_large =
+        || ApiError::InvalidInput(format!("the form body exceeds {limit} bytes (limits.max_form_bytes)"));
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {

@@ -13,8 +13,8 @@ use prometheus::{
 use crate::domain::{PhotoId, ReplaceToken};
 use crate::storage::{ByteStream, ObjectKey, ObjectStore, StorageError, StoredObject};
 use crate::store::{
-    CommitError, NewPhoto, NonceKey, Photo, Purged, RecordedVersion, Reservation, ReserveError, StateStore,
-    StoreError, TokenGrant, TokenStatus, VersionFile,
+    CommitError, MetadataUpdate, NewPhoto, NonceKey, Photo, Purged, RecordedVersion, Reservation,
+    ReserveError, StateStore, StoreError, TokenGrant, TokenKind, TokenStatus, TokenUpdate, VersionFile,
 };
 
 /// Every metric of the process.
@@ -188,10 +188,11 @@ impl StateStore for MeasuredState {
     async fn reserve_slot(
         &self,
         token: &ReplaceToken,
+        kind: TokenKind,
         now: u64,
         lease_secs: u64,
     ) -> Result<Reservation, ReserveError> {
-        let call = self.inner.reserve_slot(token, now, lease_secs);
+        let call = self.inner.reserve_slot(token, kind, now, lease_secs);
         let result = self.timed("reserve_slot", call, |e| matches!(e, ReserveError::Store(_))).await;
         self.slot(
             "reserve",
@@ -236,8 +237,9 @@ impl StateStore for MeasuredState {
         reservation: &Reservation,
         version: VersionFile,
         now: u64,
+        file: Option<&str>,
     ) -> Result<RecordedVersion, CommitError> {
-        let call = self.inner.commit_version(reservation, version, now);
+        let call = self.inner.commit_version(reservation, version, now, file);
         let result = self.timed("commit_version", call, |e| matches!(e, CommitError::Store(_))).await;
         self.slot(
             "commit",
@@ -249,6 +251,17 @@ impl StateStore for MeasuredState {
             },
         );
         result
+    }
+
+    async fn update_upload_token(
+        &self,
+        token: &ReplaceToken,
+        update: &MetadataUpdate,
+        file: Option<&str>,
+        now: u64,
+    ) -> Result<TokenUpdate, StoreError> {
+        let call = self.inner.update_upload_token(token, update, file, now);
+        self.timed("update_upload_token", call, any_error).await
     }
 
     async fn add_version(

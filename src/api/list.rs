@@ -48,6 +48,8 @@ fn photo_item(photo: &Photo) -> Item {
         ("tags".into(), text(&metadata.tags)),
         ("publish".into(), if metadata.publish { "1" } else { "0" }.into()),
         ("album_id".into(), text(&metadata.album_id)),
+        ("absolute_url".into(), text(&metadata.absolute_url)),
+        ("user_id".into(), text(&metadata.user_id)),
     ];
     let versions = photo
         .versions

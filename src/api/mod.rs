@@ -6,9 +6,12 @@
 
 mod call;
 mod list;
+mod metadata;
 mod misc;
+mod params;
 mod photo;
 mod redeem;
+mod upload_token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use tracing::Instrument;
 use crate::context::Context;
 use crate::domain::{Permission, random_bytes};
 use crate::http::{Body, method_not_allowed, plain};
+use crate::store::TokenKind;
 
 /// The routes, one per endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +35,9 @@ enum Endpoint {
     PhotoUpload,
     PhotoReplace,
     PhotoRedeemReplaceToken,
+    PhotoGetUploadToken,
+    PhotoRedeemUploadToken,
+    PhotoUpdateUploadToken,
     PhotoList,
     CrossdomainRoot,
     CrossdomainApi,
@@ -47,6 +54,9 @@ impl Endpoint {
             "/api/photo/upload" => Endpoint::PhotoUpload,
             "/api/photo/replace" => Endpoint::PhotoReplace,
             "/api/photo/redeem-replace-token" => Endpoint::PhotoRedeemReplaceToken,
+            "/api/photo/get-upload-token" => Endpoint::PhotoGetUploadToken,
+            "/api/photo/redeem-upload-token" => Endpoint::PhotoRedeemUploadToken,
+            "/api/photo/update-upload-token" => Endpoint::PhotoUpdateUploadToken,
             "/api/photo/list" => Endpoint::PhotoList,
             "/crossdomain.xml" => Endpoint::CrossdomainRoot,
             "/api/crossdomain.xml" => Endpoint::CrossdomainApi,
@@ -65,6 +75,9 @@ impl Endpoint {
             Endpoint::PhotoUpload => "upload",
             Endpoint::PhotoReplace => "replace",
             Endpoint::PhotoRedeemReplaceToken => "redeem",
+            Endpoint::PhotoGetUploadToken => "get_upload_token",
+            Endpoint::PhotoRedeemUploadToken => "redeem_upload",
+            Endpoint::PhotoUpdateUploadToken => "update_upload_token",
             Endpoint::PhotoList => "photo_list",
             Endpoint::CrossdomainRoot | Endpoint::CrossdomainApi => "crossdomain",
             Endpoint::Healthz => "healthz",
@@ -76,11 +89,12 @@ impl Endpoint {
     /// The permission an API method requires; `None` for non-API routes.
     fn required_permission(self) -> Option<Permission> {
         match self {
-            Endpoint::Echo => Some(Permission::None),
+            Endpoint::Echo | Endpoint::PhotoUpdateUploadToken => Some(Permission::None),
             Endpoint::PhotoList => Some(Permission::Read),
-            Endpoint::PhotoGetReplaceToken | Endpoint::PhotoUpload | Endpoint::PhotoReplace => {
-                Some(Permission::Write)
-            }
+            Endpoint::PhotoGetReplaceToken
+            | Endpoint::PhotoGetUploadToken
+            | Endpoint::PhotoUpload
+            | Endpoint::PhotoReplace => Some(Permission::Write),
             _ => None,
         }
     }
@@ -141,9 +155,14 @@ async fn route(ctx: &Context, request: Request<Incoming>, peer: SocketAddr) -> R
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    // The redeem answers in plain text, redirects or forms, not envelopes.
-    if endpoint == Endpoint::PhotoRedeemReplaceToken {
-        return redeem::handle(ctx, request, peer).await;
+    // The redeems answer in plain text, redirects or forms, not envelopes.
+    let redeem_kind = match endpoint {
+        Endpoint::PhotoRedeemReplaceToken => Some(TokenKind::Replace),
+        Endpoint::PhotoRedeemUploadToken => Some(TokenKind::Upload),
+        _ => None,
+    };
+    if let Some(kind) = redeem_kind {
+        return redeem::handle(ctx, request, peer, kind).await;
     }
     let is_api = endpoint.required_permission().is_some();
     let allowed = match *request.method() {
@@ -166,8 +185,16 @@ async fn route(ctx: &Context, request: Request<Incoming>, peer: SocketAddr) -> R
         }
         Endpoint::PhotoUpload => api_call(ctx, endpoint, request, peer, photo::upload).await,
         Endpoint::PhotoReplace => api_call(ctx, endpoint, request, peer, photo::replace).await,
+        Endpoint::PhotoGetUploadToken => {
+            api_call(ctx, endpoint, request, peer, upload_token::get_upload_token).await
+        }
+        Endpoint::PhotoUpdateUploadToken => {
+            api_call(ctx, endpoint, request, peer, upload_token::update_upload_token).await
+        }
         Endpoint::PhotoList => api_call(ctx, endpoint, request, peer, list::list).await,
-        Endpoint::PhotoRedeemReplaceToken => unreachable!("the redeem is routed above"),
+        Endpoint::PhotoRedeemReplaceToken | Endpoint::PhotoRedeemUploadToken => {
+            unreachable!("the redeems are routed above")
+        }
     }
 }
 

@@ -2,102 +2,15 @@
 //! `/api/photo/replace`.
 
 use super::call::ApiRequest;
+use super::metadata::metadata_from;
+use super::params::TokenTerms;
 use crate::context::Context;
-use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, unix_now};
+use crate::domain::{PhotoId, PhotoSecret, unix_now};
 use crate::envelope::Success;
 use crate::error::ApiError;
-use crate::http::{Params, body_stream};
-use crate::store::{NewPhoto, PhotoMetadata, TokenGrant};
+use crate::http::body_stream;
+use crate::store::{NewPhoto, TokenPurpose};
 use crate::upload::{Form, StoredFile};
-
-/// `valid_minutes`: default and bounds, from 23's documentation.
-const VALID_MINUTES: IntegerRule = IntegerRule { name: "valid_minutes", default: 180, min: 15, max: 1440 };
-/// `max_uploads`: default and bounds.
-const MAX_UPLOADS: IntegerRule = IntegerRule { name: "max_uploads", default: 1, min: 1, max: 100 };
-
-/// An optional integer parameter that is clamped into its range.
-struct IntegerRule {
-    name: &'static str,
-    default: u32,
-    min: u32,
-    max: u32,
-}
-
-impl IntegerRule {
-    /// Absent or empty: the default. An integer (any sign, any size): clamped
-    /// into `min..=max`. Anything else (`1.5`, `ten`, ` 5`): `invalid_input`.
-    fn apply(&self, value: Option<&str>) -> Result<u32, ApiError> {
-        let Some(value) = value.filter(|v| !v.is_empty()) else {
-            return Ok(self.default);
-        };
-        let (negative, digits) = match value.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, value.strip_prefix('+').unwrap_or(value)),
-        };
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ApiError::InvalidInput(format!("{} must be an integer", self.name)));
-        }
-        if negative {
-            return Ok(self.min);
-        }
-        // More significant digits than any u32 has: certainly above the maximum.
-        let significant = digits.trim_start_matches('0');
-        let n: u64 = if significant.len() > 10 { u64::MAX } else { significant.parse().unwrap_or(0) };
-        Ok(n.clamp(u64::from(self.min), u64::from(self.max)) as u32)
-    }
-}
-
-/// `return_url`: absent or empty means none. Otherwise an absolute `http` or
-/// `https` URL with a host, no credentials, no whitespace or control
-/// characters, within the length limit, and on an allowed host when the
-/// operator configured a list. The URL is kept exactly as given.
-fn parse_return_url(value: Option<&str>, ctx: &Context) -> Result<Option<String>, ApiError> {
-    let Some(raw) = value.filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
-    let invalid = |why: &str| Err(ApiError::InvalidInput(format!("return_url {why}")));
-    let config = &ctx.config.callback;
-    if raw.len() > config.max_return_url_bytes {
-        return invalid(&format!("is longer than {} bytes", config.max_return_url_bytes));
-    }
-    // The URL parser would silently drop tabs and newlines; refuse them.
-    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return invalid("contains whitespace or control characters");
-    }
-    // The URL parser forgives `http:///host` and backslashes, as browsers
-    // do; a return URL must say exactly what it means, so refuse them.
-    let authority_follows = ["http://", "https://"].iter().any(|prefix| {
-        raw.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix))
-            && !raw[prefix.len()..].starts_with('/')
-    });
-    if !authority_follows || raw.contains('\\') {
-        return invalid("must be an absolute http:// or https:// URL");
-    }
-    let Ok(url) = url::Url::parse(raw) else {
-        return invalid("is not an absolute URL");
-    };
-    if !matches!(url.scheme(), "http" | "https") {
-        return invalid("must be an http or https URL");
-    }
-    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
-        return invalid("has no host");
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        return invalid("must not contain credentials");
-    }
-    if !ctx.callbacks.allowed_hosts().permits(host) {
-        return invalid("names a host that is not allowed");
-    }
-    Ok(Some(raw.to_owned()))
-}
-
-fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
-    match params.single(name)? {
-        None | Some("") | Some("0") => Ok(false),
-        Some("1") => Ok(true),
-        Some(_) => Err(ApiError::InvalidInput(format!("{name} must be 0 or 1"))),
-    }
-}
 
 /// `/api/photo/get-replace-token`.
 #[tracing::instrument(skip_all, fields(photo_id))]
@@ -105,56 +18,24 @@ pub async fn get_replace_token(ctx: &Context, request: &mut ApiRequest) -> Resul
     let params = &request.params;
     let photo_id = params.single("photo_id")?.unwrap_or_default();
     tracing::Span::current().record("photo_id", photo_id);
-    let return_url = parse_return_url(params.single("return_url")?, ctx)?;
-    let background_return = flag(params, "background_return_p")?;
-    let valid_minutes = VALID_MINUTES.apply(params.single("valid_minutes")?)?;
-    let max_uploads = MAX_UPLOADS.apply(params.single("max_uploads")?)?;
+    let terms = TokenTerms::from_params(params, ctx)?;
     // Missing, empty, malformed or unknown: one answer, which names no
     // parameter rule a guesser could learn from.
     let photo_id: PhotoId = photo_id.parse().map_err(|_| ApiError::NoSuchPhoto)?;
-    let issued_at = unix_now();
-    let grant = TokenGrant {
-        token: ReplaceToken::generate(),
-        photo_id,
-        max_uploads,
-        issued_at,
-        valid_until: issued_at + u64::from(valid_minutes) * 60,
-        return_url,
-        background_return,
-        issued_to: request.caller.consumer_key.clone().unwrap_or_default(),
-    };
+    let grant = terms.grant(TokenPurpose::Replace { photo_id }, &request.caller);
     if !ctx.state.issue_token(grant.clone()).await? {
         return Err(ApiError::NoSuchPhoto);
     }
-    tracing::info!(token = ?grant.token, max_uploads, valid_minutes, "replace token issued");
+    tracing::info!(token = ?grant.token, terms.max_uploads, terms.valid_minutes, "replace token issued");
+    let mut fields =
+        vec![("replace_token".into(), grant.token.to_string()), ("photo_id".into(), photo_id.to_string())];
+    fields.extend(terms.fields());
     Ok(Success {
         message: "The replace token is ready to use".to_owned(),
         object_name: "replacetoken",
-        fields: vec![
-            ("replace_token".into(), grant.token.to_string()),
-            ("photo_id".into(), photo_id.to_string()),
-            ("max_uploads".into(), max_uploads.to_string()),
-            ("valid_minutes".into(), valid_minutes.to_string()),
-            ("valid_until".into(), grant.valid_until.to_string()),
-            ("return_url".into(), grant.return_url.unwrap_or_default()),
-        ],
+        fields,
         list: None,
     })
-}
-
-/// 23 strips all HTML tags from titles; this also bounds their length.
-fn clean_title(raw: &str) -> String {
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in raw.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' if in_tag => in_tag = false,
-            c if !in_tag && !c.is_control() => out.push(c),
-            _ => {}
-        }
-    }
-    out.trim().chars().take(255).collect()
 }
 
 /// Receives the multipart body of a signed upload or replace: the fields
@@ -201,10 +82,16 @@ fn photo_fields(photo_id: PhotoId, tree_id: &str, token: &PhotoSecret) -> Vec<(S
 #[tracing::instrument(skip_all)]
 pub async fn upload(ctx: &Context, request: &mut ApiRequest) -> Result<Success, ApiError> {
     let ((), file) = receive_file(ctx, request, |_| true, async |_| Ok(())).await?;
-    let title = request.params.first("title").map(clean_title).filter(|t| !t.is_empty());
+    let metadata = match metadata_from(&request.params, &ctx.config.limits) {
+        Ok(metadata) => metadata,
+        Err(e) => {
+            file.discard().await;
+            return Err(e);
+        }
+    };
     let new = NewPhoto {
         tree_id: ctx.config.site.tree_id.clone(),
-        metadata: PhotoMetadata { title, ..PhotoMetadata::default() },
+        metadata,
         first_version: file.version(unix_now()),
     };
     let photo = match ctx.state.create_photo(new).await {
@@ -261,37 +148,4 @@ pub async fn replace(ctx: &Context, request: &mut ApiRequest) -> Result<Success,
         fields: photo_fields(recorded.photo_id, &recorded.tree_id, &recorded.token),
         list: None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn integers_are_clamped_and_non_integers_refused() {
-        let cases = [
-            (None, Ok(180)),
-            (Some(""), Ok(180)),
-            (Some("60"), Ok(60)),
-            (Some("1"), Ok(15)),
-            (Some("-5"), Ok(15)),
-            (Some("0"), Ok(15)),
-            (Some("100000"), Ok(1440)),
-            (Some("99999999999999999999999999"), Ok(1440)),
-            (Some("+30"), Ok(30)),
-            (Some("1.5"), Err(())),
-            (Some("ten"), Err(())),
-            (Some(" 5"), Err(())),
-            (Some("-"), Err(())),
-        ];
-        for (input, expected) in cases {
-            let got = VALID_MINUTES.apply(input).map_err(|_| ());
-            assert_eq!(got, expected, "{input:?}");
-        }
-    }
-
-    #[test]
-    fn titles_lose_tags_and_control_characters() {
-        assert_eq!(clean_title(" <b>Hello</b> <script>x</script>world\u{7} "), "Hello xworld");
-    }
 }

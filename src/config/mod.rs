@@ -246,6 +246,16 @@ pub struct LimitsConfig {
     /// address (an IPv6 client: its /64) may make per minute; past it, its
     /// redeems are answered 429 until the minute ends. 0: no limit.
     pub redeem_rate_limit_per_minute: u32,
+    /// Longest `title` a photo or upload token takes, before cleaning.
+    pub max_title_bytes: usize,
+    /// Longest `description`, before cleaning.
+    pub max_description_bytes: usize,
+    /// Most tags in `tags` (separated by spaces or commas).
+    pub max_tags: usize,
+    /// Most bytes an upload token keeps besides title and description:
+    /// `tags`, `album_id`, `absolute_url`, `user_id` and the extra
+    /// parameters (names and values) together.
+    pub max_upload_token_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -260,6 +270,10 @@ impl Default for LimitsConfig {
             allowed_media_types: MediaTypes::parse(&["image/*".to_owned(), "video/*".to_owned()])
                 .expect("the default media types parse"),
             redeem_rate_limit_per_minute: 60,
+            max_title_bytes: 1024,
+            max_description_bytes: 64 * 1024,
+            max_tags: 100,
+            max_upload_token_bytes: 16 * 1024,
         }
     }
 }

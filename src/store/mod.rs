@@ -1,4 +1,5 @@
-//! Shared state: photos, replace tokens and their upload slots, OAuth nonces.
+//! Shared state: photos, browser-upload tokens (replace and upload) and
+//! their upload slots, OAuth nonces.
 //!
 //! [`StateStore`] speaks in domain operations, never in keys, so each backend
 //! can make every operation atomic on its own: the embedded store runs each in
@@ -23,6 +24,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::causes::BoxError;
+pub use crate::domain::TokenKind;
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken};
 
 /// A failure of the backend itself (I/O, corruption, unreachable server),
@@ -103,6 +105,12 @@ pub struct PhotoMetadata {
     pub publish: bool,
     #[serde(default)]
     pub album_id: Option<String>,
+    /// The user an upload token named (`user_id`, given only by `super`).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// A canonical address other than the site's own for the photo.
+    #[serde(default)]
+    pub absolute_url: Option<String>,
 }
 
 fn published() -> bool {
@@ -111,7 +119,62 @@ fn published() -> bool {
 
 impl Default for PhotoMetadata {
     fn default() -> Self {
-        PhotoMetadata { title: None, description: None, tags: None, publish: true, album_id: None }
+        PhotoMetadata {
+            title: None,
+            description: None,
+            tags: None,
+            publish: true,
+            album_id: None,
+            user_id: None,
+            absolute_url: None,
+        }
+    }
+}
+
+/// The metadata `update-upload-token` may change; only the fields given
+/// are `Some` (and serialized), and only those change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub album_id: Option<String>,
+}
+
+impl MetadataUpdate {
+    pub fn apply_to(&self, metadata: &mut PhotoMetadata) {
+        let set = |field: &mut Option<String>, value: &Option<String>| {
+            if let Some(value) = value {
+                *field = Some(value.clone());
+            }
+        };
+        set(&mut metadata.title, &self.title);
+        set(&mut metadata.description, &self.description);
+        set(&mut metadata.tags, &self.tags);
+        set(&mut metadata.album_id, &self.album_id);
+        if let Some(publish) = self.publish {
+            metadata.publish = publish;
+        }
+    }
+
+    /// `later` on top of this update: its fields win.
+    pub fn merge(&mut self, later: &MetadataUpdate) {
+        let take = |field: &mut Option<String>, value: &Option<String>| {
+            if value.is_some() {
+                field.clone_from(value);
+            }
+        };
+        take(&mut self.title, &later.title);
+        take(&mut self.description, &later.description);
+        take(&mut self.tags, &later.tags);
+        take(&mut self.album_id, &later.album_id);
+        self.publish = later.publish.or(self.publish);
     }
 }
 
@@ -170,11 +233,37 @@ pub struct NewPhoto {
     pub first_version: VersionFile,
 }
 
-/// The terms of a replace token, fixed when it is issued.
+/// What a token's uploads become.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenPurpose {
+    /// New versions of this photo.
+    Replace { photo_id: PhotoId },
+    /// New photos, each with these terms' metadata (boxed: the terms are
+    /// large, and grants travel in every reservation).
+    Upload { upload: Box<UploadTerms> },
+}
+
+/// What an upload token gives the photos it creates, as issued.
+/// `update-upload-token` changes the store's working copy of the metadata
+/// (see [`StateStore::update_upload_token`]), never these terms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadTerms {
+    /// The site's tree id at issue time.
+    pub tree_id: String,
+    pub metadata: PhotoMetadata,
+    /// The issuing request's other parameters, repeated in the callback.
+    pub extras: Vec<(String, String)>,
+}
+
+/// The terms of a token, fixed when it is issued.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenGrant {
     pub token: ReplaceToken,
-    pub photo_id: PhotoId,
+    /// Records of replace tokens from before upload tokens existed have a
+    /// top-level `photo_id`, which is exactly how `Replace` is stored.
+    #[serde(flatten)]
+    pub purpose: TokenPurpose,
     pub max_uploads: u32,
     pub issued_at: u64,
     /// Unix seconds; the token is refused from this second on.
@@ -183,6 +272,38 @@ pub struct TokenGrant {
     pub background_return: bool,
     /// The consumer key that asked for it, for the audit trail.
     pub issued_to: String,
+}
+
+impl TokenGrant {
+    pub fn kind(&self) -> TokenKind {
+        match self.purpose {
+            TokenPurpose::Replace { .. } => TokenKind::Replace,
+            TokenPurpose::Upload { .. } => TokenKind::Upload,
+        }
+    }
+
+    /// The photo a replace token replaces.
+    pub fn photo_id(&self) -> Option<PhotoId> {
+        match self.purpose {
+            TokenPurpose::Replace { photo_id } => Some(photo_id),
+            TokenPurpose::Upload { .. } => None,
+        }
+    }
+}
+
+/// How many files of one upload token may have metadata of their own
+/// (`update-upload-token` with `resumableIdentifier`): twice the most
+/// uploads a token can grant, so abandoned files cannot grow it unbounded.
+pub const MAX_FILES_PER_UPLOAD_TOKEN: u32 = 200;
+
+/// What [`StateStore::update_upload_token`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenUpdate {
+    Updated,
+    /// No such upload token, or it has expired (a replace token is not one).
+    Unknown,
+    /// The token already has [`MAX_FILES_PER_UPLOAD_TOKEN`] files of its own.
+    TooManyFiles,
 }
 
 /// A reserved upload slot, to be committed or refunded exactly once.
@@ -197,11 +318,11 @@ pub struct Reservation {
 /// Why a slot could not be reserved.
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
-    #[error("unknown replace token")]
+    #[error("unknown token")]
     Unknown,
-    #[error("the replace token has expired")]
+    #[error("the token has expired")]
     Expired,
-    #[error("the replace token has no uploads left")]
+    #[error("the token has no uploads left")]
     UsedUp,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -256,9 +377,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// The photo with this id, or `None`.
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError>;
 
-    /// Stores a newly issued token if its photo exists; `false` (storing
-    /// nothing) when there is no such photo. The token is kept at least
-    /// until `valid_until`, and after that while a reservation of it is live.
+    /// Stores a newly issued token: a replace token if its photo exists
+    /// (`false`, storing nothing, when there is no such photo); an upload
+    /// token always. The token is kept at least until `valid_until`, and
+    /// after that while a reservation of it is live.
     async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError>;
 
     /// How a token stands at `now`, if it is known (expired or not): its
@@ -267,13 +389,15 @@ pub trait StateStore: Send + Sync + 'static {
     async fn token_status(&self, token: &ReplaceToken, now: u64) -> Result<Option<TokenStatus>, StoreError>;
 
     /// Reserves one upload slot of `token` at time `now`, leased until
-    /// `now + lease_secs`. Refuses an unknown token (`Unknown`), one whose
-    /// `valid_until <= now` (`Expired`), and one whose committed uploads plus
-    /// live reservations already reach `max_uploads` (`UsedUp`). Expired
-    /// leases of other reservations count as free slots.
+    /// `now + lease_secs`. Refuses an unknown token or one of another kind
+    /// (`Unknown`), one whose `valid_until <= now` (`Expired`), and one
+    /// whose committed uploads plus live reservations already reach
+    /// `max_uploads` (`UsedUp`). Expired leases of other reservations count
+    /// as free slots.
     async fn reserve_slot(
         &self,
         token: &ReplaceToken,
+        kind: TokenKind,
         now: u64,
         lease_secs: u64,
     ) -> Result<Reservation, ReserveError>;
@@ -292,16 +416,32 @@ pub trait StateStore: Send + Sync + 'static {
     /// a no-op, so a refund can never free a slot twice.
     async fn refund_slot(&self, reservation: &Reservation) -> Result<(), StoreError>;
 
-    /// Consumes the reserved slot and appends `version` to the token's photo,
-    /// making it the current version. Fails with `LeaseLost` (recording
-    /// nothing) when the reservation is no longer live. Costs the same
-    /// whatever the number of versions before it.
+    /// Consumes the reserved slot and records `version`, both or neither:
+    /// for a replace token as its photo's new current version (costing the
+    /// same whatever the versions before it), for an upload token as the
+    /// first version of a new photo with the token's current metadata and,
+    /// when `file` (a Resumable.js identifier) has metadata of its own,
+    /// that on top. Fails with `LeaseLost` (recording nothing) when the
+    /// reservation is no longer live.
     async fn commit_version(
         &self,
         reservation: &Reservation,
         version: VersionFile,
         now: u64,
+        file: Option<&str>,
     ) -> Result<RecordedVersion, CommitError>;
+
+    /// Changes the metadata of an upload token that has not expired at
+    /// `now`: without `file`, for its files to come and every photo already
+    /// created from it; with `file`, for that file only (its photo, if it
+    /// was created already). Only the fields `update` gives change.
+    async fn update_upload_token(
+        &self,
+        token: &ReplaceToken,
+        update: &MetadataUpdate,
+        file: Option<&str>,
+        now: u64,
+    ) -> Result<TokenUpdate, StoreError>;
 
     /// Appends `version` to a photo directly (the signed `/api/photo/replace`).
     /// `Ok(None)` when there is no such photo.

@@ -6,7 +6,10 @@
 //! call to reserve its slot and one to commit it: the commit checks the
 //! lease, consumes it and appends the version to the photo in one script,
 //! so a slot is spent if and only if its version is recorded, whatever
-//! crashes. That script touches a token and a photo together, so the store
+//! crashes. An upload token's commit creates the photo in its script the
+//! same way, and its metadata updates change the token and its photos in
+//! one script (Redis's own `cjson` merges the JSON records). These
+//! scripts touch a token and photos together, so the store
 //! needs one Redis primary (standalone, or a replicated service reached
 //! through its primary endpoint), not a Redis Cluster. Keys live under a configurable prefix;
 //! token keys expire with their token.
@@ -25,8 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::{
-    CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoRecord, PhotoVersion, Purged,
-    RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
+    CommitError, EXPIRED_TOKEN_RETENTION_SECS, MAX_FILES_PER_UPLOAD_TOKEN, MetadataUpdate, NewPhoto,
+    NonceKey, Photo, PhotoRecord, PhotoVersion, Purged, RecordedVersion, Reservation, ReserveError,
+    StateStore, StoreError, TokenGrant, TokenKind, TokenPurpose, TokenStatus, TokenUpdate, VersionFile,
 };
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
 
@@ -38,6 +42,8 @@ struct Scripts {
     refund_slot: Script,
     append_version: Script,
     create_photo: Script,
+    create_from_token: Script,
+    update_upload_token: Script,
 }
 
 impl Scripts {
@@ -49,6 +55,8 @@ impl Scripts {
             refund_slot: Script::new(include_str!("lua/refund_slot.lua")),
             append_version: Script::new(include_str!("lua/append_version.lua")),
             create_photo: Script::new(include_str!("lua/create_photo.lua")),
+            create_from_token: Script::new(include_str!("lua/create_from_token.lua")),
+            update_upload_token: Script::new(include_str!("lua/update_upload_token.lua")),
         }
     }
 }
@@ -182,6 +190,42 @@ impl RedisStore {
         Ok(meta.with_versions(versions))
     }
 
+    /// Runs `create_from_token.lua`: consumes the reservation of an upload
+    /// token and creates the photo, in one script.
+    async fn create_from_token(
+        &self,
+        reservation: &Reservation,
+        tree_id: &str,
+        version: &VersionFile,
+        now: u64,
+        file: Option<&str>,
+    ) -> Result<RecordedVersion, CommitError> {
+        // The record's id and metadata are the script's to fill in.
+        let record = serde_json::json!({
+            "tree_id": tree_id,
+            "token": PhotoSecret::generate().as_str(),
+            "created_at": version.created_at,
+        });
+        let mut keys = self.keys.token(&reservation.grant.token).to_vec();
+        keys.push(self.keys.photo_sequence());
+        let args = [
+            now.to_string(),
+            reservation.id.clone(),
+            record.to_string(),
+            encode(version),
+            file.unwrap_or_default().to_owned(),
+            self.keys.prefix.clone(),
+        ];
+        let answer: Vec<String> = self.run(&self.scripts.create_from_token, &keys, &args).await?;
+        match answer.as_slice() {
+            [status, record, version] if status == "ok" => {
+                Ok(decode::<PhotoRecord>(record)?.recorded(decode(version)?))
+            }
+            [status] if status == "lease_lost" => Err(CommitError::LeaseLost),
+            other => Err(store_error(format!("unexpected commit answer {other:?}")).into()),
+        }
+    }
+
     /// Runs `append_version.lua`: appends `version` to the photo, consuming
     /// `commit`'s reservation (its `(now, reservation)`) in the same script.
     async fn append(
@@ -240,15 +284,22 @@ impl StateStore for RedisStore {
     }
 
     async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError> {
-        let [photo_meta, _] = self.keys.photo(grant.photo_id);
-        let [token, leases] = self.keys.token(&grant.token);
-        let args = [
+        let mut keys = self.keys.token(&grant.token).to_vec();
+        let mut args = vec![
             encode(&grant),
             grant.max_uploads.to_string(),
             grant.valid_until.to_string(),
             (grant.valid_until + EXPIRED_TOKEN_RETENTION_SECS).to_string(),
+            grant.kind().as_str().to_owned(),
         ];
-        let issued: i64 = self.run(&self.scripts.issue_token, &[token, leases, photo_meta], &args).await?;
+        match &grant.purpose {
+            TokenPurpose::Replace { photo_id } => {
+                let [photo_meta, _] = self.keys.photo(*photo_id);
+                keys.push(photo_meta);
+            }
+            TokenPurpose::Upload { upload } => args.push(encode(&upload.metadata)),
+        }
+        let issued: i64 = self.run(&self.scripts.issue_token, &keys, &args).await?;
         Ok(issued == 1)
     }
 
@@ -281,13 +332,19 @@ impl StateStore for RedisStore {
     async fn reserve_slot(
         &self,
         token: &ReplaceToken,
+        kind: TokenKind,
         now: u64,
         lease_secs: u64,
     ) -> Result<Reservation, ReserveError> {
         let id = hex::encode(random_bytes::<16>());
         let lease_until = now + lease_secs;
-        let args =
-            [now.to_string(), lease_until.to_string(), id.clone(), EXPIRED_TOKEN_RETENTION_SECS.to_string()];
+        let args = [
+            now.to_string(),
+            lease_until.to_string(),
+            id.clone(),
+            EXPIRED_TOKEN_RETENTION_SECS.to_string(),
+            kind.as_str().to_owned(),
+        ];
         let answer: Vec<String> =
             self.run(&self.scripts.reserve_slot, &self.keys.token(token), &args).await?;
         match answer.first().map(String::as_str) {
@@ -333,8 +390,40 @@ impl StateStore for RedisStore {
         reservation: &Reservation,
         version: VersionFile,
         now: u64,
+        file: Option<&str>,
     ) -> Result<RecordedVersion, CommitError> {
-        self.append(reservation.grant.photo_id, &version, Some((now, reservation))).await?
+        match &reservation.grant.purpose {
+            TokenPurpose::Replace { photo_id } => {
+                self.append(*photo_id, &version, Some((now, reservation))).await?
+            }
+            TokenPurpose::Upload { upload } => {
+                self.create_from_token(reservation, &upload.tree_id, &version, now, file).await
+            }
+        }
+    }
+
+    async fn update_upload_token(
+        &self,
+        token: &ReplaceToken,
+        update: &MetadataUpdate,
+        file: Option<&str>,
+        now: u64,
+    ) -> Result<TokenUpdate, StoreError> {
+        let [key, _] = self.keys.token(token);
+        let args = [
+            now.to_string(),
+            encode(update),
+            file.unwrap_or_default().to_owned(),
+            self.keys.prefix.clone(),
+            MAX_FILES_PER_UPLOAD_TOKEN.to_string(),
+        ];
+        let answer: String = self.run(&self.scripts.update_upload_token, &[key], &args).await?;
+        match answer.as_str() {
+            "ok" => Ok(TokenUpdate::Updated),
+            "unknown" => Ok(TokenUpdate::Unknown),
+            "too_many_files" => Ok(TokenUpdate::TooManyFiles),
+            other => Err(store_error(format!("unexpected update answer {other:?}"))),
+        }
     }
 
     async fn add_version(

@@ -137,8 +137,13 @@ fn run_node(input: &str) -> (bool, String, String) {
     (status.is_some_and(|s| s.success()), stdout, stderr)
 }
 
-/// The upload form of the 23 documentation, for the replace token.
+/// The upload form of the 23 documentation, for a replace token.
 fn upload_form(action: &str, replace_token: &str, extra_hidden: &[(&str, &str)]) -> String {
+    token_form(action, "replace_token", replace_token, extra_hidden)
+}
+
+/// The upload form of the 23 documentation, carrying `token` as `field`.
+fn token_form(action: &str, field: &str, token: &str, extra_hidden: &[(&str, &str)]) -> String {
     let mut html = String::from(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Replace the video</title></head><body>\n",
     );
@@ -147,8 +152,9 @@ fn upload_form(action: &str, replace_token: &str, extra_hidden: &[(&str, &str)])
         attribute(action)
     ));
     html.push_str(&format!(
-        "  <input type=\"hidden\" name=\"replace_token\" value=\"{}\" />\n",
-        attribute(replace_token)
+        "  <input type=\"hidden\" name=\"{}\" value=\"{}\" />\n",
+        attribute(field),
+        attribute(token)
     ));
     for (name, value) in extra_hidden {
         html.push_str(&format!(
@@ -274,4 +280,66 @@ async fn a_browser_whose_return_url_would_be_too_long_is_sent_back_by_an_auto_su
     }
 
     scene.assert_replaced_by_the_file().await;
+}
+
+/// The new photo the browser's upload created: its one version holds
+/// exactly the scene's file, and it carries the upload token's title.
+async fn assert_created_from_the_file(scene: &Scene, photo_id: &str, title: &str) {
+    let photo = scene.app.photo_of(photo_id).await;
+    assert_ne!(photo_id, scene.app.photo_id, "a new photo, not the scene's");
+    assert_eq!(photo.versions.len(), 1, "{photo:?}");
+    assert_eq!(photo.current_version().file.sha256, hex::encode(Sha256::digest(&scene.file_bytes)));
+    assert_eq!(photo.metadata.title.as_deref(), Some(title));
+}
+
+#[tokio::test]
+async fn a_browser_uploading_with_an_upload_token_returns_to_the_site_with_its_new_photo() {
+    let scene = scene().await;
+    let token = scene
+        .app
+        .upload_token(&[("return_url", &scene.site.url("/done?theme=green")), ("title", "From the browser")])
+        .await;
+    scene.site.set_form(token_form(&scene.app.url(REDEEM_UPLOAD), "upload_token", &token, &[]));
+
+    let visit = scene.browser_submits().await;
+
+    assert_eq!(visit.final_url.path(), "/done", "{visit:?}");
+    assert_eq!(visit.query_param("theme").as_deref(), Some("green"));
+    assert_eq!(visit.query_param("upload_token").as_deref(), Some(token.as_str()));
+    assert_eq!(visit.query_param("error_message"), None);
+    let methods: Vec<(&str, u16)> = visit.navigations.iter().map(|(m, _, s)| (m.as_str(), *s)).collect();
+    assert_eq!(methods, [("GET", 200), ("POST", 303), ("GET", 200)], "{:?}", visit.navigations);
+    let photo_id = visit.query_param("photo_id").expect("the new photo's id");
+    let photo = scene.app.photo_of(&photo_id).await;
+    assert_eq!(visit.query_param("token").as_deref(), Some(photo.token.as_str()));
+    assert_eq!(visit.query_param("tree_id").as_deref(), Some(photo.tree_id.as_str()));
+    assert_created_from_the_file(&scene, &photo_id, "From the browser").await;
+}
+
+#[tokio::test]
+async fn a_browser_uploading_with_an_upload_token_over_the_get_limit_returns_by_post_form() {
+    let scene = scene().await;
+    let note = "y".repeat(2000);
+    let token = scene
+        .app
+        .upload_token(&[("return_url", &scene.site.url("/done?theme=green")), ("title", "Long return")])
+        .await;
+    scene.site.set_form(token_form(
+        &scene.app.url(REDEEM_UPLOAD),
+        "upload_token",
+        &token,
+        &[("note", &note)],
+    ));
+
+    let visit = scene.browser_submits().await;
+
+    assert_eq!(visit.final_url.query(), Some("theme=green"), "{visit:?}");
+    let methods: Vec<(&str, u16)> = visit.navigations.iter().map(|(m, _, s)| (m.as_str(), *s)).collect();
+    assert_eq!(methods, [("GET", 200), ("POST", 200), ("POST", 200)], "{:?}", visit.navigations);
+    let done = scene.site.requests().into_iter().rfind(|r| r.target.starts_with("/done")).expect("/done");
+    assert_eq!(done.method, "POST", "{done:?}");
+    assert_eq!(done.param("upload_token").as_deref(), Some(token.as_str()));
+    assert_eq!(done.param("note").as_deref(), Some(note.as_str()));
+    let photo_id = done.param("photo_id").expect("the new photo's id");
+    assert_created_from_the_file(&scene, &photo_id, "Long return").await;
 }

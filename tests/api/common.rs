@@ -12,7 +12,7 @@ use upload_receiver::auth::{Credential, Secret};
 use upload_receiver::config::Config;
 use upload_receiver::config::MediaTypes;
 use upload_receiver::domain::{Permission, PhotoId, ReplaceToken};
-use upload_receiver::store::{Photo, TokenGrant, TokenStatus};
+use upload_receiver::store::{Photo, TokenGrant, TokenPurpose, TokenStatus};
 
 pub use crate::files::walk_files;
 use crate::servers;
@@ -325,7 +325,48 @@ impl TestApp {
         file: &[u8],
         extras: &[(&str, &str)],
     ) -> reqwest::RequestBuilder {
-        let mut form = reqwest::multipart::Form::new().text("replace_token", token.to_owned());
+        self.redeem_form(REDEEM, "replace_token", token, file, extras)
+    }
+
+    /// The redeem form of [`TestApp::redeem_request`] for an upload token.
+    pub fn redeem_upload_request(
+        &self,
+        token: &str,
+        file: &[u8],
+        extras: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        self.redeem_form(REDEEM_UPLOAD, "upload_token", token, file, extras)
+    }
+
+    /// Posts the redeem form of [`TestApp::redeem_upload_request`].
+    pub async fn redeem_upload(
+        &self,
+        token: &str,
+        file: &[u8],
+        extras: &[(&str, &str)],
+    ) -> reqwest::Response {
+        self.redeem_upload_request(token, file, extras).send().await.expect("the redeem is answered")
+    }
+
+    /// Issues an upload token with `params`, signed by the `write` set;
+    /// panics with the answer unless it is a token.
+    pub async fn upload_token(&self, params: &[(&str, &str)]) -> String {
+        let body = self.call(GET_UPLOAD_TOKEN, params).await;
+        match xml_field(&body, "upload_token") {
+            Some(token) if xml_attribute(&body, "status").as_deref() == Some("ok") => token,
+            _ => panic!("no upload token with {params:?}: {body}"),
+        }
+    }
+
+    fn redeem_form(
+        &self,
+        path: &str,
+        field: &str,
+        token: &str,
+        file: &[u8],
+        extras: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        let mut form = reqwest::multipart::Form::new().text(field.to_owned(), token.to_owned());
         for (name, value) in extras {
             form = form.text(name.to_string(), value.to_string());
         }
@@ -333,7 +374,7 @@ impl TestApp {
             .file_name("new.jpg")
             .mime_str("image/jpeg")
             .unwrap();
-        self.http.post(self.url(REDEEM)).multipart(form.part("file", file))
+        self.http.post(self.url(path)).multipart(form.part("file", file))
     }
 
     /// Posts the redeem form of [`TestApp::redeem_request`].
@@ -446,6 +487,9 @@ impl TestApp {
 pub const GET_REPLACE_TOKEN: &str = "/api/photo/get-replace-token";
 /// Where a browser posts a replace token and its file.
 pub const REDEEM: &str = "/api/photo/redeem-replace-token";
+pub const GET_UPLOAD_TOKEN: &str = "/api/photo/get-upload-token";
+pub const REDEEM_UPLOAD: &str = "/api/photo/redeem-upload-token";
+pub const UPDATE_UPLOAD_TOKEN: &str = "/api/photo/update-upload-token";
 
 /// An app with one uploaded photo: the fixture of the tests that issue
 /// replace tokens for a photo and redeem them. It derefs to its
@@ -494,7 +538,7 @@ impl PhotoApp {
         let now = unix_now();
         let grant = TokenGrant {
             token: token.clone(),
-            photo_id: self.photo_id.parse().unwrap(),
+            purpose: TokenPurpose::Replace { photo_id: self.photo_id.parse().unwrap() },
             max_uploads: 5,
             issued_at: now - 3600,
             valid_until: now - 1,
@@ -508,6 +552,11 @@ impl PhotoApp {
     }
 
     /// The photo, as the app's state store holds it.
+    /// Any photo of this app, by id.
+    pub async fn photo_of(&self, photo_id: &str) -> Photo {
+        self.app.photo(photo_id).await
+    }
+
     pub async fn photo(&self) -> Photo {
         self.app.photo(&self.photo_id).await
     }

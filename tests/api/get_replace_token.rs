@@ -44,7 +44,7 @@ async fn the_issued_token_is_stored_with_its_terms() {
     let grant = status.grant;
     assert_eq!(status.uploads_used, 0);
     assert_eq!(grant.max_uploads, 7);
-    assert_eq!(grant.photo_id.to_string(), photo_id);
+    assert_eq!(grant.photo_id().unwrap().to_string(), photo_id);
     assert!(grant.background_return);
     assert_eq!(grant.return_url.as_deref(), Some("https://site.example.org/cb?x=1"));
     assert_eq!(grant.valid_until, xml_field(&body, "valid_until").unwrap().parse::<u64>().unwrap());

@@ -91,6 +91,29 @@ async fn oauthlib_signatures_in_header_query_and_body_are_accepted() {
 }
 
 #[tokio::test]
+async fn oauthlib_signed_upload_tokens_are_issued_in_every_placement_and_list_reads_back() {
+    let app = spawn_app().await;
+    let url = app.url(GET_UPLOAD_TOKEN);
+    for (method, placement) in [("GET", "header"), ("GET", "query"), ("POST", "body"), ("POST", "header")] {
+        let spec = json!({
+            "method": method, "url": url, "placement": placement,
+            "params": [["title", "Signed by oauthlib & co"], ["tags", "a b"], ["campaign", "x y"], ["format", "json"]],
+        });
+        let body = blocking_request(&app, spec).await;
+        assert!(body.starts_with("var visual = {\"status\":\"ok\""), "{method} {placement}: {body}");
+        assert!(body.contains("\"title\":\"Signed by oauthlib \\u0026 co\""), "{body}");
+        let token = body.split("\"upload_token\":\"").nth(1).unwrap()[..40].to_owned();
+        assert_eq!(app.redeem_upload(&token, b"bytes", &[]).await.status(), 200);
+    }
+    let spec = json!({
+        "method": "GET", "url": app.url("/api/photo/list"), "placement": "header",
+        "params": [["photo_id", "1,2,3,4"]],
+    });
+    let body = blocking_request(&app, spec).await;
+    assert_eq!(body.matches("<title>Signed by oauthlib &amp; co</title>").count(), 4, "{body}");
+}
+
+#[tokio::test]
 async fn a_literal_plus_signed_as_2b_in_a_post_query_is_tolerated() {
     // PEAR's HTTP_OAuth (23's PHP sample) decodes the query without turning
     // `+` into a space, so `?b=x+y` is signed as b=x%2By.

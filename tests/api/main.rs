@@ -21,4 +21,5 @@ mod restart;
 mod server;
 mod site;
 mod ssrf;
+mod upload_token;
 mod uploads;

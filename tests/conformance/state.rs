@@ -7,7 +7,8 @@ use upload_receiver::domain::{PhotoId, ReplaceToken, unix_now};
 use upload_receiver::store::embedded::EmbeddedStore;
 use upload_receiver::store::redis::RedisStore;
 use upload_receiver::store::{
-    CommitError, NewPhoto, NonceKey, PhotoMetadata, ReserveError, StateStore, TokenGrant, VersionFile,
+    CommitError, MetadataUpdate, NewPhoto, NonceKey, PhotoMetadata, ReserveError, StateStore, TokenGrant,
+    TokenKind, TokenPurpose, TokenUpdate, UploadTerms, VersionFile,
 };
 
 use crate::servers;
@@ -41,7 +42,7 @@ async fn new_token(
     let token = ReplaceToken::generate();
     let grant = TokenGrant {
         token: token.clone(),
-        photo_id,
+        purpose: TokenPurpose::Replace { photo_id },
         max_uploads,
         issued_at: unix_now(),
         valid_until,
@@ -112,6 +113,30 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn upload_tokens_create_photos_with_their_metadata() {
+                let (s, _dir) = store().await;
+                upload_tokens_create_photos_with_their_metadata_case(&*s).await;
+            }
+
+            #[tokio::test]
+            async fn updates_reach_the_photos_made_and_the_files_to_come() {
+                let (s, _dir) = store().await;
+                updates_reach_the_photos_made_and_the_files_to_come_case(&*s).await;
+            }
+
+            #[tokio::test]
+            async fn an_upload_token_keeps_metadata_for_a_bounded_number_of_files() {
+                let (s, _dir) = store().await;
+                an_upload_token_keeps_metadata_for_a_bounded_number_of_files_case(&*s).await;
+            }
+
+            #[tokio::test]
+            async fn concurrent_upload_commits_make_distinct_photos() {
+                let (s, _dir) = store().await;
+                concurrent_upload_commits_make_distinct_photos_case(s).await;
+            }
+
+            #[tokio::test]
             async fn a_nonce_is_accepted_once() {
                 let (s, _dir) = store().await;
                 a_nonce_is_accepted_once_case(&*s).await;
@@ -160,17 +185,17 @@ async fn tokens_are_stored_with_their_terms_case(s: &dyn StateStore) {
     let status = s.token_status(&token, now).await.unwrap().unwrap();
     let grant = status.grant.clone();
     assert_eq!(
-        (grant.photo_id, grant.max_uploads, status.uploads_used, status.uploads_in_flight),
-        (photo, 4, 0, 0)
+        (grant.photo_id(), grant.max_uploads, status.uploads_used, status.uploads_in_flight),
+        (Some(photo), 4, 0, 0)
     );
     assert_eq!(grant.return_url.as_deref(), Some("http://example.com/cb"));
     assert!(s.token_status(&ReplaceToken::generate(), now).await.unwrap().is_none());
 
     // Live leases are in flight; committed ones are used; run-out ones neither.
-    let committed = s.reserve_slot(&token, now, 60).await.unwrap();
-    s.commit_version(&committed, version("media/used"), now).await.unwrap();
-    let _live = s.reserve_slot(&token, now, 60).await.unwrap();
-    let _short = s.reserve_slot(&token, now, 10).await.unwrap();
+    let committed = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
+    s.commit_version(&committed, version("media/used"), now, None).await.unwrap();
+    let _live = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
+    let _short = s.reserve_slot(&token, TokenKind::Replace, now, 10).await.unwrap();
     let status = s.token_status(&token, now).await.unwrap().unwrap();
     assert_eq!((status.uploads_used, status.uploads_in_flight), (1, 2));
     let later = s.token_status(&token, now + 11).await.unwrap().unwrap();
@@ -178,7 +203,7 @@ async fn tokens_are_stored_with_their_terms_case(s: &dyn StateStore) {
 
     let mut orphan = grant;
     orphan.token = ReplaceToken::generate();
-    orphan.photo_id = PhotoId(u64::MAX / 2);
+    orphan.purpose = TokenPurpose::Replace { photo_id: PhotoId(u64::MAX / 2) };
     assert!(!s.issue_token(orphan.clone()).await.unwrap(), "no token for a photo that does not exist");
     assert!(s.token_status(&orphan.token, now).await.unwrap().is_none(), "nothing stored");
 }
@@ -186,40 +211,52 @@ async fn tokens_are_stored_with_their_terms_case(s: &dyn StateStore) {
 async fn reservations_refuse_unknown_expired_and_used_up_tokens_case(s: &dyn StateStore) {
     let now = unix_now();
     let photo = new_photo(s).await;
-    assert!(matches!(s.reserve_slot(&ReplaceToken::generate(), now, 60).await, Err(ReserveError::Unknown)));
+    assert!(matches!(
+        s.reserve_slot(&ReplaceToken::generate(), TokenKind::Replace, now, 60).await,
+        Err(ReserveError::Unknown)
+    ));
     let expired = new_token(s, photo, 1, now - 1).await;
-    assert!(matches!(s.reserve_slot(&expired, now, 60).await, Err(ReserveError::Expired)));
+    assert!(matches!(
+        s.reserve_slot(&expired, TokenKind::Replace, now, 60).await,
+        Err(ReserveError::Expired)
+    ));
     let token = new_token(s, photo, 2, now + 600).await;
-    let a = s.reserve_slot(&token, now, 60).await.unwrap();
-    let b = s.reserve_slot(&token, now, 60).await.unwrap();
+    let a = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
+    let b = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
     assert_ne!(a.id, b.id);
-    assert_eq!(a.grant.photo_id, photo);
-    assert!(matches!(s.reserve_slot(&token, now, 60).await, Err(ReserveError::UsedUp)), "live leases count");
-    let photo_after = s.commit_version(&a, version("media/a"), now).await.unwrap();
+    assert_eq!(a.grant.photo_id(), Some(photo));
+    assert!(
+        matches!(s.reserve_slot(&token, TokenKind::Replace, now, 60).await, Err(ReserveError::UsedUp)),
+        "live leases count"
+    );
+    let photo_after = s.commit_version(&a, version("media/a"), now, None).await.unwrap();
     assert_eq!(photo_after.version.number, 2);
-    s.commit_version(&b, version("media/b"), now).await.unwrap();
-    assert!(matches!(s.reserve_slot(&token, now, 60).await, Err(ReserveError::UsedUp)));
+    s.commit_version(&b, version("media/b"), now, None).await.unwrap();
+    assert!(matches!(s.reserve_slot(&token, TokenKind::Replace, now, 60).await, Err(ReserveError::UsedUp)));
     assert_eq!(s.token_status(&token, now).await.unwrap().unwrap().uploads_used, 2);
     let versions: Vec<String> =
         s.photo(photo).await.unwrap().unwrap().versions.iter().map(|v| v.file.object_key.clone()).collect();
     assert_eq!(versions, ["media/first", "media/a", "media/b"]);
-    assert!(matches!(s.commit_version(&a, version("media/again"), now).await, Err(CommitError::LeaseLost)));
+    assert!(matches!(
+        s.commit_version(&a, version("media/again"), now, None).await,
+        Err(CommitError::LeaseLost)
+    ));
 }
 
 async fn a_refund_frees_one_slot_once_case(s: &dyn StateStore) {
     let now = unix_now();
     let photo = new_photo(s).await;
     let token = new_token(s, photo, 1, now + 600).await;
-    let a = s.reserve_slot(&token, now, 60).await.unwrap();
+    let a = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
     s.refund_slot(&a).await.unwrap();
-    let b = s.reserve_slot(&token, now, 60).await.unwrap();
+    let b = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
     s.refund_slot(&a).await.unwrap();
     assert!(
-        matches!(s.reserve_slot(&token, now, 60).await, Err(ReserveError::UsedUp)),
+        matches!(s.reserve_slot(&token, TokenKind::Replace, now, 60).await, Err(ReserveError::UsedUp)),
         "a second refund frees nothing"
     );
-    assert!(matches!(s.commit_version(&a, version("media/a"), now).await, Err(CommitError::LeaseLost)));
-    s.commit_version(&b, version("media/b"), now).await.unwrap();
+    assert!(matches!(s.commit_version(&a, version("media/a"), now, None).await, Err(CommitError::LeaseLost)));
+    s.commit_version(&b, version("media/b"), now, None).await.unwrap();
     assert_eq!(s.photo(photo).await.unwrap().unwrap().versions.len(), 2);
 }
 
@@ -227,15 +264,15 @@ async fn leases_that_ran_out_free_their_slot_and_cannot_commit_case(s: &dyn Stat
     let now = unix_now();
     let photo = new_photo(s).await;
     let token = new_token(s, photo, 1, now + 600).await;
-    let stale = s.reserve_slot(&token, now, 10).await.unwrap();
+    let stale = s.reserve_slot(&token, TokenKind::Replace, now, 10).await.unwrap();
     let later = now + 11;
-    let fresh = s.reserve_slot(&token, later, 10).await.unwrap();
+    let fresh = s.reserve_slot(&token, TokenKind::Replace, later, 10).await.unwrap();
     assert!(matches!(
-        s.commit_version(&stale, version("media/stale"), later).await,
+        s.commit_version(&stale, version("media/stale"), later, None).await,
         Err(CommitError::LeaseLost)
     ));
     assert!(!s.renew_reservation(&stale, later, 10).await.unwrap());
-    s.commit_version(&fresh, version("media/fresh"), later).await.unwrap();
+    s.commit_version(&fresh, version("media/fresh"), later, None).await.unwrap();
     let photo = s.photo(photo).await.unwrap().unwrap();
     assert_eq!(photo.current_version().file.object_key, "media/fresh");
     assert_eq!(photo.versions.len(), 2, "the stale upload recorded nothing");
@@ -245,10 +282,13 @@ async fn a_renewed_lease_outlives_its_first_end_case(s: &dyn StateStore) {
     let now = unix_now();
     let photo = new_photo(s).await;
     let token = new_token(s, photo, 1, now + 600).await;
-    let reservation = s.reserve_slot(&token, now, 10).await.unwrap();
+    let reservation = s.reserve_slot(&token, TokenKind::Replace, now, 10).await.unwrap();
     assert!(s.renew_reservation(&reservation, now + 5, 10).await.unwrap());
-    assert!(matches!(s.reserve_slot(&token, now + 12, 10).await, Err(ReserveError::UsedUp)), "still held");
-    s.commit_version(&reservation, version("media/renewed"), now + 12).await.unwrap();
+    assert!(
+        matches!(s.reserve_slot(&token, TokenKind::Replace, now + 12, 10).await, Err(ReserveError::UsedUp)),
+        "still held"
+    );
+    s.commit_version(&reservation, version("media/renewed"), now + 12, None).await.unwrap();
 }
 
 async fn concurrent_reservations_never_exceed_max_uploads_case(s: Arc<dyn StateStore>) {
@@ -257,14 +297,14 @@ async fn concurrent_reservations_never_exceed_max_uploads_case(s: Arc<dyn StateS
     let token = new_token(&*s, photo, 3, now + 600).await;
     let attempts = (0..64).map(|_| {
         let (s, token) = (Arc::clone(&s), token.clone());
-        tokio::spawn(async move { s.reserve_slot(&token, now, 60).await })
+        tokio::spawn(async move { s.reserve_slot(&token, TokenKind::Replace, now, 60).await })
     });
     let results = futures_util::future::join_all(attempts).await;
     let granted: Vec<_> = results.into_iter().filter_map(|r| r.unwrap().ok()).collect();
     assert_eq!(granted.len(), 3);
     let commits = granted.iter().enumerate().map(|(i, r)| {
         let (s, r) = (Arc::clone(&s), r.clone());
-        tokio::spawn(async move { s.commit_version(&r, version(&format!("media/c{i}")), now).await })
+        tokio::spawn(async move { s.commit_version(&r, version(&format!("media/c{i}")), now, None).await })
     });
     for commit in futures_util::future::join_all(commits).await {
         commit.unwrap().unwrap();
@@ -283,6 +323,162 @@ async fn failed_redeems_are_counted_per_client_and_minute_case(s: &dyn StateStor
     assert_eq!(s.redeem_failures(client, window).await.unwrap(), 2);
     assert_eq!(s.redeem_failures(client, window + 1).await.unwrap(), 0, "a new minute starts afresh");
     assert_eq!(s.redeem_failures("2001:db8::/64", window).await.unwrap(), 0, "another client");
+}
+
+async fn new_upload_token(store: &dyn StateStore, max_uploads: u32, valid_until: u64) -> ReplaceToken {
+    let token = ReplaceToken::generate();
+    let metadata = PhotoMetadata {
+        title: Some("From the token".into()),
+        tags: Some("a b".into()),
+        publish: false,
+        user_id: Some("17".into()),
+        ..PhotoMetadata::default()
+    };
+    let grant = TokenGrant {
+        token: token.clone(),
+        purpose: TokenPurpose::Upload {
+            upload: Box::new(UploadTerms {
+                tree_id: "9".into(),
+                metadata,
+                extras: vec![("theme".into(), "green".into())],
+            }),
+        },
+        max_uploads,
+        issued_at: unix_now(),
+        valid_until,
+        return_url: None,
+        background_return: false,
+        issued_to: "ck".into(),
+    };
+    assert!(store.issue_token(grant).await.unwrap(), "upload tokens need no photo");
+    token
+}
+
+fn title(value: &str) -> MetadataUpdate {
+    MetadataUpdate { title: Some(value.into()), ..MetadataUpdate::default() }
+}
+
+async fn upload_tokens_create_photos_with_their_metadata_case(s: &dyn StateStore) {
+    let now = unix_now();
+    let token = new_upload_token(s, 2, now + 600).await;
+    assert!(
+        matches!(s.reserve_slot(&token, TokenKind::Replace, now, 60).await, Err(ReserveError::Unknown)),
+        "an upload token is not a replace token"
+    );
+    let photo = new_photo(s).await;
+    let replace = new_token(s, photo, 1, now + 600).await;
+    assert!(matches!(s.reserve_slot(&replace, TokenKind::Upload, now, 60).await, Err(ReserveError::Unknown)));
+
+    let reservation = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.unwrap();
+    assert_eq!(reservation.grant.photo_id(), None);
+    let recorded = s.commit_version(&reservation, version("media/new"), now, None).await.unwrap();
+    assert!(recorded.photo_id > photo, "a new photo with the next id");
+    assert_eq!((recorded.tree_id.as_str(), recorded.version.number), ("9", 1));
+    let created = s.photo(recorded.photo_id).await.unwrap().unwrap();
+    assert_eq!(created.token, recorded.token);
+    assert_eq!(created.versions, vec![recorded.version.clone()]);
+    assert_eq!(created.metadata.title.as_deref(), Some("From the token"));
+    assert_eq!(created.metadata.tags.as_deref(), Some("a b"));
+    assert_eq!(created.metadata.user_id.as_deref(), Some("17"));
+    assert!(!created.metadata.publish);
+    let status = s.token_status(&token, now).await.unwrap().unwrap();
+    assert_eq!((status.uploads_used, status.uploads_in_flight), (1, 0));
+    assert!(matches!(
+        s.commit_version(&reservation, version("media/again"), now, None).await,
+        Err(CommitError::LeaseLost)
+    ));
+    let second = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.unwrap();
+    let other = s.commit_version(&second, version("media/other"), now, None).await.unwrap();
+    assert_ne!(other.photo_id, recorded.photo_id);
+    assert_ne!(other.token, recorded.token, "each photo has its own secret");
+    assert!(matches!(s.reserve_slot(&token, TokenKind::Upload, now, 60).await, Err(ReserveError::UsedUp)));
+}
+
+async fn updates_reach_the_photos_made_and_the_files_to_come_case(s: &dyn StateStore) {
+    let now = unix_now();
+    let token = new_upload_token(s, 5, now + 600).await;
+    let commit = async |file: Option<&str>| {
+        let reservation = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.unwrap();
+        s.commit_version(&reservation, version("media/u"), now, file).await.unwrap().photo_id
+    };
+    let meta = async |id| s.photo(id).await.unwrap().unwrap().metadata;
+    let first = commit(Some("file-1")).await;
+    assert_eq!(
+        s.update_upload_token(&token, &title("Renamed"), None, now).await.unwrap(),
+        TokenUpdate::Updated
+    );
+    assert_eq!(meta(first).await.title.as_deref(), Some("Renamed"), "a photo already made");
+    assert_eq!(meta(first).await.tags.as_deref(), Some("a b"), "fields not given are kept");
+    let second = commit(None).await;
+    assert_eq!(meta(second).await.title.as_deref(), Some("Renamed"), "a file to come");
+
+    let tags = MetadataUpdate { tags: Some("own".into()), publish: Some(true), ..MetadataUpdate::default() };
+    assert_eq!(
+        s.update_upload_token(&token, &tags, Some("file-3"), now).await.unwrap(),
+        TokenUpdate::Updated
+    );
+    let third = commit(Some("file-3")).await;
+    let third_meta = meta(third).await;
+    assert_eq!((third_meta.tags.as_deref(), third_meta.publish), (Some("own"), true), "its own metadata");
+    assert_eq!(third_meta.title.as_deref(), Some("Renamed"), "the token's for the rest");
+    assert_eq!(meta(second).await.tags.as_deref(), Some("a b"), "no other file changes");
+
+    let album = MetadataUpdate { album_id: Some("7".into()), ..MetadataUpdate::default() };
+    assert_eq!(
+        s.update_upload_token(&token, &album, Some("file-1"), now).await.unwrap(),
+        TokenUpdate::Updated
+    );
+    assert_eq!(meta(first).await.album_id.as_deref(), Some("7"), "the file's photo, made already");
+    assert_eq!(meta(second).await.album_id, None);
+
+    let unknown = ReplaceToken::generate();
+    assert_eq!(s.update_upload_token(&unknown, &title("x"), None, now).await.unwrap(), TokenUpdate::Unknown);
+    let expired = new_upload_token(s, 1, now - 1).await;
+    assert_eq!(s.update_upload_token(&expired, &title("x"), None, now).await.unwrap(), TokenUpdate::Unknown);
+    let photo = new_photo(s).await;
+    let replace = new_token(s, photo, 1, now + 600).await;
+    assert_eq!(s.update_upload_token(&replace, &title("x"), None, now).await.unwrap(), TokenUpdate::Unknown);
+    assert_eq!(meta(photo).await.title.as_deref(), Some("t"), "a replace token changes nothing");
+}
+
+async fn an_upload_token_keeps_metadata_for_a_bounded_number_of_files_case(s: &dyn StateStore) {
+    let now = unix_now();
+    let token = new_upload_token(s, 1, now + 600).await;
+    let limit = upload_receiver::store::MAX_FILES_PER_UPLOAD_TOKEN;
+    for i in 0..limit {
+        let file = format!("file-{i}");
+        assert_eq!(
+            s.update_upload_token(&token, &title("x"), Some(&file), now).await.unwrap(),
+            TokenUpdate::Updated
+        );
+    }
+    let one_more = s.update_upload_token(&token, &title("x"), Some("one-more"), now).await.unwrap();
+    assert_eq!(one_more, TokenUpdate::TooManyFiles);
+    let known = s.update_upload_token(&token, &title("y"), Some("file-0"), now).await.unwrap();
+    assert_eq!(known, TokenUpdate::Updated, "a file it knows can still change");
+}
+
+async fn concurrent_upload_commits_make_distinct_photos_case(s: Arc<dyn StateStore>) {
+    let now = unix_now();
+    let token = new_upload_token(&*s, 3, now + 600).await;
+    let attempts = (0..12).map(|i| {
+        let (s, token) = (Arc::clone(&s), token.clone());
+        tokio::spawn(async move {
+            let reservation = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.ok()?;
+            Some(
+                s.commit_version(&reservation, version(&format!("media/p{i}")), now, None)
+                    .await
+                    .unwrap()
+                    .photo_id,
+            )
+        })
+    });
+    let mut photos: Vec<PhotoId> =
+        futures_util::future::join_all(attempts).await.into_iter().filter_map(|r| r.unwrap()).collect();
+    photos.sort();
+    photos.dedup();
+    assert_eq!(photos.len(), 3, "exactly max_uploads photos, each its own");
+    assert_eq!(s.token_status(&token, now).await.unwrap().unwrap().uploads_used, 3);
 }
 
 async fn a_nonce_is_accepted_once_case(s: &dyn StateStore) {
@@ -328,8 +524,8 @@ mod redis_specific {
         let token = new_token(&store, photo, 2, now + 600).await;
         let _: () =
             ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw_connection().await).await.unwrap();
-        let reservation = store.reserve_slot(&token, now, 60).await.unwrap();
-        store.commit_version(&reservation, version("media/after-flush"), now).await.unwrap();
+        let reservation = store.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
+        store.commit_version(&reservation, version("media/after-flush"), now, None).await.unwrap();
         assert_eq!(store.token_status(&token, now).await.unwrap().unwrap().uploads_used, 1);
         assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);
     }
@@ -428,9 +624,9 @@ async fn a_redis_redeem_costs_one_call_to_reserve_and_one_to_commit() {
         }
         commands
     };
-    let reservation = store.reserve_slot(&token, now, 60).await.unwrap();
+    let reservation = store.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
     assert_eq!(calls(), ["EVALSHA"], "one script call reserves the slot");
-    store.commit_version(&reservation, version("media/one-call"), now).await.unwrap();
+    store.commit_version(&reservation, version("media/one-call"), now, None).await.unwrap();
     assert_eq!(calls(), ["EVALSHA"], "one script call commits slot and version together");
     assert_eq!(store.token_status(&token, now).await.unwrap().unwrap().uploads_used, 1);
     assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);

@@ -1,5 +1,6 @@
 //! Case 6: a redeem into a photo with 1,000 versions against one into a
-//! photo with a single version, on the embedded default and on Redis + S3:
+//! photo with a single version, on the embedded default and on Redis (the
+//! files on local disk in both, so that the figure is the state store's):
 //! recording a version must not cost more as a photo's history grows.
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use crate::Cli;
 use crate::load::Connection;
 use crate::report::Row;
 use crate::requests::{issue_tokens, redeem_request, upload_photo};
-use crate::servers::{Redis, S3Server, Server};
+use crate::servers::{Redis, Server};
 
 /// The long history the case builds before it measures.
 const VERSIONS: usize = 1_000;
@@ -18,10 +19,8 @@ const SIZE: u64 = 4 * 1024;
 
 pub async fn versions(cli: &Cli) -> anyhow::Result<Vec<Row>> {
     let mut rows = vec![versions_on(cli, "6. 1,000 versions, embedded", &[]).await?];
-    let (redis, s3) = (Redis::start()?, S3Server::start().await?);
-    let mut backend = redis.backend();
-    backend.extend(s3.backend());
-    rows.push(versions_on(cli, "6. 1,000 versions, Redis + S3", &backend).await?);
+    let redis = Redis::start()?;
+    rows.push(versions_on(cli, "6. 1,000 versions, Redis", &redis.backend()).await?);
     Ok(rows)
 }
 
@@ -38,16 +37,22 @@ async fn versions_on(
         let fresh = upload_photo(&receiver.address, dir.path()).await?;
         let old = upload_photo(&receiver.address, dir.path()).await?;
         give_history(&receiver, dir.path(), &old).await?;
-        short.push(redeem_load(&receiver, dir.path(), &fresh, cli.seconds, SIZE).await?.0);
-        long.push(redeem_load(&receiver, dir.path(), &old, cli.seconds, SIZE).await?.0);
+        // Alternate which goes first, so that warming up favours neither.
+        let (first, second) = if run % 2 == 0 { (&fresh, &old) } else { (&old, &fresh) };
+        let first_rate = redeem_load(&receiver, dir.path(), first, cli.seconds, SIZE).await?.0;
+        let second_rate = redeem_load(&receiver, dir.path(), second, cli.seconds, SIZE).await?.0;
+        let (fresh_rate, old_rate) =
+            if run % 2 == 0 { (first_rate, second_rate) } else { (second_rate, first_rate) };
+        short.push(fresh_rate);
+        long.push(old_rate);
     }
     Ok(Row {
         case,
         metric: "4 KiB redeems/s, 1,000 versions",
         unit: "req/s",
         samples: long,
-        baseline: Some(("a photo with 1 version", short)),
-        target: Some("ratio ≥ 0.9".into()),
+        baseline: Some(("a new photo", short)),
+        target: Some("≈ 1: as fast as into a new photo".into()),
     })
 }
 

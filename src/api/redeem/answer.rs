@@ -9,7 +9,7 @@ use super::error::{RedeemError, SiteReturn};
 use crate::callback::{self, CallbackError, Outcome, ReturnData};
 use crate::context::Context;
 use crate::http::{Body, text};
-use crate::store::{RecordedVersion, TokenGrant};
+use crate::store::{RecordedVersion, TokenGrant, TokenKind};
 
 /// A committed redeem.
 pub struct Redeemed {
@@ -18,11 +18,12 @@ pub struct Redeemed {
 }
 
 /// Logs how the redeem ended and answers it.
-pub async fn answer(ctx: &Context, ended: Result<Redeemed, RedeemError>) -> Response<Body> {
+pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Redeemed, RedeemError>) -> Response<Body> {
     let (site, outcome, client_gone) = match ended {
         Ok(Redeemed { site, recorded }) => {
-            tracing::info!(photo_id = %recorded.photo_id, version = recorded.version.number, size = recorded.version.file.size, "photo replaced");
-            let outcome = Outcome::Replaced {
+            let done = if kind == TokenKind::Upload { "photo uploaded" } else { "photo replaced" };
+            tracing::info!(photo_id = %recorded.photo_id, version = recorded.version.number, size = recorded.version.file.size, "{done}");
+            let outcome = Outcome::Stored {
                 photo_id: recorded.photo_id.to_string(),
                 tree_id: recorded.tree_id,
                 token: recorded.token.as_str().to_owned(),
@@ -32,7 +33,7 @@ pub async fn answer(ctx: &Context, ended: Result<Redeemed, RedeemError>) -> Resp
         Err(error) => {
             error.log();
             match error {
-                RedeemError::Refused(refusal) => return refusal.answer(),
+                RedeemError::Refused(refusal) => return refusal.answer(kind),
                 RedeemError::Failed { site, cause } => {
                     let client_gone = cause.client_gone();
                     (site, Outcome::Failed { error_message: cause.error_message() }, client_gone)
@@ -42,7 +43,7 @@ pub async fn answer(ctx: &Context, ended: Result<Redeemed, RedeemError>) -> Resp
     };
     let data = ReturnData {
         domain: ctx.config.site.domain.clone(),
-        replace_token: site.grant.token.to_string(),
+        token: (kind.field(), site.grant.token.to_string()),
         outcome,
         extras: site.extras,
     };
@@ -54,7 +55,7 @@ async fn deliver(ctx: &Context, grant: &TokenGrant, data: &ReturnData, client_go
     let return_url = grant.return_url.as_deref().and_then(|u| url::Url::parse(u).ok());
     let Some(return_url) = return_url else {
         return match &data.outcome {
-            Outcome::Replaced { .. } => text(StatusCode::OK, "OK\n".into()),
+            Outcome::Stored { .. } => text(StatusCode::OK, "OK\n".into()),
             Outcome::Failed { error_message } => text(StatusCode::BAD_REQUEST, format!("{error_message}\n")),
         };
     };
@@ -83,7 +84,7 @@ async fn deliver(ctx: &Context, grant: &TokenGrant, data: &ReturnData, client_go
         Err(e) => {
             tracing::warn!(method = %report.method, error = %e, "background callback failed");
             let error_message = match &data.outcome {
-                Outcome::Replaced { .. } => {
+                Outcome::Stored { .. } => {
                     format!("The file was stored, but the callback to return_url failed: {e}")
                 }
                 Outcome::Failed { error_message } => format!(

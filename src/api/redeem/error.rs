@@ -9,7 +9,7 @@ use http::StatusCode;
 use http::header::{self, HeaderValue};
 
 use crate::http::{Body, text};
-use crate::store::{CommitError, ReserveError, StoreError, TokenGrant};
+use crate::store::{CommitError, ReserveError, StoreError, TokenGrant, TokenKind};
 use crate::upload::UploadError;
 
 /// Why a redeem did not end in a new version.
@@ -112,9 +112,11 @@ impl RedeemError {
 }
 
 impl Refusal {
-    /// The plain-text answer.
-    pub fn answer(&self) -> http::Response<Body> {
+    /// The plain-text answer, for a redeem of a token of `kind`.
+    pub fn answer(&self, kind: TokenKind) -> http::Response<Body> {
         let refuse = |status, message: &str| text(status, format!("{message}\n"));
+        let field = kind.field();
+        let name = field.replace('_', " ");
         match self {
             Refusal::NotMultipart => {
                 refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Expected a multipart/form-data body.")
@@ -123,14 +125,14 @@ impl Refusal {
             Refusal::Unreadable(e) => {
                 refuse(StatusCode::BAD_REQUEST, &format!("The upload could not be read: {e}."))
             }
-            Refusal::MissingToken => refuse(StatusCode::BAD_REQUEST, "No replace_token was given."),
+            Refusal::MissingToken => refuse(StatusCode::BAD_REQUEST, &format!("No {field} was given.")),
             Refusal::DuplicateToken => {
-                refuse(StatusCode::BAD_REQUEST, "replace_token was given more than once.")
+                refuse(StatusCode::BAD_REQUEST, &format!("{field} was given more than once."))
             }
             Refusal::UnknownToken => {
-                refuse(StatusCode::NOT_FOUND, "The replace token is unknown or has expired.")
+                refuse(StatusCode::NOT_FOUND, &format!("The {name} is unknown or has expired."))
             }
-            Refusal::UsedUp => refuse(StatusCode::NOT_FOUND, "The replace token has no uploads left."),
+            Refusal::UsedUp => refuse(StatusCode::NOT_FOUND, &format!("The {name} has no uploads left.")),
             Refusal::Busy | Refusal::Unavailable(_) => {
                 let mut response = refuse(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -1,10 +1,12 @@
-//! `/api/photo/redeem-replace-token`: a browser (or Flash, or Resumable.js)
-//! posts a file with a replace token; no OAuth, the token is the credential.
+//! `/api/photo/redeem-replace-token` and `/api/photo/redeem-upload-token`:
+//! a browser (or Flash, or Resumable.js) posts a file with a token; no
+//! OAuth, the token is the credential. A replace token's file becomes a
+//! new version of its photo, an upload token's a new photo.
 //!
 //! # The walk, top to bottom; no step calls back into an earlier one
 //! 1. parts: the multipart fields up to the file; a file that comes before
 //!    its token waits in the spool ([`Form::read_to_file`]).
-//! 2. token: exactly one `replace_token`, from the query or a field.
+//! 2. token: exactly one token of the endpoint's kind, query or field.
 //! 3. slot: the client's failure budget, then a [`SlotLease`] of the token.
 //! 4. store: the file into the object store as a [`StoredFile`] (deleted
 //!    unless kept), then the fields after it.
@@ -27,25 +29,31 @@ use crate::domain::{ReplaceToken, unix_now};
 use crate::http::{
     Body, BodyKind, body_kind, body_stream, client_address, empty, method_not_allowed, query_params,
 };
-use crate::store::ReserveError;
+use crate::store::{ReserveError, TokenGrant, TokenKind, TokenPurpose};
 use crate::upload::{FilePart, Form, StoredFile};
 use answer::Redeemed;
 use budget::FailureBudget;
 use error::{Failure, RedeemError, Refusal, SiteReturn};
 use slot::SlotLease;
 
-/// The field (or query parameter) that carries the token.
-const TOKEN_FIELD: &str = "replace_token";
+/// The field naming the file of a Resumable.js upload, whose metadata
+/// `update-upload-token` may have set apart.
+const FILE_IDENTIFIER_FIELD: &str = "resumableIdentifier";
 
-/// Serves the redeem endpoint.
-pub async fn handle(ctx: &Context, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// Serves a redeem endpoint for tokens of `kind`.
+pub async fn handle(
+    ctx: &Context,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    kind: TokenKind,
+) -> Response<Body> {
     match *request.method() {
         // Resumable.js asks (testChunks) whether a chunk is already there
         // before sending it; anything but 200 means "send it".
         Method::GET | Method::HEAD => empty(StatusCode::NO_CONTENT),
         Method::POST => {
-            let ended = redeem(ctx, request, peer).await;
-            answer::answer(ctx, ended).await
+            let ended = redeem(ctx, request, peer, kind).await;
+            answer::answer(ctx, kind, ended).await
         }
         _ => method_not_allowed("GET, HEAD, POST"),
     }
@@ -56,7 +64,9 @@ async fn redeem(
     ctx: &Context,
     request: Request<Incoming>,
     peer: SocketAddr,
+    kind: TokenKind,
 ) -> Result<Redeemed, RedeemError> {
+    let field = kind.field();
     let (head, body) = request.into_parts();
     let query = query_params(&head.uri);
     let boundary = match body_kind(&head.method, &head.headers) {
@@ -70,11 +80,11 @@ async fn redeem(
     // 1. The parts up to the file.
     let body = body_stream(body, ctx.body_idle_timeout());
     let mut form = Form::new(body, &boundary, ctx.multipart_limits());
-    let has_token = |fields: &[(String, String)]| tokens(&query, fields).next().is_some();
+    let has_token = |fields: &[(String, String)]| tokens(field, &query, fields).next().is_some();
     let file = form.read_to_file(&ctx.spool_dir(), has_token).await.map_err(Refusal::Unreadable)?;
 
     // 2. The token.
-    let token = match tokens(&query, form.fields()).collect::<Vec<_>>()[..] {
+    let token = match tokens(field, &query, form.fields()).collect::<Vec<_>>()[..] {
         [] => return Err(Refusal::MissingToken.into()),
         [token] => token.to_owned(),
         _ => return Err(Refusal::DuplicateToken.into()),
@@ -82,27 +92,28 @@ async fn redeem(
 
     // 3. A slot.
     let client = client_address(&head.headers, peer, &ctx.config.server.trusted_proxies);
-    let lease = reserve(ctx, &token, client).await?;
+    let lease = reserve(ctx, &token, kind, client).await?;
 
     // 4. The bytes, then whatever follows them.
     let stored = match store(ctx, &mut form, file).await {
         Ok(stored) => stored,
         Err(cause) => {
-            let site = site_return(&lease, &query, form.fields());
+            let site = site_return(field, lease.grant(), &query, form.fields());
             lease.refund().await;
             return Err(RedeemError::after_slot(site, cause));
         }
     };
     // A second token after the file is only seen now.
-    if tokens(&query, form.fields()).count() > 1 {
+    if tokens(field, &query, form.fields()).count() > 1 {
         stored.discard().await;
         lease.refund().await;
         return Err(Refusal::DuplicateToken.into());
     }
 
     // 5. The commit.
-    let site = site_return(&lease, &query, form.fields());
-    match lease.commit(stored.version(unix_now())).await {
+    let site = site_return(field, lease.grant(), &query, form.fields());
+    let file = query.iter().chain(form.fields()).find(|(name, _)| name == FILE_IDENTIFIER_FIELD);
+    match lease.commit(stored.version(unix_now()), file.map(|(_, value)| value.as_str())).await {
         Ok(recorded) => {
             stored.keep();
             Ok(Redeemed { site, recorded })
@@ -114,30 +125,45 @@ async fn redeem(
     }
 }
 
-/// The `replace_token` values of the query and the fields, in that order.
+/// The values of the token `field` in the query and the fields, in that order.
 fn tokens<'a>(
+    field: &'a str,
     query: &'a [(String, String)],
     fields: &'a [(String, String)],
 ) -> impl Iterator<Item = &'a str> + 'a {
-    query.iter().chain(fields).filter(|(name, _)| name == TOKEN_FIELD).map(|(_, value)| value.as_str())
+    query.iter().chain(fields).filter(move |(name, _)| name == field).map(|(_, value)| value.as_str())
 }
 
-/// Whom to tell: the lease's token terms, and the request's other
-/// parameters (query, then fields), repeated to the site.
-fn site_return(lease: &SlotLease, query: &[(String, String)], fields: &[(String, String)]) -> SiteReturn {
-    let extras = query.iter().chain(fields).filter(|(name, _)| name != TOKEN_FIELD).cloned().collect();
-    SiteReturn { grant: lease.grant().clone(), extras }
+/// Whom to tell: the token's terms, and the extra parameters repeated to
+/// the site: an upload token's own first, then the request's (query, then
+/// fields). The site set the token's, so a visitor's parameter of the same
+/// name is dropped rather than allowed to stand in for it.
+fn site_return(
+    field: &str,
+    grant: &TokenGrant,
+    query: &[(String, String)],
+    fields: &[(String, String)],
+) -> SiteReturn {
+    let own: &[(String, String)] = match &grant.purpose {
+        TokenPurpose::Upload { upload } => &upload.extras,
+        TokenPurpose::Replace { .. } => &[],
+    };
+    let from_request = query
+        .iter()
+        .chain(fields)
+        .filter(|(name, _)| name != field && !own.iter().any(|(set, _)| set == name));
+    SiteReturn { grant: grant.clone(), extras: own.iter().chain(from_request).cloned().collect() }
 }
 
 /// Step 3: a slot of `token`, unless the client is over its failure budget.
 /// An unknown, expired or used-up token counts against the budget.
-async fn reserve(ctx: &Context, token: &str, client: IpAddr) -> Result<SlotLease, Refusal> {
+async fn reserve(ctx: &Context, token: &str, kind: TokenKind, client: IpAddr) -> Result<SlotLease, Refusal> {
     let budget = FailureBudget::of(ctx, client, unix_now());
     budget.check().await?;
     let lease_secs = ctx.config.state.slot_lease_secs;
     // A malformed token cannot exist: it is simply unknown.
     let reserved = match token.parse::<ReplaceToken>() {
-        Ok(token) => SlotLease::reserve(&ctx.state, &ctx.cleanup, &token, lease_secs).await,
+        Ok(token) => SlotLease::reserve(&ctx.state, &ctx.cleanup, &token, kind, lease_secs).await,
         Err(_) => Err(ReserveError::Unknown),
     };
     match reserved {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::domain::{ReplaceToken, unix_now};
 use crate::store::{
-    CommitError, RecordedVersion, Reservation, ReserveError, StateStore, TokenGrant, VersionFile,
+    CommitError, RecordedVersion, Reservation, ReserveError, StateStore, TokenGrant, TokenKind, VersionFile,
 };
 use crate::tasks::Cleanup;
 
@@ -31,9 +31,10 @@ impl SlotLease {
         state: &Arc<dyn StateStore>,
         cleanup: &Cleanup,
         token: &ReplaceToken,
+        kind: TokenKind,
         lease_secs: u64,
     ) -> Result<SlotLease, ReserveError> {
-        let reservation = state.reserve_slot(token, unix_now(), lease_secs).await?;
+        let reservation = state.reserve_slot(token, kind, unix_now(), lease_secs).await?;
         tracing::info!(token = ?reservation.grant.token, reservation = %reservation.id, "upload slot reserved");
         let renewal = tokio::spawn(renew(Arc::clone(state), reservation.clone(), lease_secs));
         Ok(SlotLease {
@@ -50,12 +51,17 @@ impl SlotLease {
         &self.reservation.grant
     }
 
-    /// Consumes the slot and records `version` as the photo's new current
-    /// version, both or neither. When the store fails or the photo is gone,
-    /// the slot is given back; a lost lease has gone back already.
-    pub async fn commit(mut self, version: VersionFile) -> Result<RecordedVersion, CommitError> {
+    /// Consumes the slot and records `version` (a replace token's new
+    /// current version, an upload token's new photo), both or neither;
+    /// `file` names a Resumable.js file. When the store fails or the photo
+    /// is gone, the slot is given back; a lost lease has gone back already.
+    pub async fn commit(
+        mut self,
+        version: VersionFile,
+        file: Option<&str>,
+    ) -> Result<RecordedVersion, CommitError> {
         self.settled = true;
-        let committed = self.state.commit_version(&self.reservation, version, unix_now()).await;
+        let committed = self.state.commit_version(&self.reservation, version, unix_now(), file).await;
         if let Err(CommitError::Store(_) | CommitError::NoSuchPhoto) = committed {
             refund(&*self.state, &self.reservation).await;
         }

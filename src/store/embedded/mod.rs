@@ -38,13 +38,14 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::{
-    CommitError, EXPIRED_TOKEN_RETENTION_SECS, NewPhoto, NonceKey, Photo, PhotoRecord, PhotoVersion, Purged,
-    RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenStatus, VersionFile,
+    CommitError, EXPIRED_TOKEN_RETENTION_SECS, MAX_FILES_PER_UPLOAD_TOKEN, MetadataUpdate, NewPhoto,
+    NonceKey, Photo, Purged, RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant,
+    TokenKind, TokenPurpose, TokenStatus, TokenUpdate, VersionFile,
 };
-use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
+use crate::domain::{PhotoId, ReplaceToken, random_bytes};
 use tables::{
-    LiveReservation, META, NEXT_PHOTO_ID, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version,
-    create_tables, encode, get_token_state, insert_photo, read_photo, store_error, update_token,
+    LiveReservation, META, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version, create_photo,
+    create_tables, encode, get_token_state, read_photo, store_error, update_photo_metadata, update_token,
 };
 use writer::Writer;
 
@@ -111,20 +112,16 @@ impl EmbeddedStore {
 impl StateStore for EmbeddedStore {
     async fn create_photo(&self, new: NewPhoto) -> Result<Photo, StoreError> {
         self.write(move |txn| {
-            let mut meta = txn.open_table(META).map_err(store_error)?;
-            let id = meta.get(NEXT_PHOTO_ID).map_err(store_error)?.map_or(1, |v| v.value());
-            meta.insert(NEXT_PHOTO_ID, id + 1).map_err(store_error)?;
-            let record = PhotoRecord {
-                photo_id: PhotoId(id),
-                tree_id: new.tree_id,
-                token: PhotoSecret::generate(),
-                metadata: new.metadata,
-                created_at: new.first_version.created_at,
-            };
-            let versions = vec![PhotoVersion { number: 1, file: new.first_version }];
-            let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
-            insert_photo(txn, &mut photos, &record, versions.clone())?;
-            Ok(record.with_versions(versions))
+            let metadata = new.metadata.clone();
+            let recorded = create_photo(txn, new)?;
+            Ok(Photo {
+                photo_id: recorded.photo_id,
+                tree_id: recorded.tree_id,
+                token: recorded.token,
+                metadata,
+                created_at: recorded.version.file.created_at,
+                versions: vec![recorded.version],
+            })
         })
         .await
     }
@@ -135,18 +132,19 @@ impl StateStore for EmbeddedStore {
 
     async fn issue_token(&self, grant: TokenGrant) -> Result<bool, StoreError> {
         self.write(move |txn| {
-            if txn
-                .open_table(PHOTOS)
-                .map_err(store_error)?
-                .get(grant.photo_id.0)
-                .map_err(store_error)?
-                .is_none()
+            if let Some(photo_id) = grant.photo_id()
+                && txn
+                    .open_table(PHOTOS)
+                    .map_err(store_error)?
+                    .get(photo_id.0)
+                    .map_err(store_error)?
+                    .is_none()
             {
                 return Ok(false);
             }
             let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
             let key = grant.token.as_str().to_owned();
-            let state = TokenState { grant, committed: 0, reservations: Vec::new() };
+            let state = TokenState::issued(grant);
             tokens.insert(key.as_str(), encode(&state).as_slice()).map_err(store_error)?;
             Ok(true)
         })
@@ -169,12 +167,16 @@ impl StateStore for EmbeddedStore {
     async fn reserve_slot(
         &self,
         token: &ReplaceToken,
+        kind: TokenKind,
         now: u64,
         lease_secs: u64,
     ) -> Result<Reservation, ReserveError> {
         let token = token.clone();
         self.write(move |txn| {
             update_token(txn, &token, Err(ReserveError::Unknown), |state| {
+                if state.grant.kind() != kind {
+                    return Ok((Err(ReserveError::Unknown), false));
+                }
                 if state.grant.valid_until <= now {
                     return Ok((Err(ReserveError::Expired), false));
                 }
@@ -229,26 +231,86 @@ impl StateStore for EmbeddedStore {
         reservation: &Reservation,
         version: VersionFile,
         now: u64,
+        file: Option<&str>,
     ) -> Result<RecordedVersion, CommitError> {
         let token = reservation.grant.token.clone();
         let id = reservation.id.clone();
-        let photo_id = reservation.grant.photo_id;
+        let file = file.map(str::to_owned);
         self.write(move |txn| {
             update_token(txn, &token, Err(CommitError::LeaseLost), |state| {
                 if state.live_reservation(&id, now).is_none() {
                     return Ok((Err(CommitError::LeaseLost), false));
                 }
-                // Both writes are in this one transaction: the slot is
+                // Every write is in this one transaction: the slot is
                 // consumed if and only if the version is recorded.
-                let Some(photo) = append_version(txn, photo_id, version)? else {
-                    return Ok((Err(CommitError::NoSuchPhoto), false));
+                let recorded = match &state.grant.purpose {
+                    TokenPurpose::Replace { photo_id } => match append_version(txn, *photo_id, version)? {
+                        Some(recorded) => recorded,
+                        None => return Ok((Err(CommitError::NoSuchPhoto), false)),
+                    },
+                    TokenPurpose::Upload { upload: terms } => {
+                        let tree_id = terms.tree_id.clone();
+                        let upload = state
+                            .upload
+                            .as_mut()
+                            .ok_or_else(|| store_error("upload token without its state"))?;
+                        let mut metadata = upload.metadata.clone();
+                        if let Some(own) = file.as_deref().and_then(|f| upload.files.get(f)?.update.as_ref())
+                        {
+                            own.apply_to(&mut metadata);
+                        }
+                        let recorded =
+                            create_photo(txn, NewPhoto { tree_id, metadata, first_version: version })?;
+                        upload.photos.push(recorded.photo_id);
+                        if let Some(file) = file {
+                            upload.files.entry(file).or_default().photo_id = Some(recorded.photo_id);
+                        }
+                        recorded
+                    }
                 };
                 state.reservations.retain(|r| r.id != id);
                 state.committed += 1;
-                Ok((Ok(photo), true))
+                Ok((Ok(recorded), true))
             })
         })
         .await?
+    }
+
+    async fn update_upload_token(
+        &self,
+        token: &ReplaceToken,
+        update: &MetadataUpdate,
+        file: Option<&str>,
+        now: u64,
+    ) -> Result<TokenUpdate, StoreError> {
+        let (token, update, file) = (token.clone(), update.clone(), file.map(str::to_owned));
+        self.write(move |txn| {
+            update_token(txn, &token, TokenUpdate::Unknown, |state| {
+                let Some(upload) = state.upload.as_mut().filter(|_| state.grant.valid_until > now) else {
+                    return Ok((TokenUpdate::Unknown, false));
+                };
+                let photos = match file {
+                    None => {
+                        update.apply_to(&mut upload.metadata);
+                        upload.photos.clone()
+                    }
+                    Some(file) => {
+                        let updated = upload.files.values().filter(|f| f.update.is_some()).count();
+                        let own = upload.files.entry(file).or_default();
+                        if own.update.is_none() && updated >= MAX_FILES_PER_UPLOAD_TOKEN as usize {
+                            return Ok((TokenUpdate::TooManyFiles, false));
+                        }
+                        own.update.get_or_insert_default().merge(&update);
+                        own.photo_id.into_iter().collect()
+                    }
+                };
+                for photo_id in photos {
+                    update_photo_metadata(txn, photo_id, &update)?;
+                }
+                Ok((TokenUpdate::Updated, true))
+            })
+        })
+        .await
     }
 
     async fn add_version(
@@ -323,6 +385,8 @@ impl StateStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::PhotoSecret;
+    use crate::store::{PhotoRecord, PhotoVersion};
 
     fn version(key: &str) -> VersionFile {
         VersionFile {
@@ -351,7 +415,7 @@ mod tests {
                 .unwrap();
             let grant = TokenGrant {
                 token: token.clone(),
-                photo_id: photo.photo_id,
+                purpose: TokenPurpose::Replace { photo_id: photo.photo_id },
                 max_uploads: 1,
                 issued_at: 1,
                 valid_until: u64::MAX / 2,

@@ -8,8 +8,12 @@ use redb::{Database, ReadableTable, TableDefinition, TableHandle, WriteTransacti
 use serde::{Deserialize, Serialize};
 
 use crate::causes::BoxError;
+use crate::domain::PhotoSecret;
 use crate::domain::{PhotoId, ReplaceToken};
-use crate::store::{Photo, PhotoRecord, PhotoVersion, RecordedVersion, StoreError, TokenGrant, VersionFile};
+use crate::store::{
+    MetadataUpdate, NewPhoto, Photo, PhotoMetadata, PhotoRecord, PhotoVersion, RecordedVersion, StoreError,
+    TokenGrant, TokenPurpose, VersionFile,
+};
 
 /// Photo id → its [`PhotoRecord`].
 pub const PHOTOS: TableDefinition<u64, &[u8]> = TableDefinition::new("photo_records");
@@ -32,6 +36,40 @@ pub struct TokenState {
     pub grant: TokenGrant,
     pub committed: u32,
     pub reservations: Vec<LiveReservation>,
+    /// An upload token's working state; `None` for a replace token.
+    #[serde(default)]
+    pub upload: Option<UploadState>,
+}
+
+/// What an upload token has created, and its metadata as changed since.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UploadState {
+    pub metadata: PhotoMetadata,
+    pub photos: Vec<PhotoId>,
+    /// Resumable.js identifier → that file's own metadata and photo.
+    pub files: std::collections::BTreeMap<String, FileState>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FileState {
+    /// Set by `update-upload-token` with this file's identifier.
+    pub update: Option<MetadataUpdate>,
+    pub photo_id: Option<PhotoId>,
+}
+
+impl TokenState {
+    /// A newly issued token's state.
+    pub fn issued(grant: TokenGrant) -> Self {
+        let upload = match &grant.purpose {
+            TokenPurpose::Replace { .. } => None,
+            TokenPurpose::Upload { upload } => Some(UploadState {
+                metadata: upload.metadata.clone(),
+                photos: Vec::new(),
+                files: Default::default(),
+            }),
+        };
+        TokenState { grant, committed: 0, reservations: Vec::new(), upload }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -144,6 +182,39 @@ fn split_whole_photos(txn: &WriteTransaction) -> Result<(), StoreError> {
         }
     }
     txn.delete_table(WHOLE_PHOTOS).map_err(store_error)?;
+    Ok(())
+}
+
+/// Creates a photo with the next id and a new secret token.
+pub fn create_photo(txn: &WriteTransaction, new: NewPhoto) -> Result<RecordedVersion, StoreError> {
+    let mut meta = txn.open_table(META).map_err(store_error)?;
+    let id = meta.get(NEXT_PHOTO_ID).map_err(store_error)?.map_or(1, |v| v.value());
+    meta.insert(NEXT_PHOTO_ID, id + 1).map_err(store_error)?;
+    let record = PhotoRecord {
+        photo_id: PhotoId(id),
+        tree_id: new.tree_id,
+        token: PhotoSecret::generate(),
+        metadata: new.metadata,
+        created_at: new.first_version.created_at,
+    };
+    let first = PhotoVersion { number: 1, file: new.first_version };
+    let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
+    insert_photo(txn, &mut photos, &record, vec![first.clone()])?;
+    Ok(record.recorded(first))
+}
+
+/// Applies `update` to photo `id`'s metadata (a photo that is gone is skipped).
+pub fn update_photo_metadata(
+    txn: &WriteTransaction,
+    id: PhotoId,
+    update: &MetadataUpdate,
+) -> Result<(), StoreError> {
+    let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
+    let Some(mut record) = get_photo_record(&photos, id)? else {
+        return Ok(());
+    };
+    update.apply_to(&mut record.metadata);
+    photos.insert(id.0, encode(&record).as_slice()).map_err(store_error)?;
     Ok(())
 }
 

@@ -1,9 +1,11 @@
 -- Reserves one upload slot, leased until ARGV[2].
 -- KEYS[1] token hash, KEYS[2] its lease set (reservation id -> lease end)
--- ARGV[1] now, ARGV[2] lease end, ARGV[3] reservation id, ARGV[4] retention after expiry
+-- ARGV[1] now, ARGV[2] lease end, ARGV[3] reservation id, ARGV[4] retention after expiry,
+-- ARGV[5] the kind of token the caller redeems (a token of another kind is unknown)
 -- Returns {'ok', grant JSON} or {'unknown'} / {'expired'} / {'used_up'}.
-local token = redis.call('HMGET', KEYS[1], 'until', 'max', 'committed', 'grant')
-if not token[4] then
+local token = redis.call('HMGET', KEYS[1], 'until', 'max', 'committed', 'grant', 'kind')
+-- Tokens issued before upload tokens existed have no kind: replace tokens.
+if not token[4] or (token[5] or 'replace') ~= ARGV[5] then
   return {'unknown'}
 end
 local now = tonumber(ARGV[1])
