@@ -168,6 +168,14 @@ pub fn update_from(params: &Params, limits: &LimitsConfig) -> Result<MetadataUpd
     if let Some(value) = params.single("album_id")?.filter(|v| !v.is_empty()) {
         update.album_id = Some(album_id(value)?);
     }
+    let other_bytes =
+        [&update.tags, &update.album_id].iter().filter_map(|v| v.as_ref()).map(String::len).sum::<usize>();
+    if other_bytes > limits.max_upload_token_bytes {
+        return Err(ApiError::InvalidInput(format!(
+            "tags and album_id hold {other_bytes} bytes; at most {} are allowed (limits.max_upload_token_bytes)",
+            limits.max_upload_token_bytes
+        )));
+    }
     Ok(update)
 }
 

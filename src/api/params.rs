@@ -107,6 +107,20 @@ pub fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// The longest Resumable.js file identifier kept.
+pub const MAX_FILE_IDENTIFIER_BYTES: usize = 255;
+
+/// A `resumableIdentifier`, checked: at most 255 bytes, no control
+/// characters. The message names the rule.
+pub fn file_identifier(raw: &str) -> Result<&str, String> {
+    if raw.len() > MAX_FILE_IDENTIFIER_BYTES || raw.chars().any(char::is_control) {
+        return Err(format!(
+            "resumableIdentifier must be at most {MAX_FILE_IDENTIFIER_BYTES} bytes, without control characters"
+        ));
+    }
+    Ok(raw)
+}
+
 /// The terms of a token as the issuing request gives them.
 pub struct TokenTerms {
     pub return_url: Option<String>,

@@ -6,7 +6,7 @@
 
 use super::call::ApiRequest;
 use super::metadata::{metadata_from, plain_text, update_from};
-use super::params::{TokenTerms, absolute_http_url};
+use super::params::{TokenTerms, absolute_http_url, file_identifier};
 use crate::context::Context;
 use crate::domain::{Permission, ReplaceToken};
 use crate::envelope::Success;
@@ -107,22 +107,17 @@ pub async fn update_upload_token(ctx: &Context, request: &mut ApiRequest) -> Res
     let token: ReplaceToken =
         params.single("upload_token")?.unwrap_or_default().parse().map_err(|_| unknown())?;
     let update = update_from(params, &ctx.config.limits)?;
-    let file = params.single("resumableIdentifier")?.filter(|f| !f.is_empty());
-    if let Some(file) = file
-        && (file.len() > 255 || file.chars().any(char::is_control))
-    {
-        return Err(ApiError::InvalidInput(
-            "resumableIdentifier must be at most 255 bytes, without control characters".into(),
-        ));
-    }
+    let file = match params.single("resumableIdentifier")?.filter(|f| !f.is_empty()) {
+        Some(raw) => Some(file_identifier(raw).map_err(ApiError::InvalidInput)?),
+        None => None,
+    };
     match ctx.state.update_upload_token(&token, &update, file, crate::domain::unix_now()).await? {
         TokenUpdate::Updated => {}
         TokenUpdate::Unknown => return Err(unknown()),
         TokenUpdate::TooManyFiles => {
-            return Err(ApiError::InvalidInput(format!(
-                "this upload token already has {} files with metadata of their own",
-                crate::store::MAX_FILES_PER_UPLOAD_TOKEN
-            )));
+            return Err(ApiError::InvalidInput(
+                "as many files as this upload token has uploads have metadata of their own already".into(),
+            ));
         }
     }
     tracing::info!(token = ?token, file = file.map(plain_text), "upload token updated");

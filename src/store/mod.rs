@@ -163,6 +163,23 @@ impl MetadataUpdate {
         }
     }
 
+    /// Drops the fields `later` gives: a later change of the same fields
+    /// for the whole token wins over a file's own.
+    pub fn forget(&mut self, later: &MetadataUpdate) {
+        let drop_if = |field: &mut Option<String>, given: &Option<String>| {
+            if given.is_some() {
+                *field = None;
+            }
+        };
+        drop_if(&mut self.title, &later.title);
+        drop_if(&mut self.description, &later.description);
+        drop_if(&mut self.tags, &later.tags);
+        drop_if(&mut self.album_id, &later.album_id);
+        if later.publish.is_some() {
+            self.publish = None;
+        }
+    }
+
     /// `later` on top of this update: its fields win.
     pub fn merge(&mut self, later: &MetadataUpdate) {
         let take = |field: &mut Option<String>, value: &Option<String>| {
@@ -291,18 +308,14 @@ impl TokenGrant {
     }
 }
 
-/// How many files of one upload token may have metadata of their own
-/// (`update-upload-token` with `resumableIdentifier`): twice the most
-/// uploads a token can grant, so abandoned files cannot grow it unbounded.
-pub const MAX_FILES_PER_UPLOAD_TOKEN: u32 = 200;
-
 /// What [`StateStore::update_upload_token`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenUpdate {
     Updated,
     /// No such upload token, or it has expired (a replace token is not one).
     Unknown,
-    /// The token already has [`MAX_FILES_PER_UPLOAD_TOKEN`] files of its own.
+    /// As many files of the token as its `max_uploads` have metadata of
+    /// their own already (a token has no more files than uploads).
     TooManyFiles,
 }
 
@@ -433,8 +446,9 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Changes the metadata of an upload token that has not expired at
     /// `now`: without `file`, for its files to come and every photo already
-    /// created from it; with `file`, for that file only (its photo, if it
-    /// was created already). Only the fields `update` gives change.
+    /// created from it, and the same fields of its files' own metadata are
+    /// forgotten (the latest change wins); with `file`, for that file only
+    /// (its photos, if made already). Only the fields `update` gives change.
     async fn update_upload_token(
         &self,
         token: &ReplaceToken,

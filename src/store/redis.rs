@@ -28,9 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::{
-    CommitError, EXPIRED_TOKEN_RETENTION_SECS, MAX_FILES_PER_UPLOAD_TOKEN, MetadataUpdate, NewPhoto,
-    NonceKey, Photo, PhotoRecord, PhotoVersion, Purged, RecordedVersion, Reservation, ReserveError,
-    StateStore, StoreError, TokenGrant, TokenKind, TokenPurpose, TokenStatus, TokenUpdate, VersionFile,
+    CommitError, EXPIRED_TOKEN_RETENTION_SECS, MetadataUpdate, NewPhoto, NonceKey, Photo, PhotoRecord,
+    PhotoVersion, Purged, RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant,
+    TokenKind, TokenPurpose, TokenStatus, TokenUpdate, VersionFile,
 };
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
 
@@ -222,6 +222,9 @@ impl RedisStore {
                 Ok(decode::<PhotoRecord>(record)?.recorded(decode(version)?))
             }
             [status] if status == "lease_lost" => Err(CommitError::LeaseLost),
+            [status] if status == "corrupt" => {
+                Err(store_error("upload token without its metadata in redis (nothing written)").into())
+            }
             other => Err(store_error(format!("unexpected commit answer {other:?}")).into()),
         }
     }
@@ -410,13 +413,8 @@ impl StateStore for RedisStore {
         now: u64,
     ) -> Result<TokenUpdate, StoreError> {
         let [key, _] = self.keys.token(token);
-        let args = [
-            now.to_string(),
-            encode(update),
-            file.unwrap_or_default().to_owned(),
-            self.keys.prefix.clone(),
-            MAX_FILES_PER_UPLOAD_TOKEN.to_string(),
-        ];
+        let args =
+            [now.to_string(), encode(update), file.unwrap_or_default().to_owned(), self.keys.prefix.clone()];
         let answer: String = self.run(&self.scripts.update_upload_token, &[key], &args).await?;
         match answer.as_str() {
             "ok" => Ok(TokenUpdate::Updated),

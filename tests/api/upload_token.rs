@@ -408,3 +408,20 @@ async fn a_background_return_reports_the_new_photo_in_the_ok_line() {
     assert_eq!(request.param("upload_token").as_deref(), Some(token.as_str()), "{request:?}");
     assert_eq!(request.param("photo_id").as_deref(), Some(words[3]), "{request:?}");
 }
+
+#[tokio::test]
+async fn a_file_identifier_breaking_its_rule_is_refused_and_gives_the_slot_back() {
+    let app = spawn_app().await;
+    let token = app.upload_token(&[("max_uploads", "1")]).await;
+    let long = "i".repeat(256);
+    let response = app.redeem_upload(&token, b"x", &[("resumableIdentifier", &long)]).await;
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("resumableIdentifier"));
+    let status = app.token_status(&token).await;
+    assert_eq!((status.uploads_used, status.uploads_in_flight), (0, 0), "the slot is back");
+    assert_eq!(app.stored_objects().await, Vec::<String>::new(), "nothing left behind");
+    let body =
+        update(&app, &[("upload_token", &token), ("resumableIdentifier", &long), ("title", "x")]).await;
+    assert!(assert_error(&body, "invalid_input").contains("resumableIdentifier"), "{body}");
+    assert_eq!(app.redeem_upload(&token, b"x", &[("resumableIdentifier", "123-ok.mp4")]).await.status(), 200);
+}

@@ -131,6 +131,12 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn the_latest_change_wins_and_reaches_every_photo_of_a_file() {
+                let (s, _dir) = store().await;
+                the_latest_change_wins_and_reaches_every_photo_of_a_file_case(&*s).await;
+            }
+
+            #[tokio::test]
             async fn concurrent_upload_commits_make_distinct_photos() {
                 let (s, _dir) = store().await;
                 concurrent_upload_commits_make_distinct_photos_case(s).await;
@@ -443,9 +449,8 @@ async fn updates_reach_the_photos_made_and_the_files_to_come_case(s: &dyn StateS
 
 async fn an_upload_token_keeps_metadata_for_a_bounded_number_of_files_case(s: &dyn StateStore) {
     let now = unix_now();
-    let token = new_upload_token(s, 1, now + 600).await;
-    let limit = upload_receiver::store::MAX_FILES_PER_UPLOAD_TOKEN;
-    for i in 0..limit {
+    let token = new_upload_token(s, 3, now + 600).await;
+    for i in 0..3 {
         let file = format!("file-{i}");
         assert_eq!(
             s.update_upload_token(&token, &title("x"), Some(&file), now).await.unwrap(),
@@ -453,9 +458,39 @@ async fn an_upload_token_keeps_metadata_for_a_bounded_number_of_files_case(s: &d
         );
     }
     let one_more = s.update_upload_token(&token, &title("x"), Some("one-more"), now).await.unwrap();
-    assert_eq!(one_more, TokenUpdate::TooManyFiles);
+    assert_eq!(one_more, TokenUpdate::TooManyFiles, "no more files than uploads");
     let known = s.update_upload_token(&token, &title("y"), Some("file-0"), now).await.unwrap();
     assert_eq!(known, TokenUpdate::Updated, "a file it knows can still change");
+}
+
+async fn the_latest_change_wins_and_reaches_every_photo_of_a_file_case(s: &dyn StateStore) {
+    let now = unix_now();
+    let token = new_upload_token(s, 3, now + 600).await;
+    let commit = async |file: &str| {
+        let reservation = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.unwrap();
+        s.commit_version(&reservation, version("media/l"), now, Some(file)).await.unwrap().photo_id
+    };
+    let meta = async |id| s.photo(id).await.unwrap().unwrap().metadata;
+    let own =
+        MetadataUpdate { title: Some("Own".into()), tags: Some("own".into()), ..MetadataUpdate::default() };
+    assert_eq!(s.update_upload_token(&token, &own, Some("shared"), now).await.unwrap(), TokenUpdate::Updated);
+    assert_eq!(
+        s.update_upload_token(&token, &title("Later"), None, now).await.unwrap(),
+        TokenUpdate::Updated
+    );
+    let first = commit("shared").await;
+    let first_meta = meta(first).await;
+    assert_eq!(first_meta.title.as_deref(), Some("Later"), "the later change of the title wins");
+    assert_eq!(first_meta.tags.as_deref(), Some("own"), "the file's own tags stand");
+    // Two visitors' files may share an identifier; an update reaches both.
+    let second = commit("shared").await;
+    let album = MetadataUpdate { album_id: Some("5".into()), ..MetadataUpdate::default() };
+    assert_eq!(
+        s.update_upload_token(&token, &album, Some("shared"), now).await.unwrap(),
+        TokenUpdate::Updated
+    );
+    assert_eq!(meta(first).await.album_id.as_deref(), Some("5"));
+    assert_eq!(meta(second).await.album_id.as_deref(), Some("5"));
 }
 
 async fn concurrent_upload_commits_make_distinct_photos_case(s: Arc<dyn StateStore>) {

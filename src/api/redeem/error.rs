@@ -32,6 +32,8 @@ pub enum Refusal {
     Unreadable(UploadError),
     MissingToken,
     DuplicateToken,
+    /// A parameter breaks its rule; the text says which and how.
+    BadParameter(String),
     UnknownToken,
     UsedUp,
     /// The client used up `limits.redeem_rate_limit_per_minute`; the
@@ -125,6 +127,7 @@ impl Refusal {
             Refusal::Unreadable(e) => {
                 refuse(StatusCode::BAD_REQUEST, &format!("The upload could not be read: {e}."))
             }
+            Refusal::BadParameter(message) => refuse(StatusCode::BAD_REQUEST, &format!("{message}.")),
             Refusal::MissingToken => refuse(StatusCode::BAD_REQUEST, &format!("No {field} was given.")),
             Refusal::DuplicateToken => {
                 refuse(StatusCode::BAD_REQUEST, &format!("{field} was given more than once."))

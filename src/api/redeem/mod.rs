@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use super::params::file_identifier;
 use crate::context::Context;
 use crate::domain::{ReplaceToken, unix_now};
 use crate::http::{
@@ -113,14 +114,29 @@ async fn redeem(
     // 5. The commit.
     let site = site_return(field, lease.grant(), &query, form.fields());
     let file = query.iter().chain(form.fields()).find(|(name, _)| name == FILE_IDENTIFIER_FIELD);
-    match lease.commit(stored.version(unix_now()), file.map(|(_, value)| value.as_str())).await {
+    let file = match file.map(|(_, value)| file_identifier(value)).transpose() {
+        Ok(file) => file.filter(|f| !f.is_empty()),
+        Err(message) => {
+            stored.discard().await;
+            lease.refund().await;
+            return Err(Refusal::BadParameter(message).into());
+        }
+    };
+    match lease.commit(stored.version(unix_now()), file).await {
         Ok(recorded) => {
             stored.keep();
             Ok(Redeemed { site, recorded })
         }
-        Err(e) => {
-            stored.discard().await;
-            Err(RedeemError::after_slot(site, Failure::Commit(e)))
+        Err(failed) => {
+            if failed.maybe_recorded {
+                // A version may point at it: an orphan costs less than a
+                // dangling version.
+                tracing::warn!(error = %crate::causes::chain(&failed.error), "commit outcome unknown; the stored file is kept");
+                stored.keep();
+            } else {
+                stored.discard().await;
+            }
+            Err(RedeemError::after_slot(site, Failure::Commit(failed.error)))
         }
     }
 }

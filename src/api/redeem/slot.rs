@@ -20,8 +20,19 @@ pub struct SlotLease {
     state: Arc<dyn StateStore>,
     cleanup: Cleanup,
     renewal: tokio::task::JoinHandle<()>,
+    lease_secs: u64,
     /// Committed or refunded; until then, dropping refunds.
     settled: bool,
+}
+
+/// A commit that did not record the version, as far as the caller knows.
+#[derive(Debug)]
+pub struct CommitFailed {
+    pub error: CommitError,
+    /// The store failed in a way that leaves the outcome unknown (a reply
+    /// lost after the store applied the commit) and the slot's lease is
+    /// gone: the version may be recorded, so its file must be kept.
+    pub maybe_recorded: bool,
 }
 
 impl SlotLease {
@@ -42,6 +53,7 @@ impl SlotLease {
             state: Arc::clone(state),
             cleanup: cleanup.clone(),
             renewal,
+            lease_secs,
             settled: false,
         })
     }
@@ -53,19 +65,37 @@ impl SlotLease {
 
     /// Consumes the slot and records `version` (a replace token's new
     /// current version, an upload token's new photo), both or neither;
-    /// `file` names a Resumable.js file. When the store fails or the photo
-    /// is gone, the slot is given back; a lost lease has gone back already.
+    /// `file` names a Resumable.js file. When the photo is gone or the store
+    /// fails before recording, the slot is given back; a lost lease has gone
+    /// back already. A store error may also mean the reply was lost after
+    /// the commit: the lease tells (a live lease was not committed).
     pub async fn commit(
         mut self,
         version: VersionFile,
         file: Option<&str>,
-    ) -> Result<RecordedVersion, CommitError> {
+    ) -> Result<RecordedVersion, CommitFailed> {
         self.settled = true;
-        let committed = self.state.commit_version(&self.reservation, version, unix_now(), file).await;
-        if let Err(CommitError::Store(_) | CommitError::NoSuchPhoto) = committed {
-            refund(&*self.state, &self.reservation).await;
-        }
-        committed
+        let error = match self.state.commit_version(&self.reservation, version, unix_now(), file).await {
+            Ok(recorded) => return Ok(recorded),
+            Err(error) => error,
+        };
+        let maybe_recorded = match &error {
+            CommitError::LeaseLost => false,
+            CommitError::NoSuchPhoto => {
+                refund(&*self.state, &self.reservation).await;
+                false
+            }
+            CommitError::Store(_) => {
+                match self.state.renew_reservation(&self.reservation, unix_now(), self.lease_secs).await {
+                    Ok(true) => {
+                        refund(&*self.state, &self.reservation).await;
+                        false
+                    }
+                    Ok(false) | Err(_) => true,
+                }
+            }
+        };
+        Err(CommitFailed { error, maybe_recorded })
     }
 
     /// Gives the slot back to the token.

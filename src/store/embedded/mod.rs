@@ -38,14 +38,15 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::{
-    CommitError, EXPIRED_TOKEN_RETENTION_SECS, MAX_FILES_PER_UPLOAD_TOKEN, MetadataUpdate, NewPhoto,
-    NonceKey, Photo, Purged, RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant,
-    TokenKind, TokenPurpose, TokenStatus, TokenUpdate, VersionFile,
+    CommitError, EXPIRED_TOKEN_RETENTION_SECS, MetadataUpdate, NewPhoto, NonceKey, Photo, Purged,
+    RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenKind, TokenPurpose,
+    TokenStatus, TokenUpdate, VersionFile,
 };
 use crate::domain::{PhotoId, ReplaceToken, random_bytes};
 use tables::{
     LiveReservation, META, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version, create_photo,
-    create_tables, encode, get_token_state, read_photo, store_error, update_photo_metadata, update_token,
+    create_tables, delete_files, encode, get_file, get_token_state, put_file, read_photo, store_error,
+    token_files, update_photo_metadata, update_token,
 };
 use writer::Writer;
 
@@ -255,15 +256,19 @@ impl StateStore for EmbeddedStore {
                             .as_mut()
                             .ok_or_else(|| store_error("upload token without its state"))?;
                         let mut metadata = upload.metadata.clone();
-                        if let Some(own) = file.as_deref().and_then(|f| upload.files.get(f)?.update.as_ref())
-                        {
-                            own.apply_to(&mut metadata);
+                        let mut own = match &file {
+                            Some(file) => Some(get_file(txn, token.as_str(), file)?.unwrap_or_default()),
+                            None => None,
+                        };
+                        if let Some(update) = own.as_ref().and_then(|own| own.update.as_ref()) {
+                            update.apply_to(&mut metadata);
                         }
                         let recorded =
                             create_photo(txn, NewPhoto { tree_id, metadata, first_version: version })?;
                         upload.photos.push(recorded.photo_id);
-                        if let Some(file) = file {
-                            upload.files.entry(file).or_default().photo_id = Some(recorded.photo_id);
+                        if let (Some(file), Some(own)) = (&file, own.as_mut()) {
+                            own.photos.push(recorded.photo_id);
+                            put_file(txn, token.as_str(), file, own)?;
                         }
                         recorded
                     }
@@ -289,19 +294,32 @@ impl StateStore for EmbeddedStore {
                 let Some(upload) = state.upload.as_mut().filter(|_| state.grant.valid_until > now) else {
                     return Ok((TokenUpdate::Unknown, false));
                 };
+                let key = token.as_str();
                 let photos = match file {
                     None => {
                         update.apply_to(&mut upload.metadata);
+                        // The latest change wins: files' own values of
+                        // these fields give way to it.
+                        for (file, mut own) in token_files(txn, key)? {
+                            if let Some(own_update) = own.update.as_mut() {
+                                own_update.forget(&update);
+                                put_file(txn, key, &file, &own)?;
+                            }
+                        }
                         upload.photos.clone()
                     }
                     Some(file) => {
-                        let updated = upload.files.values().filter(|f| f.update.is_some()).count();
-                        let own = upload.files.entry(file).or_default();
-                        if own.update.is_none() && updated >= MAX_FILES_PER_UPLOAD_TOKEN as usize {
-                            return Ok((TokenUpdate::TooManyFiles, false));
+                        let mut own = get_file(txn, key, &file)?.unwrap_or_default();
+                        if own.update.is_none() {
+                            let files = token_files(txn, key)?;
+                            let with_metadata = files.iter().filter(|(_, f)| f.update.is_some()).count();
+                            if with_metadata >= state.grant.max_uploads as usize {
+                                return Ok((TokenUpdate::TooManyFiles, false));
+                            }
                         }
                         own.update.get_or_insert_default().merge(&update);
-                        own.photo_id.into_iter().collect()
+                        put_file(txn, key, &file, &own)?;
+                        own.photos
                     }
                 };
                 for photo_id in photos {
@@ -359,9 +377,9 @@ impl StateStore for EmbeddedStore {
                 nonces_purged += 1;
             }
             let mut tokens = txn.open_table(TOKENS).map_err(store_error)?;
-            let mut tokens_purged = 0;
+            let mut purged_tokens = Vec::new();
             tokens
-                .retain(|_, bytes| {
+                .retain(|key, bytes| {
                     let keep = match serde_json::from_slice::<TokenState>(bytes) {
                         Ok(state) => {
                             let last_lease = state.reservations.iter().map(|r| r.lease_until).max();
@@ -371,12 +389,15 @@ impl StateStore for EmbeddedStore {
                         Err(_) => true,
                     };
                     if !keep {
-                        tokens_purged += 1;
+                        purged_tokens.push(key.to_owned());
                     }
                     keep
                 })
                 .map_err(store_error)?;
-            Ok(Purged { nonces: nonces_purged, tokens: tokens_purged })
+            for token in &purged_tokens {
+                delete_files(txn, token)?;
+            }
+            Ok(Purged { nonces: nonces_purged, tokens: purged_tokens.len() as u64 })
         })
         .await
     }

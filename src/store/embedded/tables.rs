@@ -23,6 +23,8 @@ pub const VERSIONS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("p
 /// into the two tables above when the database is opened.
 const WHOLE_PHOTOS: TableDefinition<u64, &[u8]> = TableDefinition::new("photos");
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// (upload token, Resumable.js identifier) → that file's [`FileState`].
+pub const UPLOAD_FILES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("upload_files");
 /// Nonce identity → expiry.
 pub const NONCES: TableDefinition<&str, u64> = TableDefinition::new("nonces");
 /// (expiry, nonce identity) → (), so expired nonces are purged by range.
@@ -42,19 +44,67 @@ pub struct TokenState {
 }
 
 /// What an upload token has created, and its metadata as changed since.
+/// Its files (Resumable.js identifiers) are rows of [`UPLOAD_FILES`], so
+/// that this record stays small whatever visitors send.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct UploadState {
     pub metadata: PhotoMetadata,
     pub photos: Vec<PhotoId>,
-    /// Resumable.js identifier → that file's own metadata and photo.
-    pub files: std::collections::BTreeMap<String, FileState>,
 }
 
+/// One file of an upload token, named by its Resumable.js identifier.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct FileState {
     /// Set by `update-upload-token` with this file's identifier.
     pub update: Option<MetadataUpdate>,
-    pub photo_id: Option<PhotoId>,
+    /// The photos uploads with this identifier made (two visitors may
+    /// send files that share one).
+    pub photos: Vec<PhotoId>,
+}
+
+/// The rows of `token`'s files: from `(token, "")` up to, not including,
+/// `(token + "\0", "")`, the first key of any longer token.
+pub fn file_range(token: &str) -> (String, String) {
+    (token.to_owned(), format!("{token}\0"))
+}
+
+/// Reads the file row `(token, file)`.
+pub fn get_file(txn: &WriteTransaction, token: &str, file: &str) -> Result<Option<FileState>, StoreError> {
+    let files = txn.open_table(UPLOAD_FILES).map_err(store_error)?;
+    match files.get((token, file)).map_err(store_error)? {
+        Some(bytes) => decode(bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub fn put_file(
+    txn: &WriteTransaction,
+    token: &str,
+    file: &str,
+    state: &FileState,
+) -> Result<(), StoreError> {
+    let mut files = txn.open_table(UPLOAD_FILES).map_err(store_error)?;
+    files.insert((token, file), encode(state).as_slice()).map_err(store_error)?;
+    Ok(())
+}
+
+/// Every file row of `token`, decoded.
+pub fn token_files(txn: &WriteTransaction, token: &str) -> Result<Vec<(String, FileState)>, StoreError> {
+    let files = txn.open_table(UPLOAD_FILES).map_err(store_error)?;
+    let (start, end) = file_range(token);
+    let mut rows = Vec::new();
+    for entry in files.range((start.as_str(), "")..(end.as_str(), "")).map_err(store_error)? {
+        let (key, bytes) = entry.map_err(store_error)?;
+        rows.push((key.value().1.to_owned(), decode(bytes.value())?));
+    }
+    Ok(rows)
+}
+
+/// Deletes every file row of `token`.
+pub fn delete_files(txn: &WriteTransaction, token: &str) -> Result<(), StoreError> {
+    let mut files = txn.open_table(UPLOAD_FILES).map_err(store_error)?;
+    let (start, end) = file_range(token);
+    files.retain_in((start.as_str(), "")..(end.as_str(), ""), |_, _| false).map_err(store_error)
 }
 
 impl TokenState {
@@ -62,11 +112,9 @@ impl TokenState {
     pub fn issued(grant: TokenGrant) -> Self {
         let upload = match &grant.purpose {
             TokenPurpose::Replace { .. } => None,
-            TokenPurpose::Upload { upload } => Some(UploadState {
-                metadata: upload.metadata.clone(),
-                photos: Vec::new(),
-                files: Default::default(),
-            }),
+            TokenPurpose::Upload { upload } => {
+                Some(UploadState { metadata: upload.metadata.clone(), photos: Vec::new() })
+            }
         };
         TokenState { grant, committed: 0, reservations: Vec::new(), upload }
     }
@@ -109,6 +157,7 @@ pub fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(PHOTOS).map_err(store_error)?;
     txn.open_table(VERSIONS).map_err(store_error)?;
     txn.open_table(TOKENS).map_err(store_error)?;
+    txn.open_table(UPLOAD_FILES).map_err(store_error)?;
     txn.open_table(NONCES).map_err(store_error)?;
     txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
     txn.open_table(META).map_err(store_error)?;

@@ -1,25 +1,30 @@
 -- Commits a redeem of an upload token: consumes the reservation and
 -- creates the photo it uploaded, with the token's metadata (and, for a
 -- file with metadata of its own, that on top), in this one script: the
--- slot is spent if and only if the photo exists.
+-- slot is spent if and only if the photo exists. Everything is read and
+-- decoded before the first write, so a script that fails (Redis does not
+-- roll scripts back) has changed nothing.
 -- KEYS[1] token hash, KEYS[2] its lease set, KEYS[3] the photo id sequence
 -- ARGV[1] now, ARGV[2] reservation id, ARGV[3] the photo's record JSON
 -- without its id and metadata, ARGV[4] first version JSON without its
 -- number (an object), ARGV[5] the file's Resumable.js identifier or '',
 -- ARGV[6] the key prefix (the photo's keys follow from its new id).
--- Returns {'ok', photo record JSON, version JSON} or {'lease_lost'}.
+-- Returns {'ok', photo record JSON, version JSON}, {'lease_lost'} or
+-- {'corrupt'} (no metadata: nothing written).
 local lease = redis.call('ZSCORE', KEYS[2], ARGV[2])
 if not lease or tonumber(lease) <= tonumber(ARGV[1]) then
   return {'lease_lost'}
 end
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'committed', 1)
-local id = redis.call('INCR', KEYS[3])
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if not meta then
+  return {'corrupt'}
+end
 local record = cjson.decode(ARGV[3])
-for field, value in pairs(cjson.decode(redis.call('HGET', KEYS[1], 'meta'))) do
+for field, value in pairs(cjson.decode(meta)) do
   record[field] = value
 end
 local file = ARGV[5]
+local made_from_file = false
 if file ~= '' then
   local own = redis.call('HGET', KEYS[1], 'f:' .. file)
   if own then
@@ -27,8 +32,12 @@ if file ~= '' then
       record[field] = value
     end
   end
-  redis.call('HSET', KEYS[1], 'fp:' .. file, id)
+  made_from_file = redis.call('HGET', KEYS[1], 'fp:' .. file)
 end
+-- The writes.
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'committed', 1)
+local id = redis.call('INCR', KEYS[3])
 record['photo_id'] = id
 local encoded = cjson.encode(record)
 local photo = ARGV[6] .. 'p:' .. id
@@ -38,4 +47,9 @@ redis.call('RPUSH', photo .. ':versions', version)
 local photos = redis.call('HGET', KEYS[1], 'photos') or ''
 if photos == '' then photos = tostring(id) else photos = photos .. ',' .. id end
 redis.call('HSET', KEYS[1], 'photos', photos)
+if file ~= '' then
+  -- Two visitors' files may share an identifier: keep every photo.
+  if made_from_file then made_from_file = made_from_file .. ',' .. id else made_from_file = tostring(id) end
+  redis.call('HSET', KEYS[1], 'fp:' .. file, made_from_file)
+end
 return {'ok', encoded, version}
