@@ -533,3 +533,33 @@ async fn uploads_beyond_the_concurrency_limit_are_told_to_retry_and_use_no_slot(
     assert_eq!(f.uploads_used(&token).await, 1, "the refused upload used no slot");
     assert_eq!(f.redeem(&token, b"now there is room", &[]).await.status(), 303);
 }
+
+#[tokio::test]
+async fn a_token_in_query_and_form_with_the_same_value_is_one_token_and_extras_come_back_once() {
+    // Resumable.js sends every parameter in the query and in the form.
+    let f = PhotoApp::new().await;
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let query = [("replace_token", token.as_str()), ("resumableChunkSize", "1048576"), ("note", "q")];
+    let form = Form::new()
+        .text("replace_token", token.clone())
+        .text("resumableChunkSize", "1048576")
+        .text("note", "f")
+        .part("file", Part::bytes(b"both ways".to_vec()).file_name("a.jpg"));
+    let url = url::Url::parse_with_params(&f.url(REDEEM), query).unwrap();
+    let response = f.http.post(url).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    let location = location(&response);
+    let names: Vec<String> = location.query_pairs().map(|(n, v)| format!("{n}={v}")).collect();
+    let count = |wanted: &str| names.iter().filter(|n| n.as_str() == wanted).count();
+    assert_eq!(count(&format!("replace_token={token}")), 1, "{names:?}");
+    assert_eq!(count("resumableChunkSize=1048576"), 1, "the same value both ways comes back once: {names:?}");
+    assert_eq!((count("note=q"), count("note=f")), (1, 1), "different values both come back: {names:?}");
+    assert_eq!(f.uploads_used(&token).await, 1);
+
+    let other = f.token(&[]).await;
+    let form = Form::new().text("replace_token", token.clone()).part("file", Part::bytes(b"x".to_vec()));
+    let url = url::Url::parse_with_params(&f.url(REDEEM), [("replace_token", &other)]).unwrap();
+    let response = f.http.post(url).multipart(form).send().await.unwrap();
+    assert_plain_refusal(response, 400, "more than once").await;
+    assert_eq!(f.uploads_used(&other).await, 0);
+}

@@ -85,11 +85,7 @@ async fn redeem(
     let file = form.read_to_file(&ctx.spool_dir(), has_token).await.map_err(Refusal::Unreadable)?;
 
     // 2. The token.
-    let token = match tokens(field, &query, form.fields()).collect::<Vec<_>>()[..] {
-        [] => return Err(Refusal::MissingToken.into()),
-        [token] => token.to_owned(),
-        _ => return Err(Refusal::DuplicateToken.into()),
-    };
+    let token = the_token(field, &query, form.fields())?.ok_or(Refusal::MissingToken)?.to_owned();
 
     // 3. A slot.
     let client = client_address(&head.headers, peer, &ctx.config.server.trusted_proxies);
@@ -105,7 +101,7 @@ async fn redeem(
         }
     };
     // A second token after the file is only seen now.
-    if tokens(field, &query, form.fields()).count() > 1 {
+    if the_token(field, &query, form.fields()).is_err() {
         stored.discard().await;
         lease.refund().await;
         return Err(Refusal::DuplicateToken.into());
@@ -150,9 +146,28 @@ fn tokens<'a>(
     query.iter().chain(fields).filter(move |(name, _)| name == field).map(|(_, value)| value.as_str())
 }
 
+/// The token `field` carries: given once in the query, once in the form,
+/// or once in each with the same value (Resumable.js sends every parameter
+/// both ways). Twice in one of them, or two values, is a refusal.
+fn the_token<'a>(
+    field: &str,
+    query: &'a [(String, String)],
+    fields: &'a [(String, String)],
+) -> Result<Option<&'a str>, Refusal> {
+    let named = |pairs: &'a [(String, String)]| {
+        pairs.iter().filter(|(name, _)| name == field).map(|(_, value)| value.as_str()).collect::<Vec<_>>()
+    };
+    match (named(query).as_slice(), named(fields).as_slice()) {
+        ([], []) => Ok(None),
+        ([token], []) | ([], [token]) => Ok(Some(token)),
+        ([in_query], [in_form]) if in_query == in_form => Ok(Some(*in_query)),
+        _ => Err(Refusal::DuplicateToken),
+    }
+}
+
 /// Whom to tell: the token's terms, and the extra parameters repeated to
 /// the site: an upload token's own first, then the request's (query, then
-/// fields). The site set the token's, so a visitor's parameter of the same
+/// fields; one given both ways with the same value, once). The site set the token's, so a visitor's parameter of the same
 /// name is dropped rather than allowed to stand in for it.
 fn site_return(
     field: &str,
@@ -164,9 +179,11 @@ fn site_return(
         TokenPurpose::Upload { upload } => &upload.extras,
         TokenPurpose::Replace { .. } => &[],
     };
+    // A parameter sent both ways with the same value is repeated once.
+    let from_form = fields.iter().filter(|pair| !query.contains(pair));
     let from_request = query
         .iter()
-        .chain(fields)
+        .chain(from_form)
         .filter(|(name, _)| name != field && !own.iter().any(|(set, _)| set == name));
     SiteReturn { grant: grant.clone(), extras: own.iter().chain(from_request).cloned().collect() }
 }
