@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::Authenticator;
 use crate::callback::BackgroundCaller;
 use crate::config::Config;
+use crate::cors::AllowedOrigins;
 use crate::metrics::Metrics;
 use crate::storage::ObjectStore;
 use crate::store::StateStore;
@@ -26,6 +27,8 @@ pub struct Context {
     pub state: Arc<dyn StateStore>,
     pub objects: Arc<dyn ObjectStore>,
     pub callbacks: BackgroundCaller,
+    /// `server.cors_allowed_origins`, ready to answer with.
+    pub cors: AllowedOrigins,
     pub metrics: Arc<Metrics>,
     /// Work started where nothing waits for it (see [`crate::tasks`]).
     pub cleanup: Cleanup,
@@ -43,6 +46,7 @@ impl Context {
         metrics: Arc<Metrics>,
         cleanup: Cleanup,
     ) -> Self {
+        let cors = AllowedOrigins::new(&config.server.cors_allowed_origins);
         let callbacks = BackgroundCaller::new(
             &config.callback.allowed_hosts,
             Duration::from_secs(config.callback.timeout_secs),
@@ -54,6 +58,7 @@ impl Context {
             state,
             objects,
             callbacks,
+            cors,
             metrics,
             cleanup,
             uploads,

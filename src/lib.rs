@@ -1,14 +1,15 @@
 //! `upload-receiver`: receives browser uploads for sites built on the 23
-//! Video API. A site's backend asks for a short-lived replace token
-//! (`/api/photo/get-replace-token`, OAuth 1.0a signed); the browser posts the
-//! file here with that token; the bytes stream to object storage and the
-//! token's uses are counted exactly.
+//! Video API. A site's backend asks for a short-lived replace or upload
+//! token (`/api/photo/get-replace-token`, `/api/photo/get-upload-token`,
+//! OAuth 1.0a signed); the browser posts the file here with that token; the
+//! bytes stream to object storage and the token's uses are counted exactly.
 //!
 //! # Layout
 //! - [`app`]: the only place that names concrete backends: builds the
 //!   services from a [`Config`], binds, runs the upkeep; [`RunningApp`]
 //!   and its inspection view for tests.
-//! - `context`: the services every request shares, as one value.
+//! - `context`: the services every request shares, as one value; `cors`:
+//!   the CORS answers of the methods pages call from scripts.
 //! - `server`: the hyper accept loop, connection cap, timeouts, shutdown;
 //!   generic over its handler, it knows no API.
 //! - `api`: routing; `api::call` for the enveloped API methods;
@@ -39,6 +40,7 @@ pub mod auth;
 mod causes;
 pub mod config;
 mod context;
+mod cors;
 pub mod domain;
 mod envelope;
 mod error;

@@ -86,6 +86,17 @@ impl Endpoint {
         }
     }
 
+    /// Whether pages call this route from scripts on other origins, so
+    /// that its answers carry CORS headers (see [`crate::cors`]).
+    fn speaks_cors(self) -> bool {
+        matches!(
+            self,
+            Endpoint::PhotoRedeemReplaceToken
+                | Endpoint::PhotoRedeemUploadToken
+                | Endpoint::PhotoUpdateUploadToken
+        )
+    }
+
     /// The permission an API method requires; `None` for non-API routes.
     fn required_permission(self) -> Option<Permission> {
         match self {
@@ -111,8 +122,14 @@ pub async fn handle(ctx: Arc<Context>, request: Request<Incoming>, peer: SocketA
         peer = %peer,
     );
     let started = Instant::now();
-    let endpoint = Endpoint::from_path(request.uri().path()).map_or("unknown", Endpoint::label);
+    let route_of = Endpoint::from_path(request.uri().path());
+    let endpoint = route_of.map_or("unknown", Endpoint::label);
+    // What a CORS answer needs of the request, kept before it is consumed.
+    let cors_request = route_of.filter(|e| e.speaks_cors()).map(|_| request.headers().clone());
     let mut response = route(&ctx, request, peer).instrument(span.clone()).await;
+    if let Some(headers) = &cors_request {
+        ctx.cors.decorate(headers, &mut response);
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -154,6 +171,9 @@ async fn route(ctx: &Context, request: Request<Incoming>, peer: SocketAddr) -> R
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
+    }
+    if request.method() == Method::OPTIONS && endpoint.speaks_cors() {
+        return ctx.cors.preflight(request.headers());
     }
     // The redeems answer in plain text, redirects or forms, not envelopes.
     let redeem_kind = match endpoint {

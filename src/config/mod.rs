@@ -88,6 +88,28 @@ pub struct ServerConfig {
     pub shutdown_drain_secs: u64,
     /// Open connections beyond this wait in the listen backlog.
     pub max_connections: usize,
+    /// Origins (`https://www.example.com`, or `*` for any) whose pages may
+    /// call the redeems and update-upload-token from a script.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// `*`, or an origin exactly as a browser sends it: `http` or `https`, a
+/// host, a port only when it is not the scheme's default, no path.
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let url = url::Url::parse(origin).map_err(|e| format!("{origin:?} is not an origin: {e}"))?;
+    let serialized = url.origin().ascii_serialization();
+    let usable = matches!(url.scheme(), "http" | "https")
+        && serialized.eq_ignore_ascii_case(origin.trim_end_matches('/'));
+    if usable {
+        Ok(())
+    } else {
+        Err(format!(
+            "{origin:?} is not an origin such as \"https://www.example.com\" (write it as the browser sends it: {serialized})"
+        ))
+    }
 }
 
 impl Default for ServerConfig {
@@ -99,6 +121,7 @@ impl Default for ServerConfig {
             body_idle_timeout_secs: 30,
             shutdown_drain_secs: 30,
             max_connections: 4096,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -390,6 +413,10 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be at least 1"));
             }
+        }
+        for (index, origin) in self.server.cors_allowed_origins.iter().enumerate() {
+            check_origin(origin)
+                .map_err(|why| ConfigError::key(&format!("server.cors_allowed_origins[{index}]"), why))?;
         }
         if self.state.slot_lease_secs < 3 {
             return Err(ConfigError::key("state.slot_lease_secs", "must be at least 3"));

@@ -11,6 +11,7 @@ mod servers;
 
 mod authentication;
 mod browser;
+mod cors;
 mod get_replace_token;
 mod hardening;
 mod independent_clients;
