@@ -265,10 +265,13 @@ pub struct LimitsConfig {
     /// What a file's first bytes must identify it as (`type/subtype`,
     /// `type/*`, or `*/*` for anything).
     pub allowed_media_types: MediaTypes,
-    /// Failed redeems (unknown, expired or used-up tokens) one client
-    /// address (an IPv6 client: its /64) may make per minute; past it, its
-    /// redeems are answered 429 until the minute ends. 0: no limit.
+    /// Failed redeems (unknown or expired tokens) one client address (an
+    /// IPv6 client: its /64) may make per minute before its failures are
+    /// answered slowly. A valid token is never refused. 0: no limit.
     pub redeem_rate_limit_per_minute: u32,
+    /// How long a failed redeem past `redeem_rate_limit_per_minute` waits
+    /// before its `404` (the status stays one Resumable.js does not retry).
+    pub redeem_rate_limit_delay_ms: u64,
     /// Longest `title` a photo or upload token takes, before cleaning.
     pub max_title_bytes: usize,
     /// Longest `description`, before cleaning.
@@ -293,6 +296,7 @@ impl Default for LimitsConfig {
             allowed_media_types: MediaTypes::parse(&["image/*".to_owned(), "video/*".to_owned()])
                 .expect("the default media types parse"),
             redeem_rate_limit_per_minute: 60,
+            redeem_rate_limit_delay_ms: 1000,
             max_title_bytes: 1024,
             max_description_bytes: 64 * 1024,
             max_tags: 100,

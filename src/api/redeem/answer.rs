@@ -5,7 +5,7 @@
 
 use http::{Response, StatusCode};
 
-use super::error::{RedeemError, SiteReturn};
+use super::error::{RedeemError, Refusal, SiteReturn};
 use crate::callback::{self, CallbackError, Outcome, ReturnData};
 use crate::context::Context;
 use crate::http::{Body, text};
@@ -33,7 +33,14 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Redeemed, Rede
         Err(error) => {
             error.log();
             match error {
-                RedeemError::Refused(refusal) => return refusal.answer(kind),
+                RedeemError::Refused(refusal) => {
+                    if let Refusal::UnknownTokenPastBudget = refusal {
+                        // The upload permit is back already; only this answer waits.
+                        let delay = ctx.config.limits.redeem_rate_limit_delay_ms;
+                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    }
+                    return refusal.answer(kind);
+                }
                 RedeemError::Failed { site, cause } => {
                     let client_gone = cause.client_gone();
                     (site, Outcome::Failed { error_message: cause.error_message() }, client_gone)

@@ -1,10 +1,15 @@
-//! The budget of failed redeems per client (`limits.redeem_rate_limit_per_minute`):
-//! a guesser over it is refused before any token is looked up; a request
-//! with a valid token is never counted against it.
+//! The budget of failed redeems per client (`limits.redeem_rate_limit_per_minute`).
+//! Only an unknown or expired token counts (a used-up token is a real one:
+//! a hundred visitors racing for three uploads are not guessing). Every
+//! request's token is looked up, so a valid token is never refused, however
+//! many failures its address has made (a whole site may reach the receiver
+//! through one NAT or load-balancer address); a failure past the budget is
+//! answered the same permanent `404`, only later
+//! (`limits.redeem_rate_limit_delay_ms`), which slows a guesser down
+//! without giving Resumable.js a status it retries.
 
 use std::net::IpAddr;
 
-use super::error::Refusal;
 use crate::context::Context;
 
 /// The failed redeems of one client in the current Unix minute.
@@ -14,40 +19,29 @@ pub struct FailureBudget<'a> {
     client: String,
     /// The Unix minute.
     window: u64,
-    /// Seconds left in the window.
-    left: u64,
 }
 
 impl<'a> FailureBudget<'a> {
     pub fn of(ctx: &'a Context, client: IpAddr, now: u64) -> Self {
-        FailureBudget { ctx, client: client_key(client), window: now / 60, left: 60 - now % 60 }
+        FailureBudget { ctx, client: client_key(client), window: now / 60 }
     }
 
     fn limit(&self) -> u32 {
         self.ctx.config.limits.redeem_rate_limit_per_minute
     }
 
-    /// Refuses a client that has failed too often this minute. Checked
-    /// before the token is looked up, so a guesser over the limit learns
-    /// nothing more about any token.
-    pub async fn check(&self) -> Result<(), Refusal> {
+    /// Counts a failed redeem against the client; `true` when it is past
+    /// the budget. A failure that cannot be counted is not past it.
+    pub async fn count_failure(&self) -> bool {
         if self.limit() == 0 {
-            return Ok(());
+            return false;
         }
-        match self.ctx.state.redeem_failures(&self.client, self.window).await {
-            Ok(count) if count >= self.limit() => Err(Refusal::TooManyFailures(self.left)),
-            Ok(_) => Ok(()),
-            Err(e) => Err(Refusal::Unavailable(e)),
-        }
-    }
-
-    /// Counts a failed redeem against the client.
-    pub async fn count_failure(&self) {
-        if self.limit() == 0 {
-            return;
-        }
-        if let Err(e) = self.ctx.state.count_redeem_failure(&self.client, self.window).await {
-            tracing::warn!(error = %crate::causes::chain(&e), "a failed redeem could not be counted");
+        match self.ctx.state.count_redeem_failure(&self.client, self.window).await {
+            Ok(count) => count > self.limit(),
+            Err(e) => {
+                tracing::warn!(error = %crate::causes::chain(&e), "a failed redeem could not be counted");
+                false
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the one place each is logged. A [`Refusal`] comes before (or instead of)
 //! anything the site should hear of and is answered in plain text with a
 //! status that stops Resumable.js retrying, unless the condition passes
-//! (503, 429); a [`Failure`] comes after a slot was reserved and given
+//! (503); a [`Failure`] comes after a slot was reserved and given
 //! back, and is told to the site like a success.
 
 use http::StatusCode;
@@ -36,9 +36,10 @@ pub enum Refusal {
     BadParameter(String),
     UnknownToken,
     UsedUp,
-    /// The client used up `limits.redeem_rate_limit_per_minute`; the
-    /// window ends in this many seconds.
-    TooManyFailures(u64),
+    /// An unknown token from a client past
+    /// `limits.redeem_rate_limit_per_minute`: answered as `UnknownToken`,
+    /// after `limits.redeem_rate_limit_delay_ms`.
+    UnknownTokenPastBudget,
     Unavailable(StoreError),
 }
 
@@ -132,7 +133,7 @@ impl Refusal {
             Refusal::DuplicateToken => {
                 refuse(StatusCode::BAD_REQUEST, &format!("{field} was given more than once."))
             }
-            Refusal::UnknownToken => {
+            Refusal::UnknownToken | Refusal::UnknownTokenPastBudget => {
                 refuse(StatusCode::NOT_FOUND, &format!("The {name} is unknown or has expired."))
             }
             Refusal::UsedUp => refuse(StatusCode::NOT_FOUND, &format!("The {name} has no uploads left.")),
@@ -142,14 +143,6 @@ impl Refusal {
                     "The service is temporarily unavailable; please try again.",
                 );
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                response
-            }
-            Refusal::TooManyFailures(seconds) => {
-                let message = format!(
-                    "Too many failed uploads from your address; please try again in {seconds} seconds."
-                );
-                let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, &message);
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
                 response
             }
         }

@@ -188,11 +188,10 @@ fn site_return(
     SiteReturn { grant: grant.clone(), extras: own.iter().chain(from_request).cloned().collect() }
 }
 
-/// Step 3: a slot of `token`, unless the client is over its failure budget.
-/// An unknown, expired or used-up token counts against the budget.
+/// Step 3: a slot of `token`. An unknown or expired token counts against
+/// the client's failure budget (see [`budget`]); a valid one is never
+/// refused by it.
 async fn reserve(ctx: &Context, token: &str, kind: TokenKind, client: IpAddr) -> Result<SlotLease, Refusal> {
-    let budget = FailureBudget::of(ctx, client, unix_now());
-    budget.check().await?;
     let lease_secs = ctx.config.state.slot_lease_secs;
     // A malformed token cannot exist: it is simply unknown.
     let reserved = match token.parse::<ReplaceToken>() {
@@ -201,11 +200,11 @@ async fn reserve(ctx: &Context, token: &str, kind: TokenKind, client: IpAddr) ->
     };
     match reserved {
         Ok(lease) => Ok(lease),
-        Err(ReserveError::Store(e)) => Err(Refusal::Unavailable(e)),
-        Err(refused) => {
-            budget.count_failure().await;
-            Err(refused.into())
+        Err(ReserveError::Unknown | ReserveError::Expired) => {
+            let past_budget = FailureBudget::of(ctx, client, unix_now()).count_failure().await;
+            Err(if past_budget { Refusal::UnknownTokenPastBudget } else { Refusal::UnknownToken })
         }
+        Err(refused) => Err(refused.into()),
     }
 }
 
