@@ -11,6 +11,7 @@ mod servers;
 
 mod authentication;
 mod browser;
+mod chunks;
 mod cors;
 mod get_replace_token;
 mod hardening;

@@ -9,7 +9,7 @@ use super::error::{RedeemError, Refusal, SiteReturn};
 use crate::callback::{self, CallbackError, Outcome, ReturnData};
 use crate::context::Context;
 use crate::http::{Body, text};
-use crate::store::{RecordedVersion, TokenGrant, TokenKind};
+use crate::store::{RecordedVersion, TokenKind};
 
 /// A committed redeem.
 pub struct Redeemed {
@@ -52,13 +52,14 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Redeemed, Rede
         domain: ctx.config.site.domain.clone(),
         token: (kind.field(), site.grant.token.to_string()),
         outcome,
-        extras: site.extras,
+        extras: site.extras.clone(),
     };
-    deliver(ctx, &site.grant, &data, client_gone).await
+    deliver(ctx, &site, &data, client_gone).await
 }
 
 /// Tells the site and the client how it went.
-async fn deliver(ctx: &Context, grant: &TokenGrant, data: &ReturnData, client_gone: bool) -> Response<Body> {
+async fn deliver(ctx: &Context, site: &SiteReturn, data: &ReturnData, client_gone: bool) -> Response<Body> {
+    let grant = &site.grant;
     let return_url = grant.return_url.as_deref().and_then(|u| url::Url::parse(u).ok());
     let Some(return_url) = return_url else {
         return match &data.outcome {
@@ -67,6 +68,11 @@ async fn deliver(ctx: &Context, grant: &TokenGrant, data: &ReturnData, client_go
         };
     };
     if !grant.background_return {
+        if site.by_script {
+            // A script would follow a redirect invisibly: the page navigates.
+            let url = callback::url_with(&return_url, &data.params());
+            return text(StatusCode::OK, url.to_string());
+        }
         return callback::browser_answer(&return_url, data);
     }
     if client_gone {

@@ -34,6 +34,11 @@ pub enum Refusal {
     DuplicateToken,
     /// A parameter breaks its rule; the text says which and how.
     BadParameter(String),
+    /// A file sent in more than one chunk (not taken yet).
+    ChunksNotSupported,
+    /// Chunk parameters that are not numbers, disagree, or describe a
+    /// chunk that cannot be (or a file over the size limit).
+    BadChunk(String),
     UnknownToken,
     UsedUp,
     /// An unknown token from a client past
@@ -49,6 +54,9 @@ pub enum Refusal {
 pub struct SiteReturn {
     pub grant: TokenGrant,
     pub extras: Vec<(String, String)>,
+    /// The client is a script (a Resumable.js or flow.js chunk): it cannot
+    /// follow a redirect to the site's page, so it is given the URL.
+    pub by_script: bool,
 }
 
 /// Why an upload that held a slot failed; the site is told.
@@ -129,6 +137,14 @@ impl Refusal {
                 refuse(StatusCode::BAD_REQUEST, &format!("The upload could not be read: {e}."))
             }
             Refusal::BadParameter(message) => refuse(StatusCode::BAD_REQUEST, &format!("{message}.")),
+            // 501 and 500 are permanent for Resumable.js and flow.js alike.
+            Refusal::ChunksNotSupported => refuse(
+                StatusCode::NOT_IMPLEMENTED,
+                "Files sent in more than one chunk are not accepted yet; send the file in one request (a chunk size larger than the file).",
+            ),
+            Refusal::BadChunk(message) => {
+                refuse(StatusCode::INTERNAL_SERVER_ERROR, &format!("The chunk was refused: {message}."))
+            }
             Refusal::MissingToken => refuse(StatusCode::BAD_REQUEST, &format!("No {field} was given.")),
             Refusal::DuplicateToken => {
                 refuse(StatusCode::BAD_REQUEST, &format!("{field} was given more than once."))

@@ -16,6 +16,7 @@
 
 mod answer;
 mod budget;
+mod chunk;
 mod error;
 mod slot;
 
@@ -34,6 +35,7 @@ use crate::store::{ReserveError, TokenGrant, TokenKind, TokenPurpose};
 use crate::upload::{FilePart, Form, StoredFile};
 use answer::Redeemed;
 use budget::FailureBudget;
+use chunk::{ChunkParams, chunk_params};
 use error::{Failure, RedeemError, Refusal, SiteReturn};
 use slot::SlotLease;
 
@@ -72,6 +74,10 @@ async fn redeem(
     let query = query_params(&head.uri);
     let boundary = match body_kind(&head.method, &head.headers) {
         Ok(BodyKind::Multipart(boundary)) => boundary,
+        // The libraries' `octet` mode: a raw chunk, its parameters in the query.
+        Ok(_) if chunk_params(&query, &[]) != ChunkParams::WholeFile => {
+            return Err(Refusal::ChunksNotSupported.into());
+        }
         Ok(_) => return Err(Refusal::NotMultipart.into()),
         Err(e) => return Err(Refusal::BadContentType(e.client_message()).into()),
     };
@@ -86,6 +92,22 @@ async fn redeem(
 
     // 2. The token.
     let token = the_token(field, &query, form.fields())?.ok_or(Refusal::MissingToken)?.to_owned();
+    // A file sent in chunks is not taken yet; one chunk that is the whole
+    // file is (Resumable.js and flow.js send small files so), answered as
+    // a script needs.
+    let whole_chunk = match chunk_params(&query, form.fields()) {
+        ChunkParams::WholeFile => None,
+        ChunkParams::Invalid(message) => return Err(Refusal::BadChunk(message).into()),
+        ChunkParams::Chunk(chunk) if chunk.total_size > ctx.config.limits.max_upload_bytes => {
+            let limit = ctx.config.limits.max_upload_bytes;
+            return Err(Refusal::BadChunk(format!(
+                "the file is larger than limits.max_upload_bytes ({limit} bytes)"
+            ))
+            .into());
+        }
+        ChunkParams::Chunk(chunk) if chunk.is_whole_file() => Some(chunk),
+        ChunkParams::Chunk(_) => return Err(Refusal::ChunksNotSupported.into()),
+    };
 
     // 3. A slot.
     let client = client_address(&head.headers, peer, &ctx.config.server.trusted_proxies);
@@ -107,8 +129,18 @@ async fn redeem(
         return Err(Refusal::DuplicateToken.into());
     }
 
+    if let Some(chunk) = &whole_chunk
+        && stored.size() != chunk.total_size
+    {
+        let message = format!("the chunk holds {} bytes, not the file's {}", stored.size(), chunk.total_size);
+        stored.discard().await;
+        lease.refund().await;
+        return Err(Refusal::BadChunk(message).into());
+    }
+
     // 5. The commit.
-    let site = site_return(field, lease.grant(), &query, form.fields());
+    let mut site = site_return(field, lease.grant(), &query, form.fields());
+    site.by_script = whole_chunk.is_some();
     let file = query.iter().chain(form.fields()).find(|(name, _)| name == FILE_IDENTIFIER_FIELD);
     let file = match file.map(|(_, value)| file_identifier(value)).transpose() {
         Ok(file) => file.filter(|f| !f.is_empty()),
@@ -185,7 +217,11 @@ fn site_return(
         .iter()
         .chain(from_form)
         .filter(|(name, _)| name != field && !own.iter().any(|(set, _)| set == name));
-    SiteReturn { grant: grant.clone(), extras: own.iter().chain(from_request).cloned().collect() }
+    SiteReturn {
+        grant: grant.clone(),
+        extras: own.iter().chain(from_request).cloned().collect(),
+        by_script: false,
+    }
 }
 
 /// Step 3: a slot of `token`. An unknown or expired token counts against
