@@ -76,16 +76,12 @@ pub struct PhotoVersion {
     pub file: VersionFile,
 }
 
-/// A photo (or video) and every version it has had.
+/// A photo (or video) and every version it has had: its record (which it
+/// reads through to: `photo.photo_id`) and its versions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Photo {
-    pub photo_id: PhotoId,
-    pub tree_id: String,
-    /// The photo's secret `token` (23's `photo_id` + `token` access scheme).
-    pub token: PhotoSecret,
     #[serde(flatten)]
-    pub metadata: PhotoMetadata,
-    pub created_at: u64,
+    pub record: PhotoRecord,
     /// Oldest first; never empty. The last one is the current version.
     pub versions: Vec<PhotoVersion>,
 }
@@ -195,6 +191,14 @@ impl MetadataUpdate {
     }
 }
 
+impl std::ops::Deref for Photo {
+    type Target = PhotoRecord;
+
+    fn deref(&self) -> &PhotoRecord {
+        &self.record
+    }
+}
+
 impl Photo {
     pub fn current_version(&self) -> &PhotoVersion {
         self.versions.last().expect("a photo always has at least its first version")
@@ -208,6 +212,7 @@ impl Photo {
 pub struct PhotoRecord {
     pub photo_id: PhotoId,
     pub tree_id: String,
+    /// The photo's secret `token` (23's `photo_id` + `token` access scheme).
     pub token: PhotoSecret,
     #[serde(flatten)]
     pub metadata: PhotoMetadata,
@@ -216,14 +221,7 @@ pub struct PhotoRecord {
 
 impl PhotoRecord {
     pub fn with_versions(self, versions: Vec<PhotoVersion>) -> Photo {
-        Photo {
-            photo_id: self.photo_id,
-            tree_id: self.tree_id,
-            token: self.token,
-            metadata: self.metadata,
-            created_at: self.created_at,
-            versions,
-        }
+        Photo { record: self, versions }
     }
 
     /// The answer to a commit that recorded `version`.

@@ -300,7 +300,7 @@ async fn an_update_for_one_file_changes_that_file_only() {
     let mine = app.redeem_upload(&token, b"a", &[("resumableIdentifier", "123-a.mp4")]).await;
     assert_eq!(mine.status(), 200);
     assert_eq!(app.redeem_upload(&token, b"b", &[("resumableIdentifier", "456-b.mp4")]).await.status(), 200);
-    let title = async |id: &str| app.photo(id).await.metadata.title;
+    let title = async |id: &str| app.photo(id).await.record.metadata.title;
     assert_eq!(title("1").await.as_deref(), Some("Mine"));
     assert_eq!(title("2").await.as_deref(), Some("Everyone's"));
     // After the upload, an update for that file changes its photo alone.

@@ -407,7 +407,7 @@ async fn updates_reach_the_photos_made_and_the_files_to_come_case(s: &dyn StateS
         let reservation = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.unwrap();
         s.commit_version(&reservation, version("media/u"), now, file).await.unwrap().photo_id
     };
-    let meta = async |id| s.photo(id).await.unwrap().unwrap().metadata;
+    let meta = async |id| s.photo(id).await.unwrap().unwrap().record.metadata;
     let first = commit(Some("file-1")).await;
     assert_eq!(
         s.update_upload_token(&token, &title("Renamed"), None, now).await.unwrap(),
@@ -470,7 +470,7 @@ async fn the_latest_change_wins_and_reaches_every_photo_of_a_file_case(s: &dyn S
         let reservation = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.unwrap();
         s.commit_version(&reservation, version("media/l"), now, Some(file)).await.unwrap().photo_id
     };
-    let meta = async |id| s.photo(id).await.unwrap().unwrap().metadata;
+    let meta = async |id| s.photo(id).await.unwrap().unwrap().record.metadata;
     let own =
         MetadataUpdate { title: Some("Own".into()), tags: Some("own".into()), ..MetadataUpdate::default() };
     assert_eq!(s.update_upload_token(&token, &own, Some("shared"), now).await.unwrap(), TokenUpdate::Updated);

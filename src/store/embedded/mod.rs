@@ -113,16 +113,8 @@ impl EmbeddedStore {
 impl StateStore for EmbeddedStore {
     async fn create_photo(&self, new: NewPhoto) -> Result<Photo, StoreError> {
         self.write(move |txn| {
-            let metadata = new.metadata.clone();
-            let recorded = create_photo(txn, new)?;
-            Ok(Photo {
-                photo_id: recorded.photo_id,
-                tree_id: recorded.tree_id,
-                token: recorded.token,
-                metadata,
-                created_at: recorded.version.file.created_at,
-                versions: vec![recorded.version],
-            })
+            let (record, first) = create_photo(txn, new)?;
+            Ok(record.with_versions(vec![first]))
         })
         .await
     }
@@ -263,8 +255,9 @@ impl StateStore for EmbeddedStore {
                         if let Some(update) = own.as_ref().and_then(|own| own.update.as_ref()) {
                             update.apply_to(&mut metadata);
                         }
-                        let recorded =
+                        let (record, first) =
                             create_photo(txn, NewPhoto { tree_id, metadata, first_version: version })?;
+                        let recorded = record.recorded(first);
                         upload.photos.push(recorded.photo_id);
                         if let (Some(file), Some(own)) = (&file, own.as_mut()) {
                             own.photos.push(recorded.photo_id);

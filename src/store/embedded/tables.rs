@@ -219,15 +219,7 @@ fn split_whole_photos(txn: &WriteTransaction) -> Result<(), StoreError> {
         for entry in whole.iter().map_err(store_error)? {
             let (_, bytes) = entry.map_err(store_error)?;
             let photo: Photo = decode(bytes.value())?;
-            let versions = photo.versions.clone();
-            let record = PhotoRecord {
-                photo_id: photo.photo_id,
-                tree_id: photo.tree_id,
-                token: photo.token,
-                metadata: photo.metadata,
-                created_at: photo.created_at,
-            };
-            insert_photo(txn, &mut photos, &record, versions)?;
+            insert_photo(txn, &mut photos, &photo.record, photo.versions)?;
         }
     }
     txn.delete_table(WHOLE_PHOTOS).map_err(store_error)?;
@@ -235,7 +227,10 @@ fn split_whole_photos(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// Creates a photo with the next id and a new secret token.
-pub fn create_photo(txn: &WriteTransaction, new: NewPhoto) -> Result<RecordedVersion, StoreError> {
+pub fn create_photo(
+    txn: &WriteTransaction,
+    new: NewPhoto,
+) -> Result<(PhotoRecord, PhotoVersion), StoreError> {
     let mut meta = txn.open_table(META).map_err(store_error)?;
     let id = meta.get(NEXT_PHOTO_ID).map_err(store_error)?.map_or(1, |v| v.value());
     meta.insert(NEXT_PHOTO_ID, id + 1).map_err(store_error)?;
@@ -249,7 +244,7 @@ pub fn create_photo(txn: &WriteTransaction, new: NewPhoto) -> Result<RecordedVer
     let first = PhotoVersion { number: 1, file: new.first_version };
     let mut photos = txn.open_table(PHOTOS).map_err(store_error)?;
     insert_photo(txn, &mut photos, &record, vec![first.clone()])?;
-    Ok(record.recorded(first))
+    Ok((record, first))
 }
 
 /// Applies `update` to photo `id`'s metadata (a photo that is gone is skipped).
