@@ -36,12 +36,12 @@ if [ ! -x /usr/bin/chromium ]; then
   apt_install chromium
 fi
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/resumablejs ]; then
   if ! command -v npm >/dev/null; then
     echo "npm (with node >= 20) is needed for the browser tests" >&2
     exit 1
   fi
-  echo "== installing playwright-core in tests/browser (npm ci)"
+  echo "== installing playwright-core and the upload libraries in tests/browser (npm ci)"
   (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 

@@ -68,12 +68,11 @@ async fn submit_form_in_browser(form_url: String, file: PathBuf, expect_url_pref
         "timeout_ms": BROWSER_TIMEOUT.as_millis() as u64,
     });
     let (status, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_node(&input.to_string())).await.expect("the node runner");
+        tokio::task::spawn_blocking(move || run_node("submit_form.mjs", &input.to_string()))
+            .await
+            .expect("the node runner");
     assert!(status, "the browser did not finish the upload:\n{stderr}\nstdout: {stdout}");
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
-        panic!("no result line from submit_form.mjs:\nstdout: {stdout}\nstderr: {stderr}")
-    });
-    let result: serde_json::Value = serde_json::from_str(line).expect("a JSON result line");
+    let result = result_line("submit_form.mjs", &stdout, &stderr);
     let navigations = result["navigations"]
         .as_array()
         .map(|list| {
@@ -95,11 +94,39 @@ async fn submit_form_in_browser(form_url: String, file: PathBuf, expect_url_pref
     }
 }
 
+/// The JSON result line a node script printed last.
+fn result_line(script: &str, stdout: &str, stderr: &str) -> serde_json::Value {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no result line from {script}:\nstdout: {stdout}\nstderr: {stderr}"));
+    serde_json::from_str(line).expect("a JSON result line")
+}
+
+/// Opens `page_url` (a page that runs an upload library and sets
+/// `window.uploadResult`) in Chromium, chooses `file`, and returns what the
+/// page reported and the cross-origin requests it made.
+async fn run_library_in_browser(page_url: String, file: PathBuf) -> serde_json::Value {
+    require_browser_tools();
+    let input = serde_json::json!({
+        "page_url": page_url,
+        "file_path": file,
+        "timeout_ms": BROWSER_TIMEOUT.as_millis() as u64,
+    });
+    let (status, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_node("run_library.mjs", &input.to_string()))
+            .await
+            .expect("the node runner");
+    assert!(status, "the page did not finish the upload:\n{stderr}\nstdout: {stdout}");
+    result_line("run_library.mjs", &stdout, &stderr)
+}
+
 /// Runs the node script with `input`; kills it if it outlives the timeout.
 /// Returns whether it succeeded, its stdout and its stderr.
-fn run_node(input: &str) -> (bool, String, String) {
+fn run_node(script: &str, input: &str) -> (bool, String, String) {
     let mut child = Command::new("node")
-        .arg(browser_dir().join("submit_form.mjs"))
+        .arg(browser_dir().join(script))
         .arg(input)
         .current_dir(browser_dir())
         .stdin(Stdio::null())
@@ -132,7 +159,7 @@ fn run_node(input: &str) -> (bool, String, String) {
     };
     let (stdout, mut stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
     if status.is_none() {
-        stderr.push_str("\n(killed: submit_form.mjs outlived its timeout)");
+        stderr.push_str(&format!("\n(killed: {script} outlived its timeout)"));
     }
     (status.is_some_and(|s| s.success()), stdout, stderr)
 }
@@ -342,4 +369,60 @@ async fn a_browser_uploading_with_an_upload_token_over_the_get_limit_returns_by_
     assert_eq!(done.param("note").as_deref(), Some(note.as_str()));
     let photo_id = done.param("photo_id").expect("the new photo's id");
     assert_created_from_the_file(&scene, &photo_id, "Long return").await;
+}
+
+#[tokio::test]
+async fn resumable_js_on_the_sites_own_origin_uploads_a_file_of_one_chunk_with_an_upload_token() {
+    let site = Site::start().await;
+    let origin = site.url("");
+    let app = spawn_app_with(|c| c.server.cors_allowed_origins = vec![origin.clone()]).await;
+    let token = app
+        .upload_token(&[("return_url", &site.url("/done?theme=green")), ("title", "By Resumable.js")])
+        .await;
+    let library = std::fs::read_to_string(browser_dir().join("node_modules/resumablejs/resumable.js"))
+        .expect("resumablejs is installed by scripts/test.sh (npm ci in tests/browser)");
+    // The library as a site would use it: its defaults (1 MiB chunks, test
+    // GETs, multipart, every parameter in query and form), three at once.
+    let page = format!(
+        r#"<!DOCTYPE html><html><head><meta charset="utf-8"><script>{library}</script></head><body>
+<input type="file" id="pick">
+<script>
+  const r = new Resumable({{ target: {target}, query: {{ upload_token: {token} }}, simultaneousUploads: 3 }});
+  r.assignBrowse(document.getElementById('pick'));
+  r.on('fileAdded', () => r.upload());
+  r.on('fileSuccess', (file, message) => {{ window.uploadResult = {{ ok: true, message }}; }});
+  r.on('fileError', (file, message) => {{ window.uploadResult = {{ ok: false, message }}; }});
+</script></body></html>"#,
+        target = serde_json::json!(app.url(REDEEM_UPLOAD)),
+        token = serde_json::json!(token),
+    );
+    site.set_form(page);
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let file = tempfile::Builder::new().prefix("clip-").suffix(".mp4").tempfile().unwrap();
+    std::fs::write(file.path(), &bytes).unwrap();
+
+    let outcome = run_library_in_browser(site.url("/form"), file.path().to_owned()).await;
+
+    // (Without CORS the browser reads status 0, and Resumable.js retries
+    // the chunk a hundred times before its fileError.)
+    let shown: String = outcome.to_string().chars().take(1500).collect();
+    assert_eq!(outcome["result"]["ok"], true, "fileSuccess, not fileError: {shown}");
+    let message = outcome["result"]["message"].as_str().unwrap();
+    let url = url::Url::parse(message).unwrap_or_else(|_| panic!("the return URL for the page: {message}"));
+    assert!(url.as_str().starts_with(&site.url("/done?theme=green")), "{url}");
+    let photo_id =
+        url.query_pairs().find(|(n, _)| n == "photo_id").map(|(_, v)| v.into_owned()).expect("photo_id");
+    let photo = app.photo(&photo_id).await;
+    assert_eq!(photo.metadata.title.as_deref(), Some("By Resumable.js"));
+    assert_eq!(photo.current_version().file.sha256, hex::encode(Sha256::digest(&bytes)), "byte for byte");
+    assert_eq!(app.uploads_used(&token).await, 1);
+    // Its test GET (answered "not there yet"), then the chunk; the browser
+    // could read both answers, so nothing was retried.
+    let statuses: Vec<(String, u64)> = outcome["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["method"].as_str().unwrap().to_owned(), r["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(statuses, [("GET".to_owned(), 204), ("POST".to_owned(), 200)], "{shown}");
 }

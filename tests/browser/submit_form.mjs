@@ -13,35 +13,9 @@
 // (redirects included). On failure: the error, the page's URL and the
 // navigations so far on stderr, and a non-zero exit status.
 
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { fail as failAs, readInput, withPage } from './chromium.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-
-async function readInput() {
-  if (process.argv[2] !== undefined) return JSON.parse(process.argv[2]);
-  let text = '';
-  process.stdin.setEncoding('utf8');
-  for await (const chunk of process.stdin) text += chunk;
-  return JSON.parse(text);
-}
-
-function fail(message) {
-  process.stderr.write(`submit_form: ${message}\n`);
-  process.exitCode = 1;
-}
+const fail = (message) => failAs('submit_form', message);
 
 async function main() {
   const input = await readInput();
@@ -49,74 +23,45 @@ async function main() {
     if (typeof input[key] !== 'string' || input[key] === '') throw new Error(`input needs a string ${key}`);
   }
   const timeout = Number.isFinite(input.timeout_ms) ? input.timeout_ms : 30000;
-
-  // Should anything hang beyond the time given (the browser's own start
-  // included), report it and leave rather than wait for the test harness.
-  const watchdog = setTimeout(() => {
-    fail(`gave up after ${timeout + 10000} ms`);
-    process.exit(2);
-  }, timeout + 10000);
-  watchdog.unref();
-
-  const profile = await mkdtemp(join(tmpdir(), 'upload-receiver-chromium-'));
-  let context;
   const navigations = [];
-  let page;
-  try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ARGS,
-      timeout,
-    });
-    page = context.pages()[0] ?? (await context.newPage());
-    page.setDefaultTimeout(timeout);
-    page.setDefaultNavigationTimeout(timeout);
+  await withPage('submit_form', timeout, async (page) => {
     page.on('response', (response) => {
       const request = response.request();
       if (request.isNavigationRequest() && request.frame() === page.mainFrame()) {
         navigations.push({ method: request.method(), url: response.url(), status: response.status() });
       }
     });
+    try {
+      const form = await page.goto(input.form_url, { waitUntil: 'load' });
+      if (!form || !form.ok()) throw new Error(`the form page answered ${form ? form.status() : 'nothing'}`);
+      await page.locator('input[type=file]').setInputFiles(input.file_path);
 
-    const form = await page.goto(input.form_url, { waitUntil: 'load' });
-    if (!form || !form.ok()) throw new Error(`the form page answered ${form ? form.status() : 'nothing'}`);
-    await page.locator('input[type=file]').setInputFiles(input.file_path);
+      // Listen before clicking, so that no navigation can be missed.
+      const arrived = page.waitForURL((url) => url.href.startsWith(input.expect_url_prefix), {
+        waitUntil: 'load',
+        timeout,
+      });
+      await page.locator('input[type=submit], button[type=submit]').first().click();
+      await arrived;
+      await page.waitForLoadState('load');
 
-    // Listen before clicking, so that no navigation can be missed.
-    const arrived = page.waitForURL((url) => url.href.startsWith(input.expect_url_prefix), {
-      waitUntil: 'load',
-      timeout,
-    });
-    await page.locator('input[type=submit], button[type=submit]').first().click();
-    await arrived;
-    await page.waitForLoadState('load');
-
-    const result = {
-      final_url: page.url(),
-      body_text: await page.locator('body').innerText(),
-      navigations,
-    };
-    process.stdout.write(`${JSON.stringify(result)}\n`);
-  } catch (error) {
-    let where = '';
-    if (page) {
-      where = `\n  page url: ${page.url()}`;
+      const result = {
+        final_url: page.url(),
+        body_text: await page.locator('body').innerText(),
+        navigations,
+      };
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+    } catch (error) {
+      let where = `\n  page url: ${page.url()}`;
       try {
         const text = await page.locator('body').innerText({ timeout: 2000 });
         where += `\n  page text: ${text.slice(0, 2000)}`;
       } catch {
         // The page may be gone or mid-navigation; the URL is enough.
       }
+      fail(`${error && error.stack ? error.stack : error}${where}\n  navigations: ${JSON.stringify(navigations)}`);
     }
-    fail(`${error && error.stack ? error.stack : error}${where}\n  navigations: ${JSON.stringify(navigations)}`);
-  } finally {
-    if (context) await context.close().catch((e) => fail(`closing the browser: ${e}`));
-    await rm(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 }).catch((e) =>
-      fail(`removing ${profile}: ${e}`),
-    );
-    clearTimeout(watchdog);
-  }
+  });
 }
 
 main().catch((error) => fail(error && error.stack ? error.stack : String(error)));
