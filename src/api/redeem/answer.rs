@@ -9,7 +9,7 @@ use super::error::{RedeemError, Refusal, SiteReturn};
 use crate::callback::{self, CallbackError, Outcome, ReturnData};
 use crate::context::Context;
 use crate::http::{Body, text};
-use crate::store::{RecordedVersion, TokenKind};
+use crate::store::{RecordedVersion, TokenGrant, TokenKind};
 
 /// A committed redeem.
 pub struct Redeemed {
@@ -48,18 +48,24 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Redeemed, Rede
             }
         }
     };
+    let SiteReturn { grant, extras, by_script } = site;
     let data = ReturnData {
         domain: ctx.config.site.domain.clone(),
-        token: (kind.field(), site.grant.token.to_string()),
+        token: (kind.field(), grant.token.to_string()),
         outcome,
-        extras: site.extras.clone(),
+        extras,
     };
-    deliver(ctx, &site, &data, client_gone).await
+    deliver(ctx, &grant, by_script, &data, client_gone).await
 }
 
-/// Tells the site and the client how it went.
-async fn deliver(ctx: &Context, site: &SiteReturn, data: &ReturnData, client_gone: bool) -> Response<Body> {
-    let grant = &site.grant;
+/// Tells the site and the client how it went; `by_script`: see [`SiteReturn`].
+async fn deliver(
+    ctx: &Context,
+    grant: &TokenGrant,
+    by_script: bool,
+    data: &ReturnData,
+    client_gone: bool,
+) -> Response<Body> {
     let return_url = grant.return_url.as_deref().and_then(|u| url::Url::parse(u).ok());
     let Some(return_url) = return_url else {
         return match &data.outcome {
@@ -68,7 +74,7 @@ async fn deliver(ctx: &Context, site: &SiteReturn, data: &ReturnData, client_gon
         };
     };
     if !grant.background_return {
-        if site.by_script {
+        if by_script {
             // A script would follow a redirect invisibly: the page navigates.
             let url = callback::url_with(&return_url, &data.params());
             return text(StatusCode::OK, url.to_string());

@@ -87,7 +87,8 @@ async fn redeem(
     // 1. The parts up to the file.
     let body = body_stream(body, ctx.body_idle_timeout());
     let mut form = Form::new(body, &boundary, ctx.multipart_limits());
-    let has_token = |fields: &[(String, String)]| tokens(field, &query, fields).next().is_some();
+    // A token given twice also ends the wait: step 2 refuses it.
+    let has_token = |fields: &[(String, String)]| !matches!(the_token(field, &query, fields), Ok(None));
     let file = form.read_to_file(&ctx.spool_dir(), has_token).await.map_err(Refusal::Unreadable)?;
 
     // 2. The token.
@@ -167,15 +168,6 @@ async fn redeem(
             Err(RedeemError::after_slot(site, Failure::Commit(failed.error)))
         }
     }
-}
-
-/// The values of the token `field` in the query and the fields, in that order.
-fn tokens<'a>(
-    field: &'a str,
-    query: &'a [(String, String)],
-    fields: &'a [(String, String)],
-) -> impl Iterator<Item = &'a str> + 'a {
-    query.iter().chain(fields).filter(move |(name, _)| name == field).map(|(_, value)| value.as_str())
 }
 
 /// The token `field` carries: given once in the query, once in the form,
