@@ -60,19 +60,12 @@ impl BrowserVisit {
 /// and waits until the browser is on a page whose URL starts with
 /// `expect_url_prefix`.
 async fn submit_form_in_browser(form_url: String, file: PathBuf, expect_url_prefix: String) -> BrowserVisit {
-    require_browser_tools();
     let input = serde_json::json!({
         "form_url": form_url,
         "file_path": file,
         "expect_url_prefix": expect_url_prefix,
-        "timeout_ms": BROWSER_TIMEOUT.as_millis() as u64,
     });
-    let (status, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_node("submit_form.mjs", &input.to_string()))
-            .await
-            .expect("the node runner");
-    assert!(status, "the browser did not finish the upload:\n{stderr}\nstdout: {stdout}");
-    let result = result_line("submit_form.mjs", &stdout, &stderr);
+    let result = browser_script("submit_form.mjs", input).await;
     let navigations = result["navigations"]
         .as_array()
         .map(|list| {
@@ -94,8 +87,16 @@ async fn submit_form_in_browser(form_url: String, file: PathBuf, expect_url_pref
     }
 }
 
-/// The JSON result line a node script printed last.
-fn result_line(script: &str, stdout: &str, stderr: &str) -> serde_json::Value {
+/// Runs `script` (in `tests/browser`) on `input`, with the browser timeout
+/// added; fails the test unless it finished, and returns the JSON result
+/// line it printed last.
+async fn browser_script(script: &'static str, mut input: serde_json::Value) -> serde_json::Value {
+    require_browser_tools();
+    input["timeout_ms"] = serde_json::json!(BROWSER_TIMEOUT.as_millis() as u64);
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || run_node(script, &input.to_string()))
+        .await
+        .expect("the node runner");
+    assert!(status, "the browser did not finish the upload ({script}):\n{stderr}\nstdout: {stdout}");
     let line = stdout
         .lines()
         .rev()
@@ -108,18 +109,7 @@ fn result_line(script: &str, stdout: &str, stderr: &str) -> serde_json::Value {
 /// `window.uploadResult`) in Chromium, chooses `file`, and returns what the
 /// page reported and the cross-origin requests it made.
 async fn run_library_in_browser(page_url: String, file: PathBuf) -> serde_json::Value {
-    require_browser_tools();
-    let input = serde_json::json!({
-        "page_url": page_url,
-        "file_path": file,
-        "timeout_ms": BROWSER_TIMEOUT.as_millis() as u64,
-    });
-    let (status, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_node("run_library.mjs", &input.to_string()))
-            .await
-            .expect("the node runner");
-    assert!(status, "the page did not finish the upload:\n{stderr}\nstdout: {stdout}");
-    result_line("run_library.mjs", &stdout, &stderr)
+    browser_script("run_library.mjs", serde_json::json!({ "page_url": page_url, "file_path": file })).await
 }
 
 /// Runs the node script with `input`; kills it if it outlives the timeout.
