@@ -1,6 +1,12 @@
 //! The local-files [`ObjectStore`] of the embedded default: objects are files
 //! under `data_dir/objects`, written to a temporary file first and renamed
 //! into place only when complete and synced.
+//!
+//! A file sent in chunks gathers in `objects/.chunks/<name>`, each chunk
+//! written (and synced) at its offset as it arrives, from any task; the
+//! complete file is renamed into place. Those files outlive a restart (the
+//! upload resumes); the sweep removes the ones the state store has
+//! forgotten.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +14,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use super::chunked::{ChunkReceipt, ChunkedObject, ChunkedObjects, Crc64, LiveFiles, PartReceipt};
 use super::{ByteStream, ObjectKey, ObjectStore, ParallelDigest, StorageError, StoredObject, TempFile};
 use crate::domain::random_bytes;
 
@@ -15,6 +22,8 @@ use crate::domain::random_bytes;
 pub struct FsObjectStore {
     root: PathBuf,
     tmp: PathBuf,
+    /// Chunked files being received.
+    chunks: PathBuf,
 }
 
 fn backend(e: std::io::Error) -> StorageError {
@@ -31,7 +40,15 @@ impl FsObjectStore {
         for entry in std::fs::read_dir(&tmp)? {
             let _ = std::fs::remove_file(entry?.path());
         }
-        Ok(FsObjectStore { root: root.to_owned(), tmp })
+        let chunks = root.join(".chunks");
+        std::fs::create_dir_all(&chunks)?;
+        Ok(FsObjectStore { root: root.to_owned(), tmp, chunks })
+    }
+
+    /// Where a chunked file gathers: its key's last segment under `.chunks`.
+    fn staging_of(&self, key: &ObjectKey) -> PathBuf {
+        let name = key.as_str().rsplit('/').next().unwrap_or_default();
+        self.chunks.join(name)
     }
 
     fn path_of(&self, key: &ObjectKey) -> PathBuf {
@@ -86,5 +103,110 @@ impl ObjectStore for FsObjectStore {
     /// not be touched, so there is nothing to sweep.
     async fn sweep(&self, _min_age: std::time::Duration) -> Result<usize, StorageError> {
         Ok(0)
+    }
+
+    fn chunked(&self) -> Option<&dyn ChunkedObjects> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ChunkedObjects for FsObjectStore {
+    /// A chunk is a part: each is written in place as it arrives.
+    async fn begin(&self, total_size: u64, chunk_size: u64, _: &str) -> Result<ChunkedObject, StorageError> {
+        let key = ObjectKey::new_chunked_media();
+        Ok(ChunkedObject {
+            key: key.to_string(),
+            total_size,
+            chunk_size,
+            chunks_per_part: 1,
+            upload_id: None,
+        })
+    }
+
+    async fn put_chunk(
+        &self,
+        file: &ChunkedObject,
+        number: u64,
+        mut body: ByteStream,
+    ) -> Result<ChunkReceipt, StorageError> {
+        use tokio::io::AsyncSeekExt;
+        let path = self.staging_of(&file.object_key()?);
+        let mut staged = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .await
+            .map_err(backend)?;
+        staged.seek(std::io::SeekFrom::Start(file.offset_of(number))).await.map_err(backend)?;
+        let mut crc = Crc64::default();
+        while let Some(bytes) = body.next().await {
+            let bytes = bytes.map_err(StorageError::Source)?;
+            crc.update(&bytes);
+            staged.write_all(&bytes).await.map_err(backend)?;
+        }
+        staged.sync_data().await.map_err(backend)?;
+        Ok(crc.receipt(None))
+    }
+
+    async fn put_part(
+        &self,
+        _: &ChunkedObject,
+        _: u64,
+        _: &[(u64, ChunkReceipt)],
+    ) -> Result<PartReceipt, StorageError> {
+        Err(StorageError::backend("local files have one chunk per part"))
+    }
+
+    async fn complete(&self, file: &ChunkedObject, _: &[PartReceipt]) -> Result<(), StorageError> {
+        let key = file.object_key()?;
+        let (staged, final_path) = (self.staging_of(&key), self.path_of(&key));
+        if let Some(parent) = final_path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(backend)?;
+        }
+        match tokio::fs::rename(&staged, &final_path).await {
+            Ok(()) => Ok(()),
+            // Completed already (by a request that did not live to answer).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && tokio::fs::try_exists(&final_path).await.unwrap_or(false) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn abort(&self, file: &ChunkedObject) -> Result<(), StorageError> {
+        match tokio::fs::remove_file(self.staging_of(&file.object_key()?)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(backend(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn sweep_chunked(
+        &self,
+        grace: std::time::Duration,
+        live: &dyn LiveFiles,
+    ) -> Result<usize, StorageError> {
+        let mut removed = 0;
+        let mut entries = tokio::fs::read_dir(&self.chunks).await.map_err(backend)?;
+        while let Some(entry) = entries.next_entry().await.map_err(backend)? {
+            let name = entry.file_name();
+            let Some(key) = name.to_str().and_then(|name| ObjectKey::parse(&format!("media/{name}")).ok())
+            else {
+                continue;
+            };
+            let modified = entry.metadata().await.map_err(backend)?.modified().map_err(backend)?;
+            let idle = modified.elapsed().unwrap_or_default();
+            if idle >= grace && !live.is_live(&key).await? {
+                match tokio::fs::remove_file(entry.path()).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(backend(e)),
+                    _ => removed += 1,
+                }
+            }
+        }
+        Ok(removed)
     }
 }

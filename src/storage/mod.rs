@@ -7,6 +7,7 @@
 //! under the key: the local-files store writes to a temporary file that is
 //! removed, an S3 store aborts its multipart upload.
 
+pub mod chunked;
 pub mod fs;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
@@ -36,6 +37,18 @@ impl ObjectKey {
     /// A fresh, unguessable key for a new file: `media/<32 hex>`.
     pub fn new_media() -> Self {
         ObjectKey(format!("media/{}", hex::encode(random_bytes::<16>())))
+    }
+
+    /// A fresh key for a file sent in chunks: `media/<32 hex>-c`. The sweep
+    /// tells these apart: their assembly lasts as long as chunks keep
+    /// coming, so only the state store knows when it is abandoned.
+    pub fn new_chunked_media() -> Self {
+        ObjectKey(format!("media/{}-c", hex::encode(random_bytes::<16>())))
+    }
+
+    /// Whether this is the key of a file sent in chunks.
+    pub fn is_chunked(&self) -> bool {
+        self.0.ends_with("-c")
     }
 
     /// Checks a key read back from the state store.
@@ -131,6 +144,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// ago, returning how many it removed. Run periodically by the
     /// application; a store that cleans up at start-up does nothing.
     async fn sweep(&self, min_age: std::time::Duration) -> Result<usize, StorageError>;
+
+    /// The backend's support for files sent in chunks, if it has any.
+    fn chunked(&self) -> Option<&dyn chunked::ChunkedObjects> {
+        None
+    }
 }
 
 /// Running size and SHA-256 of the bytes that pass through a `put`; every

@@ -15,6 +15,7 @@
 //! its lease renews it. At every instant
 //! `committed + live reservations <= max_uploads`, whatever the concurrency.
 
+pub mod chunked;
 pub mod embedded;
 pub mod redis;
 
@@ -232,7 +233,7 @@ impl PhotoRecord {
 
 /// A version just recorded, with what an answer needs of its photo. Its
 /// cost does not grow with the photo's other versions.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedVersion {
     pub photo_id: PhotoId,
     pub tree_id: String,
@@ -474,6 +475,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// Counts one more failed redeem of `client` in `window`; returns the
     /// new count. Counts are kept at least until the window is over.
     async fn count_redeem_failure(&self, client: &str, window: u64) -> Result<u32, StoreError>;
+
+    /// Files sent in chunks.
+    fn chunked(&self) -> &dyn chunked::ChunkedFiles;
 
     /// Succeeds when the store can serve requests (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -8,5 +8,6 @@ mod files;
 #[path = "../support/servers.rs"]
 mod servers;
 
+mod chunked;
 mod objects;
 mod state;

@@ -13,7 +13,7 @@ use upload_receiver::store::{
 
 use crate::servers;
 
-fn version(key: &str) -> VersionFile {
+pub fn version(key: &str) -> VersionFile {
     VersionFile {
         object_key: key.to_owned(),
         size: 1234,
@@ -24,7 +24,7 @@ fn version(key: &str) -> VersionFile {
     }
 }
 
-async fn new_photo(store: &dyn StateStore) -> PhotoId {
+pub async fn new_photo(store: &dyn StateStore) -> PhotoId {
     let new = NewPhoto {
         tree_id: "7".into(),
         metadata: PhotoMetadata { title: Some("t".into()), ..PhotoMetadata::default() },
@@ -33,7 +33,7 @@ async fn new_photo(store: &dyn StateStore) -> PhotoId {
     store.create_photo(new).await.unwrap().photo_id
 }
 
-async fn new_token(
+pub async fn new_token(
     store: &dyn StateStore,
     photo_id: PhotoId,
     max_uploads: u32,

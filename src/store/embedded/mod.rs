@@ -28,6 +28,7 @@
 //! [`StateStore`] operations, each one closure run by the writer (or one
 //! snapshot read).
 
+mod chunked;
 mod tables;
 mod writer;
 
@@ -229,49 +230,7 @@ impl StateStore for EmbeddedStore {
         let token = reservation.grant.token.clone();
         let id = reservation.id.clone();
         let file = file.map(str::to_owned);
-        self.write(move |txn| {
-            update_token(txn, &token, Err(CommitError::LeaseLost), |state| {
-                if state.live_reservation(&id, now).is_none() {
-                    return Ok((Err(CommitError::LeaseLost), false));
-                }
-                // Every write is in this one transaction: the slot is
-                // consumed if and only if the version is recorded.
-                let recorded = match &state.grant.purpose {
-                    TokenPurpose::Replace { photo_id } => match append_version(txn, *photo_id, version)? {
-                        Some(recorded) => recorded,
-                        None => return Ok((Err(CommitError::NoSuchPhoto), false)),
-                    },
-                    TokenPurpose::Upload { upload: terms } => {
-                        let tree_id = terms.tree_id.clone();
-                        let upload = state
-                            .upload
-                            .as_mut()
-                            .ok_or_else(|| store_error("upload token without its state"))?;
-                        let mut metadata = upload.metadata.clone();
-                        let mut own = match &file {
-                            Some(file) => Some(get_file(txn, token.as_str(), file)?.unwrap_or_default()),
-                            None => None,
-                        };
-                        if let Some(update) = own.as_ref().and_then(|own| own.update.as_ref()) {
-                            update.apply_to(&mut metadata);
-                        }
-                        let (record, first) =
-                            create_photo(txn, NewPhoto { tree_id, metadata, first_version: version })?;
-                        let recorded = record.recorded(first);
-                        upload.photos.push(recorded.photo_id);
-                        if let (Some(file), Some(own)) = (&file, own.as_mut()) {
-                            own.photos.push(recorded.photo_id);
-                            put_file(txn, token.as_str(), file, own)?;
-                        }
-                        recorded
-                    }
-                };
-                state.reservations.retain(|r| r.id != id);
-                state.committed += 1;
-                Ok((Ok(recorded), true))
-            })
-        })
-        .await?
+        self.write(move |txn| commit_reserved(txn, &token, &id, version, now, file.as_deref())).await?
     }
 
     async fn update_upload_token(
@@ -348,6 +307,10 @@ impl StateStore for EmbeddedStore {
         Ok(*count)
     }
 
+    fn chunked(&self) -> &dyn super::chunked::ChunkedFiles {
+        self
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         // A write round trip proves the writer thread is alive and the file
         // is writable, not just that a snapshot can be read.
@@ -390,10 +353,60 @@ impl StateStore for EmbeddedStore {
             for token in &purged_tokens {
                 delete_files(txn, token)?;
             }
+            chunked::purge_files(txn, now, EXPIRED_TOKEN_RETENTION_SECS)?;
             Ok(Purged { nonces: nonces_purged, tokens: purged_tokens.len() as u64 })
         })
         .await
     }
+}
+
+/// Consumes reservation `id` of `token` and records `version` in `txn`
+/// (see [`StateStore::commit_version`]): the slot is spent if and only if
+/// the version is recorded, every write being in this one transaction.
+fn commit_reserved(
+    txn: &WriteTransaction,
+    token: &ReplaceToken,
+    id: &str,
+    version: VersionFile,
+    now: u64,
+    file: Option<&str>,
+) -> Result<Result<RecordedVersion, CommitError>, StoreError> {
+    update_token(txn, token, Err(CommitError::LeaseLost), |state| {
+        if state.live_reservation(id, now).is_none() {
+            return Ok((Err(CommitError::LeaseLost), false));
+        }
+        let recorded = match &state.grant.purpose {
+            TokenPurpose::Replace { photo_id } => match append_version(txn, *photo_id, version)? {
+                Some(recorded) => recorded,
+                None => return Ok((Err(CommitError::NoSuchPhoto), false)),
+            },
+            TokenPurpose::Upload { upload: terms } => {
+                let tree_id = terms.tree_id.clone();
+                let upload =
+                    state.upload.as_mut().ok_or_else(|| store_error("upload token without its state"))?;
+                let mut metadata = upload.metadata.clone();
+                let mut own = match file {
+                    Some(file) => Some(get_file(txn, token.as_str(), file)?.unwrap_or_default()),
+                    None => None,
+                };
+                if let Some(update) = own.as_ref().and_then(|own| own.update.as_ref()) {
+                    update.apply_to(&mut metadata);
+                }
+                let (record, first) =
+                    create_photo(txn, NewPhoto { tree_id, metadata, first_version: version })?;
+                let recorded = record.recorded(first);
+                upload.photos.push(recorded.photo_id);
+                if let (Some(file), Some(own)) = (file, own.as_mut()) {
+                    own.photos.push(recorded.photo_id);
+                    put_file(txn, token.as_str(), file, own)?;
+                }
+                recorded
+            }
+        };
+        state.reservations.retain(|r| r.id != id);
+        state.committed += 1;
+        Ok((Ok(recorded), true))
+    })
 }
 
 #[cfg(test)]

@@ -161,6 +161,9 @@ pub fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(NONCES).map_err(store_error)?;
     txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
     txn.open_table(META).map_err(store_error)?;
+    txn.open_table(super::chunked::CHUNKED_FILES).map_err(store_error)?;
+    txn.open_table(super::chunked::FILE_CHUNKS).map_err(store_error)?;
+    txn.open_table(super::chunked::LIVE_OBJECTS).map_err(store_error)?;
     txn.commit().map_err(store_error)
 }
 

@@ -21,7 +21,12 @@ end
 redis.call('ZADD', KEYS[2], lease_end, ARGV[3])
 -- Both keys live as long as the token or the longest lease, plus retention.
 -- (Never shorter than issue_token set: lease_end > now and until > now.)
+-- Never shortened: another reservation (a chunked file's) may last longer.
 local expire_at = math.max(tonumber(token[1]), lease_end) + tonumber(ARGV[4])
-redis.call('EXPIREAT', KEYS[1], expire_at)
-redis.call('EXPIREAT', KEYS[2], expire_at)
+for _, key in ipairs(KEYS) do
+  local ttl = redis.call('TTL', key)
+  if ttl < 0 or now + ttl < expire_at then
+    redis.call('EXPIREAT', key, expire_at)
+  end
+end
 return {'ok', token[4]}

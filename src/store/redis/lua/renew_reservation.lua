@@ -9,6 +9,12 @@ local lease_end = math.max(tonumber(lease), tonumber(ARGV[2]))
 redis.call('ZADD', KEYS[2], 'XX', lease_end, ARGV[3])
 local valid_until = tonumber(redis.call('HGET', KEYS[1], 'until') or 0)
 local expire_at = math.max(valid_until, lease_end) + tonumber(ARGV[4])
-redis.call('EXPIREAT', KEYS[1], expire_at)
-redis.call('EXPIREAT', KEYS[2], expire_at)
+-- Never shortened: another reservation (a chunked file's) may last longer.
+local now = tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local ttl = redis.call('TTL', key)
+  if ttl >= 0 and now + ttl < expire_at then
+    redis.call('EXPIREAT', key, expire_at)
+  end
+end
 return 1

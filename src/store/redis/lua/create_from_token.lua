@@ -8,7 +8,9 @@
 -- ARGV[1] now, ARGV[2] reservation id, ARGV[3] the photo's record JSON
 -- without its id and metadata, ARGV[4] first version JSON without its
 -- number (an object), ARGV[5] the file's Resumable.js identifier or '',
--- ARGV[6] the key prefix (the photo's keys follow from its new id).
+-- ARGV[6] the key prefix (the photo's keys follow from its new id);
+-- for the commit of a chunked file also KEYS[4] its hash, ARGV[7] the end
+-- of its keeping, ARGV[8] the retention after it.
 -- Returns {'ok', photo record JSON, version JSON}, {'lease_lost'} or
 -- {'corrupt'} (no metadata: nothing written).
 local lease = redis.call('ZSCORE', KEYS[2], ARGV[2])
@@ -51,5 +53,11 @@ if file ~= '' then
   -- Two visitors' files may share an identifier: keep every photo.
   if made_from_file then made_from_file = made_from_file .. ',' .. id else made_from_file = tostring(id) end
   redis.call('HSET', KEYS[1], 'fp:' .. file, made_from_file)
+end
+if KEYS[4] then
+  local okey = redis.call('HGET', KEYS[4], 'okey')
+  redis.call('HSET', KEYS[4], 'stage', 'completed', 'record', encoded, 'version', version, 'deadline', ARGV[7])
+  redis.call('EXPIREAT', KEYS[4], tonumber(ARGV[7]) + tonumber(ARGV[8]))
+  if okey then redis.call('DEL', ARGV[6] .. 'ck:' .. okey) end
 end
 return {'ok', encoded, version}

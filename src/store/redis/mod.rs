@@ -19,6 +19,8 @@
 //! A command that timed out is reported as an error, never sent again: a
 //! resend could apply it twice.
 
+mod chunked;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,6 +46,7 @@ struct Scripts {
     create_photo: Script,
     create_from_token: Script,
     update_upload_token: Script,
+    chunked: Script,
 }
 
 impl Scripts {
@@ -57,6 +60,7 @@ impl Scripts {
             create_photo: Script::new(include_str!("lua/create_photo.lua")),
             create_from_token: Script::new(include_str!("lua/create_from_token.lua")),
             update_upload_token: Script::new(include_str!("lua/update_upload_token.lua")),
+            chunked: Script::new(include_str!("lua/chunked.lua")),
         }
     }
 }
@@ -77,6 +81,19 @@ impl Keys {
     fn photo(&self, id: PhotoId) -> [String; 2] {
         let meta = format!("{}p:{id}", self.prefix);
         [meta.clone(), format!("{meta}:versions")]
+    }
+
+    /// A chunked file's hash: per token, the identifier hashed (it is the
+    /// client's and may be long or odd).
+    fn chunked_file(&self, token: &ReplaceToken, identifier: &str) -> String {
+        use sha2::Digest;
+        let identifier = hex::encode(sha2::Sha256::digest(identifier.as_bytes()));
+        format!("{}cf:{}:{identifier}", self.prefix, token.as_str())
+    }
+
+    /// Exists while the chunked file gathering under `object_key` is received.
+    fn live_object(&self, object_key: &str) -> String {
+        format!("{}ck:{object_key}", self.prefix)
     }
 
     fn photo_sequence(&self) -> String {
@@ -199,6 +216,7 @@ impl RedisStore {
         version: &VersionFile,
         now: u64,
         file: Option<&str>,
+        chunked: Option<&ChunkedCommit>,
     ) -> Result<RecordedVersion, CommitError> {
         // The record's id and metadata are the script's to fill in.
         let record = serde_json::json!({
@@ -208,7 +226,7 @@ impl RedisStore {
         });
         let mut keys = self.keys.token(&reservation.grant.token).to_vec();
         keys.push(self.keys.photo_sequence());
-        let args = [
+        let mut args = vec![
             now.to_string(),
             reservation.id.clone(),
             record.to_string(),
@@ -216,6 +234,10 @@ impl RedisStore {
             file.unwrap_or_default().to_owned(),
             self.keys.prefix.clone(),
         ];
+        if let Some(chunked) = chunked {
+            keys.push(chunked.file_key.clone());
+            args.extend([chunked.keep_until.to_string(), EXPIRED_TOKEN_RETENTION_SECS.to_string()]);
+        }
         let answer: Vec<String> = self.run(&self.scripts.create_from_token, &keys, &args).await?;
         match answer.as_slice() {
             [status, record, version] if status == "ok" => {
@@ -236,12 +258,21 @@ impl RedisStore {
         photo_id: PhotoId,
         version: &VersionFile,
         commit: Option<(u64, &Reservation)>,
+        chunked: Option<&ChunkedCommit>,
     ) -> Result<Result<RecordedVersion, CommitError>, StoreError> {
         let mut keys = self.keys.photo(photo_id).to_vec();
         let mut args = vec![encode(version)];
         if let Some((now, reservation)) = commit {
             keys.extend(self.keys.token(&reservation.grant.token));
             args.extend([now.to_string(), reservation.id.clone()]);
+        }
+        if let Some(chunked) = chunked {
+            keys.push(chunked.file_key.clone());
+            args.extend([
+                chunked.keep_until.to_string(),
+                EXPIRED_TOKEN_RETENTION_SECS.to_string(),
+                self.keys.prefix.clone(),
+            ]);
         }
         let answer: Vec<String> = self.run(&self.scripts.append_version, &keys, &args).await?;
         match answer.split_first() {
@@ -254,6 +285,34 @@ impl RedisStore {
             Some((status, _)) if status == "lease_lost" => Ok(Err(CommitError::LeaseLost)),
             Some((status, _)) if status == "no_photo" => Ok(Err(CommitError::NoSuchPhoto)),
             other => Err(store_error(format!("unexpected append answer {other:?}"))),
+        }
+    }
+}
+
+/// The chunked file a commit completes: its hash, kept until `keep_until`.
+struct ChunkedCommit {
+    file_key: String,
+    keep_until: u64,
+}
+
+impl RedisStore {
+    /// Commits a reservation (see [`StateStore::commit_version`]), marking
+    /// `chunked`'s file completed in the same script.
+    async fn commit_reserved(
+        &self,
+        reservation: &Reservation,
+        version: VersionFile,
+        now: u64,
+        file: Option<&str>,
+        chunked: Option<&ChunkedCommit>,
+    ) -> Result<RecordedVersion, CommitError> {
+        match &reservation.grant.purpose {
+            TokenPurpose::Replace { photo_id } => {
+                self.append(*photo_id, &version, Some((now, reservation)), chunked).await?
+            }
+            TokenPurpose::Upload { upload } => {
+                self.create_from_token(reservation, &upload.tree_id, &version, now, file, chunked).await
+            }
         }
     }
 }
@@ -395,14 +454,7 @@ impl StateStore for RedisStore {
         now: u64,
         file: Option<&str>,
     ) -> Result<RecordedVersion, CommitError> {
-        match &reservation.grant.purpose {
-            TokenPurpose::Replace { photo_id } => {
-                self.append(*photo_id, &version, Some((now, reservation))).await?
-            }
-            TokenPurpose::Upload { upload } => {
-                self.create_from_token(reservation, &upload.tree_id, &version, now, file).await
-            }
-        }
+        self.commit_reserved(reservation, version, now, file, None).await
     }
 
     async fn update_upload_token(
@@ -429,7 +481,7 @@ impl StateStore for RedisStore {
         photo_id: PhotoId,
         version: VersionFile,
     ) -> Result<Option<RecordedVersion>, StoreError> {
-        match self.append(photo_id, &version, None).await? {
+        match self.append(photo_id, &version, None, None).await? {
             Ok(photo) => Ok(Some(photo)),
             Err(CommitError::NoSuchPhoto) => Ok(None),
             Err(other) => Err(store_error(format!("appending without a reservation failed: {other}"))),
@@ -468,6 +520,10 @@ impl StateStore for RedisStore {
             )
             .await?;
         Ok(count)
+    }
+
+    fn chunked(&self) -> &dyn super::chunked::ChunkedFiles {
+        self
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -5,7 +5,9 @@
 -- KEYS[1] photo meta (string), KEYS[2] versions (list);
 -- for a commit also KEYS[3] token hash, KEYS[4] its lease set.
 -- ARGV[1] version JSON without its number (an object);
--- for a commit also ARGV[2] now, ARGV[3] reservation id.
+-- for a commit also ARGV[2] now, ARGV[3] reservation id;
+-- for the commit of a chunked file also KEYS[5] its hash, ARGV[4] the end
+-- of its keeping, ARGV[5] the retention after it, ARGV[6] the key prefix.
 -- Returns {'ok', meta, the new version's JSON} or {'lease_lost'} / {'no_photo'}:
 -- O(1) whatever the number of versions before it.
 if ARGV[3] then
@@ -25,4 +27,10 @@ end
 local number = redis.call('LLEN', KEYS[2]) + 1
 local version = '{"number":' .. number .. ',' .. string.sub(ARGV[1], 2)
 redis.call('RPUSH', KEYS[2], version)
+if KEYS[5] then
+  local okey = redis.call('HGET', KEYS[5], 'okey')
+  redis.call('HSET', KEYS[5], 'stage', 'completed', 'record', meta, 'version', version, 'deadline', ARGV[4])
+  redis.call('EXPIREAT', KEYS[5], tonumber(ARGV[4]) + tonumber(ARGV[5]))
+  if okey then redis.call('DEL', ARGV[6] .. 'ck:' .. okey) end
+end
 return {'ok', meta, version}

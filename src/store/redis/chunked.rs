@@ -1,0 +1,223 @@
+//! The Redis store's [`ChunkedFiles`]: every step is one call of
+//! `lua/chunked.lua` (which describes the keys), the completion one call
+//! of the commit scripts that also marks the file. Chunk bytes never pass
+//! through Redis: only their receipts (size, checksum, ETag).
+
+use async_trait::async_trait;
+
+use super::{ChunkedCommit, RedisStore, decode, encode, store_error};
+use crate::domain::random_bytes;
+use crate::storage::chunked::{ChunkReceipt, PartReceipt, Sizing};
+use crate::store::chunked::{
+    Begun, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, ReadyFile, Recorded, Stage, StoredChunk,
+};
+use crate::store::{
+    CommitError, EXPIRED_TOKEN_RETENTION_SECS, PhotoRecord, RecordedVersion, Reservation, ReserveError,
+    StoreError, TokenKind, VersionFile,
+};
+
+impl RedisStore {
+    /// Runs one step of `chunked.lua` for file `id`.
+    async fn chunked_step(
+        &self,
+        id: &FileId,
+        step: &str,
+        now: u64,
+        args: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let [token, leases] = self.keys.token(&id.token);
+        let keys = [self.keys.chunked_file(&id.token, &id.identifier), token, leases];
+        let mut all = vec![step.to_owned(), now.to_string(), self.keys.prefix.clone()];
+        all.extend_from_slice(args);
+        self.run(&self.scripts.chunked, &keys, &all).await
+    }
+}
+
+/// A completed file's outcome, from its record and version JSON.
+fn recorded(record: &str, version: &str) -> Result<RecordedVersion, StoreError> {
+    Ok(decode::<PhotoRecord>(record)?.recorded(decode(version)?))
+}
+
+/// Reads the script's view of a file (see `view` in `chunked.lua`).
+fn file_view(answer: &[String]) -> Result<ChunkedFile, StoreError> {
+    let [_, grant, terms, rid, sizing, media, n, deadline, stage, message, record, version, has] = answer
+    else {
+        return Err(store_error(format!("unexpected chunked file view {answer:?}")));
+    };
+    let number =
+        |text: &str| text.parse::<u64>().map_err(|_| store_error(format!("not a number in redis: {text:?}")));
+    let stage = match stage.as_str() {
+        "receiving" => Stage::Receiving,
+        "cancelled" => Stage::Cancelled { message: message.clone() },
+        "completed" => Stage::Completed(recorded(record, version)?),
+        other => return Err(store_error(format!("unknown chunked file stage {other:?}"))),
+    };
+    let deadline = number(deadline)?;
+    Ok(ChunkedFile {
+        reservation: Reservation { grant: decode(grant)?, id: rid.clone(), lease_until: deadline },
+        terms: decode::<ChunkedTerms>(terms)?,
+        sizing: Sizing::parse(sizing),
+        media_type: Some(media.clone()).filter(|m| !m.is_empty()),
+        chunks_stored: number(n)?,
+        has_chunk: has == "1",
+        stage,
+    })
+}
+
+/// Reads the answer of a `chunk` or `part` step.
+fn recorded_answer(answer: &[String]) -> Result<Recorded, StoreError> {
+    let status = answer.first().map(String::as_str);
+    Ok(match (status, &answer[answer.len().min(1)..]) {
+        (Some("stored"), [duplicate]) => Recorded::Stored { duplicate: duplicate == "1" },
+        (Some("busy"), []) => Recorded::Busy,
+        (Some("gone"), []) => Recorded::Gone,
+        (Some("sizing_conflict"), []) => Recorded::SizingConflict,
+        (Some("cancelled"), [message]) => Recorded::Cancelled { message: message.clone() },
+        (Some("completed"), [record, version]) => Recorded::Completed(recorded(record, version)?),
+        (Some("part_ready"), [part, members @ ..]) => {
+            let part = part.parse().map_err(store_error)?;
+            let chunks = members
+                .chunks(2)
+                .map(|pair| match pair {
+                    [n, receipt] => Ok((n.parse().map_err(store_error)?, decode::<ChunkReceipt>(receipt)?)),
+                    _ => Err(store_error("odd part members")),
+                })
+                .collect::<Result<_, StoreError>>()?;
+            Recorded::PartReady { part, chunks }
+        }
+        (Some("file_ready"), [media, fields @ ..]) => {
+            let mut chunks = Vec::new();
+            let mut parts = Vec::new();
+            for pair in fields.chunks(2) {
+                let [name, value] = pair else { return Err(store_error("odd receipt fields")) };
+                let number = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok());
+                if let Some(n) = number("c:") {
+                    chunks.push((n, decode::<ChunkReceipt>(value)?));
+                } else if number("p:").is_some() {
+                    parts.push(decode::<PartReceipt>(value)?);
+                }
+            }
+            chunks.sort_by_key(|(n, _)| *n);
+            parts.sort_by_key(|p| p.number);
+            if parts.is_empty() {
+                // One chunk per part: the chunks are the parts.
+                parts = chunks
+                    .iter()
+                    .map(|(number, r)| PartReceipt { number: *number, etag: r.etag.clone() })
+                    .collect();
+            }
+            let chunks = chunks.into_iter().map(|(_, r)| r).collect();
+            Recorded::FileReady(ReadyFile {
+                chunks,
+                parts,
+                media_type: Some(media.clone()).filter(|m| !m.is_empty()),
+            })
+        }
+        _ => return Err(store_error(format!("unexpected chunk answer {answer:?}"))),
+    })
+}
+
+#[async_trait]
+impl ChunkedFiles for RedisStore {
+    async fn file(&self, id: &FileId, number: u64, now: u64) -> Result<Option<ChunkedFile>, StoreError> {
+        let answer = self.chunked_step(id, "file", now, &[number.to_string()]).await?;
+        match answer.first().map(String::as_str) {
+            Some("none") => Ok(None),
+            _ => file_view(&answer).map(Some),
+        }
+    }
+
+    async fn begin(
+        &self,
+        id: &FileId,
+        kind: TokenKind,
+        terms: &ChunkedTerms,
+        now: u64,
+        lease_secs: u64,
+    ) -> Result<Begun, ReserveError> {
+        let args = [
+            (now + lease_secs).to_string(),
+            hex::encode(random_bytes::<16>()),
+            EXPIRED_TOKEN_RETENTION_SECS.to_string(),
+            kind.as_str().to_owned(),
+            encode(terms),
+            terms.object.key.clone(),
+        ];
+        let answer = self.chunked_step(id, "begin", now, &args).await?;
+        match answer.first().map(String::as_str) {
+            Some("began") => Ok(Begun::Began(file_view(&answer)?)),
+            Some("joined") => Ok(Begun::Joined(file_view(&answer)?)),
+            Some("unknown" | "none") => Err(ReserveError::Unknown),
+            Some("expired") => Err(ReserveError::Expired),
+            Some("used_up") => Err(ReserveError::UsedUp),
+            _ => Err(store_error(format!("unexpected begin answer {answer:?}")).into()),
+        }
+    }
+
+    async fn record_chunk(
+        &self,
+        id: &FileId,
+        chunk: &StoredChunk,
+        now: u64,
+        lease_secs: u64,
+        claim_secs: u64,
+    ) -> Result<Recorded, StoreError> {
+        let args = [
+            (now + lease_secs).to_string(),
+            (now + claim_secs).to_string(),
+            EXPIRED_TOKEN_RETENTION_SECS.to_string(),
+            chunk.number.to_string(),
+            encode(&chunk.receipt),
+            chunk.sizing.map(Sizing::as_str).unwrap_or_default().to_owned(),
+            chunk.media_type.clone().unwrap_or_default(),
+        ];
+        recorded_answer(&self.chunked_step(id, "chunk", now, &args).await?)
+    }
+
+    async fn record_part(
+        &self,
+        id: &FileId,
+        part: &PartReceipt,
+        now: u64,
+        lease_secs: u64,
+        claim_secs: u64,
+    ) -> Result<Recorded, StoreError> {
+        let args = [
+            (now + lease_secs).to_string(),
+            (now + claim_secs).to_string(),
+            EXPIRED_TOKEN_RETENTION_SECS.to_string(),
+            part.number.to_string(),
+            encode(part),
+        ];
+        recorded_answer(&self.chunked_step(id, "part", now, &args).await?)
+    }
+
+    async fn complete(
+        &self,
+        id: &FileId,
+        reservation: &Reservation,
+        version: VersionFile,
+        now: u64,
+        keep_secs: u64,
+    ) -> Result<RecordedVersion, CommitError> {
+        let chunked = ChunkedCommit {
+            file_key: self.keys.chunked_file(&id.token, &id.identifier),
+            keep_until: now + keep_secs,
+        };
+        self.commit_reserved(reservation, version, now, Some(&id.identifier), Some(&chunked)).await
+    }
+
+    async fn cancel(&self, id: &FileId, message: &str, now: u64, lease_secs: u64) -> Result<(), StoreError> {
+        let args =
+            [(now + lease_secs).to_string(), EXPIRED_TOKEN_RETENTION_SECS.to_string(), message.to_owned()];
+        self.chunked_step(id, "cancel", now, &args).await.map(drop)
+    }
+
+    async fn is_live(&self, object_key: &str, _now: u64) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        let exists: bool = self
+            .bounded(redis::AsyncCommands::exists(&mut connection, self.keys.live_object(object_key)))
+            .await?;
+        Ok(exists)
+    }
+}

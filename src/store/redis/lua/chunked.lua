@@ -1,0 +1,286 @@
+-- Files sent in chunks: every step of one file, as one script, so the
+-- steps share their helpers. A file is one hash:
+--   terms (JSON), rid (its reservation id), okey (its object key), stage
+--   ('receiving' | 'cancelled' | 'completed'), deadline (lease end, or end of
+--   keeping), sizing ('' | 'floor' | 'ceil'), media, n (chunks stored),
+--   parts (parts of several chunks stored), message (cancelled), record and
+--   version (completed), c:<n> chunk receipts, p:<k> part receipts,
+--   k:<k> claims on making part k (k:0: completing the file).
+-- and, while it is received, the key <prefix>ck:<object key>, expiring
+-- with its lease, for the sweep.
+-- KEYS[1] the file hash, KEYS[2] the token hash, KEYS[3] its lease set.
+-- ARGV[1] the step, ARGV[2] now, ARGV[3] the key prefix; then the step's.
+-- Every step reads and checks before its first write.
+local step = ARGV[1]
+local now = tonumber(ARGV[2])
+local prefix = ARGV[3]
+local FIELDS = {'terms', 'rid', 'sizing', 'media', 'n', 'deadline', 'stage', 'message', 'record', 'version', 'okey'}
+
+local function read_file()
+  local values = redis.call('HMGET', KEYS[1], unpack(FIELDS))
+  if not values[1] then
+    return nil
+  end
+  local file = {}
+  for i, name in ipairs(FIELDS) do
+    file[name] = values[i] or ''
+  end
+  return file
+end
+
+local function abandoned(file)
+  return file.stage == 'receiving' and tonumber(file.deadline) <= now
+end
+
+-- The file's view: {'ok', grant, terms, rid, sizing, media, n, deadline,
+-- stage, message, record, version, has chunk ARGV[4] (0/1)}.
+local function view(status, file, number)
+  local grant = redis.call('HGET', KEYS[2], 'grant')
+  if not grant then
+    return {'none'}
+  end
+  local has = 0
+  if number then
+    has = redis.call('HEXISTS', KEYS[1], 'c:' .. number)
+  end
+  return {status, grant, file.terms, file.rid, file.sizing, file.media, file.n, file.deadline, file.stage,
+    file.message, file.record, file.version, tostring(has)}
+end
+
+-- Moves `key`'s expiry to `at` unless it expires later already.
+local function keep_until(key, at)
+  local ttl = redis.call('TTL', key)
+  if ttl >= 0 and now + ttl < at then
+    redis.call('EXPIREAT', key, at)
+  end
+end
+
+-- Extends the file's lease to `lease_end`; false when it is no longer live.
+local function renew(file, lease_end, retention)
+  local lease = redis.call('ZSCORE', KEYS[3], file.rid)
+  if not lease or tonumber(lease) <= now then
+    return false
+  end
+  local until_ = math.max(tonumber(lease), lease_end)
+  redis.call('ZADD', KEYS[3], 'XX', until_, file.rid)
+  local valid_until = tonumber(redis.call('HGET', KEYS[2], 'until') or 0)
+  local token_end = math.max(valid_until, until_) + retention
+  keep_until(KEYS[2], token_end)
+  keep_until(KEYS[3], token_end)
+  local deadline = math.max(tonumber(file.deadline), until_)
+  redis.call('HSET', KEYS[1], 'deadline', deadline)
+  redis.call('EXPIREAT', KEYS[1], deadline + retention)
+  redis.call('SET', prefix .. 'ck:' .. file.okey, '1', 'EXAT', deadline)
+  file.deadline = tostring(deadline)
+  return true
+end
+
+-- A finished file's answer to a chunk or part.
+local function settled(file)
+  if file.stage == 'cancelled' then
+    return {'cancelled', file.message}
+  elseif file.stage == 'completed' then
+    return {'completed', file.record, file.version}
+  end
+  return nil
+end
+
+local function layout(file)
+  local object = cjson.decode(file.terms).object
+  local total, size = object.total_size, object.chunk_size
+  local floor_count = math.max(math.floor(total / size), 1)
+  local count = nil
+  if file.sizing == 'floor' then
+    count = floor_count
+  elseif file.sizing == 'ceil' then
+    count = math.max(math.ceil(total / size), 1)
+  end
+  return object.chunks_per_part, count, floor_count
+end
+
+-- Claims `work` until `claim_until`, unless a live claim holds it.
+local function claim(work, claim_until)
+  local held = redis.call('HGET', KEYS[1], 'k:' .. work)
+  if held and tonumber(held) > now then
+    return false
+  end
+  redis.call('HSET', KEYS[1], 'k:' .. work, claim_until)
+  return true
+end
+
+-- After a chunk or a part: claims completing the file once every part is
+-- stored, answering every receipt (the caller orders them).
+local function file_progress(file, duplicate, claim_until)
+  local per_part, count = layout(file)
+  if not count then
+    return {'stored', duplicate}
+  end
+  local ready
+  if per_part == 1 then
+    ready = tonumber(redis.call('HGET', KEYS[1], 'n')) == count
+  else
+    ready = tonumber(redis.call('HGET', KEYS[1], 'parts') or 0) == math.ceil(count / per_part)
+  end
+  if not ready then
+    return {'stored', duplicate}
+  end
+  if not claim(0, claim_until) then
+    return {'busy'}
+  end
+  local answer = {'file_ready', file.media}
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    local name = all[i]
+    if string.sub(name, 1, 2) == 'c:' or string.sub(name, 1, 2) == 'p:' then
+      table.insert(answer, name)
+      table.insert(answer, all[i + 1])
+    end
+  end
+  return answer
+end
+
+if step == 'file' then
+  -- ARGV[4] the chunk asked about.
+  local file = read_file()
+  if not file or abandoned(file) then
+    return {'none'}
+  end
+  return view('ok', file, ARGV[4])
+
+elseif step == 'begin' then
+  -- ARGV[4] lease end, ARGV[5] reservation id, ARGV[6] retention,
+  -- ARGV[7] the redeem's kind of token, ARGV[8] terms JSON, ARGV[9] object key.
+  local lease_end, retention = tonumber(ARGV[4]), tonumber(ARGV[6])
+  local file = read_file()
+  if file and not abandoned(file) then
+    if file.stage == 'receiving' then
+      renew(file, lease_end, retention)
+    end
+    return view('joined', file, nil)
+  end
+  local token = redis.call('HMGET', KEYS[2], 'until', 'max', 'committed', 'grant', 'kind')
+  if not token[4] or (token[5] or 'replace') ~= ARGV[7] then
+    return {'unknown'}
+  end
+  if tonumber(token[1]) <= now then
+    return {'expired'}
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if tonumber(token[3]) + redis.call('ZCARD', KEYS[3]) >= tonumber(token[2]) then
+    return {'used_up'}
+  end
+  -- The writes. An abandoned file's record goes first.
+  if file then
+    redis.call('DEL', prefix .. 'ck:' .. file.okey)
+    redis.call('DEL', KEYS[1])
+  end
+  redis.call('ZADD', KEYS[3], lease_end, ARGV[5])
+  local token_end = math.max(tonumber(token[1]), lease_end) + retention
+  keep_until(KEYS[2], token_end)
+  keep_until(KEYS[3], token_end)
+  redis.call('HSET', KEYS[1], 'terms', ARGV[8], 'rid', ARGV[5], 'okey', ARGV[9], 'stage', 'receiving',
+    'deadline', lease_end, 'sizing', '', 'media', '', 'n', 0, 'parts', 0)
+  redis.call('EXPIREAT', KEYS[1], lease_end + retention)
+  redis.call('SET', prefix .. 'ck:' .. ARGV[9], '1', 'EXAT', lease_end)
+  return view('began', read_file(), nil)
+
+elseif step == 'chunk' then
+  -- ARGV[4] lease end, ARGV[5] claim end, ARGV[6] retention, ARGV[7] the
+  -- chunk's number, ARGV[8] its receipt JSON, ARGV[9] the sizing it
+  -- implies or '', ARGV[10] chunk 1's media type or ''.
+  local file = read_file()
+  if not file then
+    return {'gone'}
+  end
+  local finished = settled(file)
+  if finished then
+    return finished
+  end
+  if abandoned(file) then
+    return {'gone'}
+  end
+  local implied = ARGV[9]
+  if implied ~= '' and file.sizing ~= '' and implied ~= file.sizing then
+    return {'sizing_conflict'}
+  end
+  if not renew(file, tonumber(ARGV[4]), tonumber(ARGV[6])) then
+    return {'gone'}
+  end
+  if implied ~= '' then
+    redis.call('HSET', KEYS[1], 'sizing', implied)
+    file.sizing = implied
+  end
+  if ARGV[10] ~= '' then
+    redis.call('HSET', KEYS[1], 'media', ARGV[10])
+    file.media = ARGV[10]
+  end
+  local number = tonumber(ARGV[7])
+  local duplicate = '0'
+  if redis.call('HSET', KEYS[1], 'c:' .. number, ARGV[8]) == 0 then
+    duplicate = '1'
+  else
+    redis.call('HINCRBY', KEYS[1], 'n', 1)
+  end
+  local per_part, count, floor_count = layout(file)
+  local part = math.floor((number - 1) / per_part) + 1
+  if per_part == 1 or redis.call('HEXISTS', KEYS[1], 'p:' .. part) == 1 then
+    return file_progress(file, duplicate, tonumber(ARGV[5]))
+  end
+  local first = (part - 1) * per_part + 1
+  local last = part * per_part
+  if count then
+    last = math.min(last, count)
+  elseif last >= floor_count then
+    -- Without the sizing, only parts before either sizing's last chunk are whole.
+    return {'stored', duplicate}
+  end
+  local members = {'part_ready', tostring(part)}
+  for n = first, last do
+    local receipt = redis.call('HGET', KEYS[1], 'c:' .. n)
+    if not receipt then
+      return {'stored', duplicate}
+    end
+    table.insert(members, tostring(n))
+    table.insert(members, receipt)
+  end
+  if not claim(part, tonumber(ARGV[5])) then
+    return {'busy'}
+  end
+  return members
+
+elseif step == 'part' then
+  -- ARGV[4] lease end, ARGV[5] claim end, ARGV[6] retention, ARGV[7] the
+  -- part's number, ARGV[8] its receipt JSON.
+  local file = read_file()
+  if not file then
+    return {'gone'}
+  end
+  local finished = settled(file)
+  if finished then
+    return finished
+  end
+  if abandoned(file) or not renew(file, tonumber(ARGV[4]), tonumber(ARGV[6])) then
+    return {'gone'}
+  end
+  local duplicate = '0'
+  if redis.call('HSET', KEYS[1], 'p:' .. ARGV[7], ARGV[8]) == 0 then
+    duplicate = '1'
+  else
+    redis.call('HINCRBY', KEYS[1], 'parts', 1)
+  end
+  redis.call('HDEL', KEYS[1], 'k:' .. ARGV[7])
+  return file_progress(file, duplicate, tonumber(ARGV[5]))
+
+elseif step == 'cancel' then
+  -- ARGV[4] keep until, ARGV[5] retention, ARGV[6] the message.
+  local file = read_file()
+  if not file or file.stage ~= 'receiving' then
+    return {'ok'}
+  end
+  redis.call('ZREM', KEYS[3], file.rid)
+  redis.call('DEL', prefix .. 'ck:' .. file.okey)
+  redis.call('HSET', KEYS[1], 'stage', 'cancelled', 'message', ARGV[6], 'deadline', ARGV[4])
+  redis.call('EXPIREAT', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[5]))
+  return {'ok'}
+end
+return redis.error_reply('unknown step ' .. step)
