@@ -18,9 +18,10 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::domain::{PhotoId, ReplaceToken, unix_now};
 use crate::metrics::{MeasuredObjects, MeasuredState, Metrics};
-use crate::storage::ObjectStore;
+use crate::storage::chunked::LiveFiles;
 use crate::storage::fs::FsObjectStore;
 use crate::storage::s3::S3ObjectStore;
+use crate::storage::{ObjectKey, ObjectStore, StorageError};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Photo, StateStore, StoreError, TokenGrant, TokenStatus};
@@ -265,12 +266,40 @@ async fn upkeep(ctx: Arc<Context>) {
                 Ok(purged) => tracing::debug!(?purged, "purged expired state"),
                 Err(e) => tracing::warn!(error = %crate::causes::chain(&e), "purging expired state failed"),
             },
-            _ = sweeps.tick() => match ctx.objects.sweep(min_age).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::warn!(removed, "removed what crashed uploads left in the object store"),
-                Err(e) => tracing::warn!(error = %crate::causes::chain(&e), "sweeping the object store failed"),
-            },
+            _ = sweeps.tick() => sweep(&ctx, min_age).await,
         }
+    }
+}
+
+/// The object store's sweep: what crashed uploads left (older than
+/// `min_age`), and the staged bytes of chunked files the state store no
+/// longer knows (abandoned, cancelled or completed; past a slot lease, so a
+/// file being begun right now is not taken for one).
+async fn sweep(ctx: &Context, min_age: Duration) {
+    match ctx.objects.sweep(min_age).await {
+        Ok(0) => {}
+        Ok(removed) => tracing::warn!(removed, "removed what crashed uploads left in the object store"),
+        Err(e) => tracing::warn!(error = %crate::causes::chain(&e), "sweeping the object store failed"),
+    }
+    let Some(chunked) = ctx.objects.chunked() else { return };
+    let grace = Duration::from_secs(ctx.config.state.slot_lease_secs);
+    match chunked.sweep_chunked(grace, &StateKnows(&*ctx.state)).await {
+        Ok(0) => {}
+        Ok(files) => {
+            ctx.metrics.chunked_files.with_label_values(&["abandoned"]).inc_by(files as u64);
+            tracing::info!(files, "removed the staged bytes of abandoned chunked files");
+        }
+        Err(e) => tracing::warn!(error = %crate::causes::chain(&e), "sweeping chunked files failed"),
+    }
+}
+
+/// Whether a chunked file is live, as the state store knows.
+struct StateKnows<'a>(&'a dyn StateStore);
+
+#[async_trait::async_trait]
+impl LiveFiles for StateKnows<'_> {
+    async fn is_live(&self, key: &ObjectKey) -> Result<bool, StorageError> {
+        self.0.chunked().is_live(key.as_str(), unix_now()).await.map_err(StorageError::backend)
     }
 }
 

@@ -101,6 +101,14 @@ fn delivery(return_url: &Url, data: &ReturnData) -> Delivery {
     if with_params.as_str().len() < GET_LIMIT { Delivery::Get(with_params) } else { Delivery::Post(params) }
 }
 
+/// The URL a background callback of `data` requests (see [`BackgroundCaller::call`]).
+pub fn callback_url(return_url: &Url, data: &ReturnData) -> String {
+    match delivery(return_url, data) {
+        Delivery::Get(url) => url.to_string(),
+        Delivery::Post(_) => return_url.to_string(),
+    }
+}
+
 /// `[callback] allowed_hosts`, lowercased: the hosts a return URL may name
 /// and that callbacks may reach at any address. An empty list lists none
 /// and permits every host.

@@ -34,6 +34,13 @@ pub struct Metrics {
     /// Failed backend calls by backend and operation.
     pub backend_errors: IntCounterVec,
     pub backend_seconds: HistogramVec,
+    /// Chunks of files sent in chunks, by result (`stored`, `duplicate`).
+    pub chunks: IntCounterVec,
+    /// Bytes of chunks stored before their file was complete.
+    pub chunk_bytes: IntCounter,
+    /// Files sent in chunks by how they ended (`completed`, `cancelled`,
+    /// `abandoned`: found by the sweep).
+    pub chunked_files: IntCounterVec,
 }
 
 const NAMESPACE: &str = "upload_receiver";
@@ -81,12 +88,19 @@ impl Metrics {
             &["backend", "operation"],
             prometheus::exponential_buckets(0.0005, 4.0, 10).expect("valid buckets"),
         );
-        let bytes_received = IntCounter::with_opts(
-            Opts::new("bytes_received_total", "File bytes received and passed to the object store.")
-                .namespace(NAMESPACE),
-        )
-        .expect("metric definitions are valid");
-        registry.register(Box::new(bytes_received.clone())).expect("metric names are unique");
+        let chunks = counter("chunks_total", "Chunks of chunked files received, by result.", &["result"]);
+        let chunked_files =
+            counter("chunked_files_total", "Files sent in chunks, by how they ended.", &["result"]);
+        let single = |name: &str, help: &str| {
+            let metric = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
+                .expect("metric definitions are valid");
+            registry.register(Box::new(metric.clone())).expect("metric names are unique");
+            metric
+        };
+        let bytes_received =
+            single("bytes_received_total", "File bytes received and passed to the object store.");
+        let chunk_bytes =
+            single("chunk_bytes_staged_total", "Bytes of chunks stored before their file was complete.");
         let uploads_in_flight = IntGauge::with_opts(
             Opts::new("uploads_in_flight", "Files being written to the object store.").namespace(NAMESPACE),
         )
@@ -102,6 +116,9 @@ impl Metrics {
             callbacks,
             backend_errors,
             backend_seconds,
+            chunks,
+            chunk_bytes,
+            chunked_files,
         }
     }
 

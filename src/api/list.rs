@@ -60,7 +60,7 @@ fn photo_item(photo: &Photo) -> Item {
                 ("object_key".into(), version.file.object_key.clone()),
                 ("size".into(), version.file.size.to_string()),
                 ("content_type".into(), version.file.content_type.clone()),
-                ("checksum".into(), format!("sha256:{}", version.file.sha256)),
+                ("checksum".into(), version.file.checksum()),
                 ("created_at".into(), version.file.created_at.to_string()),
             ],
             lists: Vec::new(),

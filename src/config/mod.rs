@@ -282,6 +282,9 @@ pub struct LimitsConfig {
     /// `tags`, `album_id`, `absolute_url`, `user_id` and the extra
     /// parameters (names and values) together.
     pub max_upload_token_bytes: usize,
+    /// How long a file sent in chunks keeps its upload slot (and its
+    /// staged bytes) without a new chunk before it is abandoned.
+    pub chunked_idle_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -297,6 +300,7 @@ impl Default for LimitsConfig {
                 .expect("the default media types parse"),
             redeem_rate_limit_per_minute: 60,
             redeem_rate_limit_delay_ms: 1000,
+            chunked_idle_timeout_secs: 3600,
             max_title_bytes: 1024,
             max_description_bytes: 64 * 1024,
             max_tags: 100,
@@ -413,6 +417,7 @@ impl Config {
             ("limits.max_form_bytes", self.limits.max_form_bytes),
             ("limits.max_field_bytes", self.limits.max_field_bytes),
             ("limits.max_part_header_bytes", self.limits.max_part_header_bytes),
+            ("limits.chunked_idle_timeout_secs", self.limits.chunked_idle_timeout_secs),
         ] {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be at least 1"));

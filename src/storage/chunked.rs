@@ -196,13 +196,14 @@ pub trait ChunkedObjects: Send + Sync {
         content_type: &str,
     ) -> Result<ChunkedObject, StorageError>;
 
-    /// Stores chunk `number` from `body` (its bytes only; the caller bounds
-    /// the length) and returns its size and checksum. Storing a chunk again
-    /// replaces it. On error nothing of this chunk counts.
+    /// Stores chunk `number` of `size` bytes from `body` (the caller makes
+    /// sure it holds no more) and returns its size and checksum. Storing a
+    /// chunk again replaces it. On error nothing of this chunk counts.
     async fn put_chunk(
         &self,
         file: &ChunkedObject,
         number: u64,
+        size: u64,
         body: ByteStream,
     ) -> Result<ChunkReceipt, StorageError>;
 

@@ -128,6 +128,7 @@ impl ChunkedObjects for FsObjectStore {
         &self,
         file: &ChunkedObject,
         number: u64,
+        _size: u64,
         mut body: ByteStream,
     ) -> Result<ChunkReceipt, StorageError> {
         use tokio::io::AsyncSeekExt;

@@ -61,11 +61,27 @@ pub struct VersionFile {
     pub object_key: String,
     pub size: u64,
     pub content_type: String,
-    /// Lowercase hex SHA-256 of the stored bytes.
+    /// Lowercase hex SHA-256 of the stored bytes, for a file received in
+    /// one request; empty for one received in chunks.
+    #[serde(default)]
     pub sha256: String,
+    /// Lowercase hex CRC-64/NVME of the stored bytes, for a file received
+    /// in chunks (combined from its chunks' without reading it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<String>,
     /// The file name the client gave, for display only; never used in a key.
     pub original_filename: Option<String>,
     pub created_at: u64,
+}
+
+impl VersionFile {
+    /// The checksum recorded, as `algorithm:hex`.
+    pub fn checksum(&self) -> String {
+        match &self.crc64nvme {
+            Some(crc) => format!("crc64nvme:{crc}"),
+            None => format!("sha256:{}", self.sha256),
+        }
+    }
 }
 
 /// One version of a photo. The store assigns the number.

@@ -169,6 +169,18 @@ impl Form {
 }
 
 impl FilePart {
+    /// The file's bytes (from the body, or from the spool) and the name
+    /// the client gave it.
+    pub async fn into_stream(self) -> Result<(ByteStream, Option<String>), UploadError> {
+        let bytes = match self.bytes {
+            FileBytes::Streaming(bytes) => bytes,
+            FileBytes::Spooled(spool) => {
+                spool.drain().await.map_err(|e| UploadError::Storage(StorageError::backend(e)))?
+            }
+        };
+        Ok((bytes, self.filename))
+    }
+
     /// Identifies the file from its first bytes, refuses a type `allowed`
     /// does not list before anything is stored, and stores the rest under a
     /// new key. On any error nothing remains stored.
@@ -229,6 +241,7 @@ impl StoredFile {
             size: self.object.size,
             content_type: self.content_type.clone(),
             sha256: self.object.sha256.clone(),
+            crc64nvme: None,
             original_filename: self.filename.clone(),
             created_at,
         }
@@ -263,7 +276,7 @@ async fn delete_quietly(objects: &dyn ObjectStore, key: &ObjectKey) {
 }
 
 /// A store's failure: the source's fault (limits, client) or the store's.
-fn storage_error(error: StorageError) -> UploadError {
+pub fn storage_error(error: StorageError) -> UploadError {
     match error {
         StorageError::Source(source) => classify_io(&source),
         backend => UploadError::Storage(backend),

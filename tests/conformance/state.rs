@@ -19,6 +19,7 @@ pub fn version(key: &str) -> VersionFile {
         size: 1234,
         content_type: "image/jpeg".to_owned(),
         sha256: "ab".repeat(32),
+        crc64nvme: None,
         original_filename: Some("a.jpg".to_owned()),
         created_at: unix_now(),
     }

@@ -15,20 +15,36 @@ use crate::store::{RecordedVersion, TokenGrant, TokenKind};
 pub struct Redeemed {
     pub site: SiteReturn,
     pub recorded: RecordedVersion,
+    /// Committed before, by another request (a chunk of a complete file
+    /// sent again): the same answer, and no second callback.
+    pub replayed: bool,
+}
+
+/// How a redeem that was not refused ended.
+pub enum Received {
+    File(Box<Redeemed>),
+    /// A chunk stored; its file is not complete yet.
+    ChunkStored,
 }
 
 /// Logs how the redeem ended and answers it.
-pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Redeemed, RedeemError>) -> Response<Body> {
-    let (site, outcome, client_gone) = match ended {
-        Ok(Redeemed { site, recorded }) => {
-            let done = if kind == TokenKind::Upload { "photo uploaded" } else { "photo replaced" };
+pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, RedeemError>) -> Response<Body> {
+    let (site, outcome, client_gone, replayed) = match ended {
+        Ok(Received::ChunkStored) => return text(StatusCode::OK, "ok".into()),
+        Ok(Received::File(redeemed)) => {
+            let Redeemed { site, recorded, replayed } = *redeemed;
+            let done = match (replayed, kind) {
+                (true, _) => "chunked upload answered again",
+                (false, TokenKind::Upload) => "photo uploaded",
+                (false, TokenKind::Replace) => "photo replaced",
+            };
             tracing::info!(photo_id = %recorded.photo_id, version = recorded.version.number, size = recorded.version.file.size, "{done}");
             let outcome = Outcome::Stored {
                 photo_id: recorded.photo_id.to_string(),
                 tree_id: recorded.tree_id,
                 token: recorded.token.as_str().to_owned(),
             };
-            (site, outcome, false)
+            (site, outcome, false, replayed)
         }
         Err(error) => {
             error.log();
@@ -43,7 +59,7 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Redeemed, Rede
                 }
                 RedeemError::Failed { site, cause } => {
                     let client_gone = cause.client_gone();
-                    (site, Outcome::Failed { error_message: cause.error_message() }, client_gone)
+                    (site, Outcome::Failed { error_message: cause.error_message() }, client_gone, false)
                 }
             }
         }
@@ -55,16 +71,18 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Redeemed, Rede
         outcome,
         extras,
     };
-    deliver(ctx, &grant, by_script, &data, client_gone).await
+    deliver(ctx, &grant, by_script, &data, client_gone, replayed).await
 }
 
-/// Tells the site and the client how it went; `by_script`: see [`SiteReturn`].
+/// Tells the site and the client how it went; `by_script`: see
+/// [`SiteReturn`]; `replayed`: the site was told already.
 async fn deliver(
     ctx: &Context,
     grant: &TokenGrant,
     by_script: bool,
     data: &ReturnData,
     client_gone: bool,
+    replayed: bool,
 ) -> Response<Body> {
     let return_url = grant.return_url.as_deref().and_then(|u| url::Url::parse(u).ok());
     let Some(return_url) = return_url else {
@@ -80,6 +98,12 @@ async fn deliver(
             return text(StatusCode::OK, url.to_string());
         }
         return callback::browser_answer(&return_url, data);
+    }
+    if replayed {
+        return text(
+            StatusCode::OK,
+            callback::background_answer(data, &callback::callback_url(&return_url, data)),
+        );
     }
     if client_gone {
         // Nobody is waiting for this answer: do not call the site about an

@@ -8,7 +8,9 @@
 //! Both libraries cut a file the same way: `max(floor(size / chunk), 1)`
 //! chunks, the last one holding the rest (1× to 2× the chunk size), or with
 //! `forceChunkSize`, `ceil(size / chunk)` chunks, the last one smaller;
-//! chunk `n` starts at `(n - 1) × chunk` either way.
+//! chunk `n` starts at `(n - 1) × chunk` either way ([`Sizing`]).
+
+pub use crate::storage::chunked::Sizing;
 
 /// The parameter names of one library.
 struct Names {
@@ -17,6 +19,15 @@ struct Names {
     current_size: &'static str,
     total_size: &'static str,
     identifier: &'static str,
+    filename: &'static str,
+    /// flow.js sends no type.
+    declared_type: Option<&'static str>,
+}
+
+/// Whether `name` is a parameter of either library's protocol (not an
+/// extra parameter for the site).
+pub fn is_protocol_parameter(name: &str) -> bool {
+    name.starts_with("resumable") || name.starts_with("flow")
 }
 
 const RESUMABLE: Names = Names {
@@ -25,6 +36,8 @@ const RESUMABLE: Names = Names {
     current_size: "resumableCurrentChunkSize",
     total_size: "resumableTotalSize",
     identifier: "resumableIdentifier",
+    filename: "resumableFilename",
+    declared_type: Some("resumableType"),
 };
 
 const FLOW: Names = Names {
@@ -33,6 +46,8 @@ const FLOW: Names = Names {
     current_size: "flowCurrentChunkSize",
     total_size: "flowTotalSize",
     identifier: "flowIdentifier",
+    filename: "flowFilename",
+    declared_type: None,
 };
 
 /// One chunk, as its request describes it.
@@ -47,6 +62,9 @@ pub struct Chunk {
     pub total_size: u64,
     /// The library's name for the file (`size-filename` by default).
     pub identifier: String,
+    pub filename: String,
+    /// What the library says the file is (may be empty); never trusted.
+    pub declared_type: String,
 }
 
 impl Chunk {
@@ -58,42 +76,18 @@ impl Chunk {
     /// Whether the chunk's number and size fit the libraries' arithmetic,
     /// by either sizing.
     pub fn fits(&self) -> bool {
-        [Sizing::Floor, Sizing::Ceil].iter().any(|sizing| {
-            match (sizing.size_of(self.number, self), self.current_size) {
+        Sizing::BOTH.iter().any(|sizing| {
+            match (sizing.size_of(self.number, self.total_size, self.chunk_size), self.current_size) {
                 (Some(expected), Some(size)) => expected == size,
                 (Some(_), None) => true,
                 (None, _) => false,
             }
         })
     }
-}
 
-/// How the library cut the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sizing {
-    /// The default: `max(floor(total / chunk), 1)` chunks, the last one 1×–2×.
-    Floor,
-    /// `forceChunkSize`: `ceil(total / chunk)` chunks, the last one smaller.
-    Ceil,
-}
-
-impl Sizing {
-    /// How many chunks a file of `total` bytes has in chunks of `chunk`.
-    pub fn chunks(self, total: u64, chunk: u64) -> u64 {
-        match self {
-            Sizing::Floor => (total / chunk).max(1),
-            Sizing::Ceil => total.div_ceil(chunk).max(1),
-        }
-    }
-
-    /// The size chunk `number` of the file must have; `None` past the last.
-    fn size_of(self, number: u64, chunk: &Chunk) -> Option<u64> {
-        let count = self.chunks(chunk.total_size, chunk.chunk_size);
-        if number == 0 || number > count {
-            return None;
-        }
-        let start = (number - 1).checked_mul(chunk.chunk_size)?;
-        Some(if number == count { chunk.total_size - start } else { chunk.chunk_size })
+    /// The sizings this chunk fits (its size given).
+    pub fn sizings(&self, size: u64) -> Vec<Sizing> {
+        Sizing::fitting(self.number, size, self.total_size, self.chunk_size)
     }
 }
 
@@ -150,6 +144,11 @@ fn read(names: &Names, query: &[(String, String)], fields: &[(String, String)]) 
         current_size: number(names.current_size)?,
         total_size: required(names.total_size)?,
         identifier: value(query, fields, names.identifier)?.unwrap_or_default().to_owned(),
+        filename: value(query, fields, names.filename)?.unwrap_or_default().to_owned(),
+        declared_type: match names.declared_type {
+            Some(name) => value(query, fields, name)?.unwrap_or_default().to_owned(),
+            None => String::new(),
+        },
     })
 }
 
@@ -183,22 +182,19 @@ mod tests {
             current_size: Some(current),
             total_size: total,
             identifier: "id".into(),
+            filename: "a.mp4".into(),
+            declared_type: String::new(),
         }
     }
 
     #[test]
-    fn both_sizings_are_the_libraries_arithmetic() {
+    fn a_chunk_fits_either_sizing_and_is_whole_only_alone() {
         const MIB: u64 = 1 << 20;
-        // 3.5 MiB in 1 MiB chunks: floor gives 3 (the last 1.5 MiB), ceil 4 (the last 0.5 MiB).
         let total = 3 * MIB + MIB / 2;
-        assert_eq!((Sizing::Floor.chunks(total, MIB), Sizing::Ceil.chunks(total, MIB)), (3, 4));
-        assert!(chunk(1, MIB, total, MIB).fits());
         assert!(chunk(3, MIB + MIB / 2, total, MIB).fits(), "floor's last chunk");
-        assert!(chunk(3, MIB, total, MIB).fits(), "ceil's third chunk");
         assert!(chunk(4, MIB / 2, total, MIB).fits(), "ceil's last chunk");
         assert!(!chunk(4, MIB, total, MIB).fits());
         assert!(!chunk(5, 1, total, MIB).fits());
-        assert!(!chunk(2, MIB - 1, total, MIB).fits());
         // Smaller than one chunk, and empty: one chunk holding everything.
         assert!(chunk(1, 10, 10, MIB).is_whole_file());
         assert!(chunk(1, 0, 0, MIB).is_whole_file());

@@ -34,8 +34,18 @@ pub enum Refusal {
     DuplicateToken,
     /// A parameter breaks its rule; the text says which and how.
     BadParameter(String),
-    /// A file sent in more than one chunk (not taken yet).
+    /// A file sent in more than one chunk, to an object store that cannot
+    /// take them (the in-memory one of the unit tests).
     ChunksNotSupported,
+    /// The chunk's file was cancelled (its type refused, its completion
+    /// failed); the text says why, the same for every chunk of it.
+    FileCancelled(String),
+    /// The chunk's file had no chunk for this many seconds and was dropped.
+    FileAbandoned(u64),
+    /// Another request is completing the chunk's file (or its part).
+    StillCompleting,
+    /// The object store failed, passingly as far as anyone knows.
+    StorageUnavailable(crate::storage::StorageError),
     /// Chunk parameters that are not numbers, disagree, or describe a
     /// chunk that cannot be (or a file over the size limit).
     BadChunk(String),
@@ -105,6 +115,9 @@ impl RedeemError {
             RedeemError::Refused(Refusal::Unavailable(e)) => {
                 tracing::warn!(error = %crate::causes::chain(e), "redeem refused: the state store is unavailable")
             }
+            RedeemError::Refused(Refusal::StorageUnavailable(e)) => {
+                tracing::warn!(error = %crate::causes::chain(e), "chunk refused: the object store failed")
+            }
             RedeemError::Refused(Refusal::Busy) => {
                 tracing::warn!("redeem refused: limits.max_concurrent_uploads reached")
             }
@@ -140,7 +153,15 @@ impl Refusal {
             // 501 and 500 are permanent for Resumable.js and flow.js alike.
             Refusal::ChunksNotSupported => refuse(
                 StatusCode::NOT_IMPLEMENTED,
-                "Files sent in more than one chunk are not accepted yet; send the file in one request (a chunk size larger than the file).",
+                "This object store does not take files in chunks; send the file in one request.",
+            ),
+            // 415 is permanent for Resumable.js and flow.js alike.
+            Refusal::FileCancelled(message) => {
+                refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("The file was refused: {message}."))
+            }
+            Refusal::FileAbandoned(secs) => refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("The file's upload was abandoned (no chunk for {secs} seconds); start it again."),
             ),
             Refusal::BadChunk(message) => {
                 refuse(StatusCode::INTERNAL_SERVER_ERROR, &format!("The chunk was refused: {message}."))
@@ -153,7 +174,15 @@ impl Refusal {
                 refuse(StatusCode::NOT_FOUND, &format!("The {name} is unknown or has expired."))
             }
             Refusal::UsedUp => refuse(StatusCode::NOT_FOUND, &format!("The {name} has no uploads left.")),
-            Refusal::Busy | Refusal::Unavailable(_) => {
+            Refusal::StillCompleting => {
+                let mut response = refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The file is being completed; send the chunk again.",
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Refusal::Busy | Refusal::Unavailable(_) | Refusal::StorageUnavailable(_) => {
                 let mut response = refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "The service is temporarily unavailable; please try again.",

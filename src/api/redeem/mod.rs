@@ -17,6 +17,7 @@
 mod answer;
 mod budget;
 mod chunk;
+mod chunked;
 mod error;
 mod slot;
 
@@ -29,13 +30,15 @@ use super::params::file_identifier;
 use crate::context::Context;
 use crate::domain::{ReplaceToken, unix_now};
 use crate::http::{
-    Body, BodyKind, body_kind, body_stream, client_address, empty, method_not_allowed, query_params,
+    Body, BodyKind, body_kind, body_stream, client_address, empty, method_not_allowed, query_params, text,
 };
+use crate::storage::ByteStream;
 use crate::store::{ReserveError, TokenGrant, TokenKind, TokenPurpose};
 use crate::upload::{FilePart, Form, StoredFile};
-use answer::Redeemed;
+use answer::{Received, Redeemed};
 use budget::FailureBudget;
-use chunk::{ChunkParams, chunk_params};
+use chunk::{Chunk, ChunkParams, chunk_params, is_protocol_parameter};
+use chunked::{ChunkEnd, ChunkError, ChunkRequest, Tested};
 use error::{Failure, RedeemError, Refusal, SiteReturn};
 use slot::SlotLease;
 
@@ -51,14 +54,54 @@ pub async fn handle(
     kind: TokenKind,
 ) -> Response<Body> {
     match *request.method() {
-        // Resumable.js asks (testChunks) whether a chunk is already there
-        // before sending it; anything but 200 means "send it".
-        Method::GET | Method::HEAD => empty(StatusCode::NO_CONTENT),
+        // Resumable.js and flow.js ask (testChunks) whether a chunk is
+        // already there before sending it; anything but 200 means "send it".
+        Method::GET | Method::HEAD => test_chunk(ctx, &request, kind).await,
         Method::POST => {
             let ended = redeem(ctx, request, peer, kind).await;
             answer::answer(ctx, kind, ended).await
         }
         _ => method_not_allowed("GET, HEAD, POST"),
+    }
+}
+
+/// A test `GET` of a chunk: `200` stored, `204` not (or not a chunk), a
+/// complete file's outcome again, or the refusal every chunk of it gets.
+async fn test_chunk(ctx: &Context, request: &Request<Incoming>, kind: TokenKind) -> Response<Body> {
+    let query = query_params(request.uri());
+    let (Ok(Some(chunk)), Ok(Some(token))) =
+        (checked_chunk(ctx, &query, &[]), the_token(kind.field(), &query, &[]))
+    else {
+        return empty(StatusCode::NO_CONTENT);
+    };
+    let ended = match chunked::test(ctx, kind, token, &chunk).await {
+        Tested::Stored => return text(StatusCode::OK, "ok".into()),
+        Tested::Missing => return empty(StatusCode::NO_CONTENT),
+        Tested::Completed(file) => {
+            let site = site_return(kind.field(), &file.grant, &query, &[], true);
+            Ok(Received::File(Box::new(Redeemed { site, recorded: file.recorded, replayed: true })))
+        }
+        Tested::Refused(refusal) => Err(refusal.into()),
+    };
+    answer::answer(ctx, kind, ended).await
+}
+
+/// The chunk a request's parameters describe, if they describe one; a
+/// file over `limits.max_upload_bytes` is refused at any chunk, the first
+/// included, before anything is stored.
+fn checked_chunk(
+    ctx: &Context,
+    query: &[(String, String)],
+    fields: &[(String, String)],
+) -> Result<Option<Chunk>, Refusal> {
+    match chunk_params(query, fields) {
+        ChunkParams::WholeFile => Ok(None),
+        ChunkParams::Invalid(message) => Err(Refusal::BadChunk(message)),
+        ChunkParams::Chunk(chunk) if chunk.total_size > ctx.config.limits.max_upload_bytes => {
+            let limit = ctx.config.limits.max_upload_bytes;
+            Err(Refusal::BadChunk(format!("the file is larger than limits.max_upload_bytes ({limit} bytes)")))
+        }
+        ChunkParams::Chunk(chunk) => Ok(Some(chunk)),
     }
 }
 
@@ -68,17 +111,22 @@ async fn redeem(
     request: Request<Incoming>,
     peer: SocketAddr,
     kind: TokenKind,
-) -> Result<Redeemed, RedeemError> {
+) -> Result<Received, RedeemError> {
     let field = kind.field();
     let (head, body) = request.into_parts();
     let query = query_params(&head.uri);
+    let client = client_address(&head.headers, peer, &ctx.config.server.trusted_proxies);
     let boundary = match body_kind(&head.method, &head.headers) {
         Ok(BodyKind::Multipart(boundary)) => boundary,
         // The libraries' `octet` mode: a raw chunk, its parameters in the query.
-        Ok(_) if chunk_params(&query, &[]) != ChunkParams::WholeFile => {
-            return Err(Refusal::ChunksNotSupported.into());
+        Ok(_) => {
+            let chunk = checked_chunk(ctx, &query, &[])?.ok_or(Refusal::NotMultipart)?;
+            let _receiving = ctx.try_begin_upload().ok_or(Refusal::Busy)?;
+            let token = the_token(field, &query, &[])?.ok_or(Refusal::MissingToken)?.to_owned();
+            let bytes: ByteStream = Box::pin(body_stream(body, ctx.body_idle_timeout()));
+            let request = ChunkRequest { kind, token, chunk, client };
+            return receive_chunk(ctx, &request, bytes, &query, &[]).await;
         }
-        Ok(_) => return Err(Refusal::NotMultipart.into()),
         Err(e) => return Err(Refusal::BadContentType(e.client_message()).into()),
     };
     // Refused before any slot is reserved: the client may simply retry.
@@ -93,32 +141,38 @@ async fn redeem(
 
     // 2. The token.
     let token = the_token(field, &query, form.fields())?.ok_or(Refusal::MissingToken)?.to_owned();
-    // A file sent in chunks is not taken yet; one chunk that is the whole
-    // file is (Resumable.js and flow.js send small files so), answered as
-    // a script needs.
-    let whole_chunk = match chunk_params(&query, form.fields()) {
-        ChunkParams::WholeFile => None,
-        ChunkParams::Invalid(message) => return Err(Refusal::BadChunk(message).into()),
-        ChunkParams::Chunk(chunk) if chunk.total_size > ctx.config.limits.max_upload_bytes => {
-            let limit = ctx.config.limits.max_upload_bytes;
-            return Err(Refusal::BadChunk(format!(
-                "the file is larger than limits.max_upload_bytes ({limit} bytes)"
-            ))
-            .into());
+    // One chunk that is the whole file (Resumable.js and flow.js send
+    // small files so) is taken as a whole file, answered as a script needs.
+    let whole_chunk = match checked_chunk(ctx, &query, form.fields())? {
+        Some(chunk) if chunk.is_whole_file() => Some(chunk),
+        Some(chunk) => {
+            let file = file.ok_or_else(|| Refusal::BadChunk("the request has no file part".into()))?;
+            let (bytes, _) = file.into_stream().await.map_err(Refusal::Unreadable)?;
+            let request = ChunkRequest { kind, token, chunk, client };
+            return receive_chunk(ctx, &request, bytes, &query, form.fields()).await;
         }
-        ChunkParams::Chunk(chunk) if chunk.is_whole_file() => Some(chunk),
-        ChunkParams::Chunk(_) => return Err(Refusal::ChunksNotSupported.into()),
+        None => None,
     };
+    // The file's identifier, whose metadata `update-upload-token` may have set apart.
+    let identifier = match &whole_chunk {
+        Some(chunk) => Some(chunk.identifier.as_str()),
+        None => query
+            .iter()
+            .chain(form.fields())
+            .find(|(name, _)| name == FILE_IDENTIFIER_FIELD)
+            .map(|(_, v)| v.as_str()),
+    };
+    let identifier = identifier.map(file_identifier).transpose().map_err(Refusal::BadParameter)?;
+    let identifier = identifier.filter(|f| !f.is_empty()).map(str::to_owned);
 
     // 3. A slot.
-    let client = client_address(&head.headers, peer, &ctx.config.server.trusted_proxies);
     let lease = reserve(ctx, &token, kind, client).await?;
 
     // 4. The bytes, then whatever follows them.
     let stored = match store(ctx, &mut form, file).await {
         Ok(stored) => stored,
         Err(cause) => {
-            let site = site_return(field, lease.grant(), &query, form.fields());
+            let site = site_return(field, lease.grant(), &query, form.fields(), whole_chunk.is_some());
             lease.refund().await;
             return Err(RedeemError::after_slot(site, cause));
         }
@@ -140,21 +194,11 @@ async fn redeem(
     }
 
     // 5. The commit.
-    let mut site = site_return(field, lease.grant(), &query, form.fields());
-    site.by_script = whole_chunk.is_some();
-    let file = query.iter().chain(form.fields()).find(|(name, _)| name == FILE_IDENTIFIER_FIELD);
-    let file = match file.map(|(_, value)| file_identifier(value)).transpose() {
-        Ok(file) => file.filter(|f| !f.is_empty()),
-        Err(message) => {
-            stored.discard().await;
-            lease.refund().await;
-            return Err(Refusal::BadParameter(message).into());
-        }
-    };
-    match lease.commit(stored.version(unix_now()), file).await {
+    let site = site_return(field, lease.grant(), &query, form.fields(), whole_chunk.is_some());
+    match lease.commit(stored.version(unix_now()), identifier.as_deref()).await {
         Ok(recorded) => {
             stored.keep();
-            Ok(Redeemed { site, recorded })
+            Ok(Received::File(Box::new(Redeemed { site, recorded, replayed: false })))
         }
         Err(failed) => {
             if failed.maybe_recorded {
@@ -189,15 +233,41 @@ fn the_token<'a>(
     }
 }
 
+/// Receives one chunk of a file sent in chunks and says how it ended.
+async fn receive_chunk(
+    ctx: &Context,
+    request: &ChunkRequest,
+    bytes: ByteStream,
+    query: &[(String, String)],
+    fields: &[(String, String)],
+) -> Result<Received, RedeemError> {
+    let field = request.kind.field();
+    match chunked::receive(ctx, request, bytes).await {
+        Ok(ChunkEnd::Stored) => Ok(Received::ChunkStored),
+        Ok(ChunkEnd::File(file)) => {
+            let site = site_return(field, &file.grant, query, fields, true);
+            Ok(Received::File(Box::new(Redeemed { site, recorded: file.recorded, replayed: file.replayed })))
+        }
+        Err(ChunkError::Refused(refusal)) => Err(refusal.into()),
+        Err(ChunkError::Failed { grant, cause }) => {
+            Err(RedeemError::after_slot(site_return(field, &grant, query, fields, true), cause))
+        }
+    }
+}
+
 /// Whom to tell: the token's terms, and the extra parameters repeated to
 /// the site: an upload token's own first, then the request's (query, then
-/// fields; one given both ways with the same value, once). The site set the token's, so a visitor's parameter of the same
-/// name is dropped rather than allowed to stand in for it.
+/// fields; one given both ways with the same value, once). The site set
+/// the token's, so a visitor's parameter of the same name is dropped
+/// rather than allowed to stand in for it. A chunk's request (`by_script`)
+/// leaves out the library's own parameters, which differ from chunk to
+/// chunk.
 fn site_return(
     field: &str,
     grant: &TokenGrant,
     query: &[(String, String)],
     fields: &[(String, String)],
+    by_script: bool,
 ) -> SiteReturn {
     let own: &[(String, String)] = match &grant.purpose {
         TokenPurpose::Upload { upload } => &upload.extras,
@@ -208,12 +278,9 @@ fn site_return(
     let from_request = query
         .iter()
         .chain(from_form)
-        .filter(|(name, _)| name != field && !own.iter().any(|(set, _)| set == name));
-    SiteReturn {
-        grant: grant.clone(),
-        extras: own.iter().chain(from_request).cloned().collect(),
-        by_script: false,
-    }
+        .filter(|(name, _)| name != field && !own.iter().any(|(set, _)| set == name))
+        .filter(|(name, _)| !(by_script && is_protocol_parameter(name)));
+    SiteReturn { grant: grant.clone(), extras: own.iter().chain(from_request).cloned().collect(), by_script }
 }
 
 /// Step 3: a slot of `token`. An unknown or expired token counts against
@@ -228,11 +295,19 @@ async fn reserve(ctx: &Context, token: &str, kind: TokenKind, client: IpAddr) ->
     };
     match reserved {
         Ok(lease) => Ok(lease),
-        Err(ReserveError::Unknown | ReserveError::Expired) => {
+        Err(refused) => Err(reserve_refusal(ctx, client, refused).await),
+    }
+}
+
+/// The refusal of a slot: an unknown or expired token counts against the
+/// client's failure budget.
+async fn reserve_refusal(ctx: &Context, client: IpAddr, refused: ReserveError) -> Refusal {
+    match refused {
+        ReserveError::Unknown | ReserveError::Expired => {
             let past_budget = FailureBudget::of(ctx, client, unix_now()).count_failure().await;
-            Err(if past_budget { Refusal::UnknownTokenPastBudget } else { Refusal::UnknownToken })
+            if past_budget { Refusal::UnknownTokenPastBudget } else { Refusal::UnknownToken }
         }
-        Err(refused) => Err(refused.into()),
+        refused => refused.into(),
     }
 }
 

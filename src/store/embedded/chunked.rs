@@ -63,10 +63,15 @@ impl FileRecord {
         matches!(self.stage, StoredStage::Receiving) && self.deadline <= now
     }
 
-    /// How many chunks the file has, once its sizing is known.
+    /// How many chunks the file has, once its sizing is known (or when both
+    /// sizings cut it into as many chunks: then they cut it the same way).
     fn chunk_count(&self) -> Option<u64> {
         let object = &self.terms.object;
-        self.sizing.map(|s| s.chunks(object.total_size, object.chunk_size))
+        let [floor, ceil] = Sizing::BOTH.map(|s| s.chunks(object.total_size, object.chunk_size));
+        match self.sizing {
+            Some(sizing) => Some(sizing.chunks(object.total_size, object.chunk_size)),
+            None => (floor == ceil).then_some(floor),
+        }
     }
 
     /// Whether every chunk of `part` is stored (`stored` says of one).

@@ -421,6 +421,7 @@ mod tests {
             size: 3,
             content_type: "image/jpeg".to_owned(),
             sha256: "00".repeat(32),
+            crc64nvme: None,
             original_filename: None,
             created_at: 1,
         }

@@ -89,11 +89,13 @@ local function layout(file)
   local object = cjson.decode(file.terms).object
   local total, size = object.total_size, object.chunk_size
   local floor_count = math.max(math.floor(total / size), 1)
+  local ceil_count = math.max(math.ceil(total / size), 1)
   local count = nil
-  if file.sizing == 'floor' then
+  if file.sizing == 'floor' or floor_count == ceil_count then
+    -- (When both sizings make as many chunks, they cut the file alike.)
     count = floor_count
   elseif file.sizing == 'ceil' then
-    count = math.max(math.ceil(total / size), 1)
+    count = ceil_count
   end
   return object.chunks_per_part, count, floor_count
 end

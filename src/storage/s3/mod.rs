@@ -12,6 +12,8 @@
 //! multipart upload is aborted. Uploads orphaned by a crashed process are
 //! aborted by the store's sweep, which the application runs periodically.
 
+mod chunked;
+
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -320,6 +322,10 @@ impl ObjectStore for S3ObjectStore {
     /// Aborts multipart uploads under the receiver's key space that were
     /// started more than `min_age` ago (left by a process that died).
     /// Returns how many were aborted.
+    fn chunked(&self) -> Option<&dyn super::chunked::ChunkedObjects> {
+        Some(self)
+    }
+
     async fn sweep(&self, min_age: Duration) -> Result<usize, StorageError> {
         let cutoff = SystemTime::now() - min_age;
         let mut aborted = 0;
@@ -338,7 +344,10 @@ impl ObjectStore for S3ObjectStore {
             for upload in page.uploads() {
                 let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
                 let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
-                if is_orphaned(started, cutoff) {
+                // A chunked file's assembly lasts as long as chunks come:
+                // `sweep_chunked` asks the state store about it.
+                let chunked = ObjectKey::parse(key).is_ok_and(|key| key.is_chunked());
+                if !chunked && is_orphaned(started, cutoff) {
                     abort(&self.client, &self.bucket, key, id).await?;
                     aborted += 1;
                 }

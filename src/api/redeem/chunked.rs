@@ -1,0 +1,453 @@
+//! One chunk of a file sent in chunks (Resumable.js, flow.js), on any
+//! instance, in any order. The walk of a chunk:
+//! 1. file: the file's record, or it is begun by this chunk (the token's
+//!    slot reserved and the object's assembly started); a finished file
+//!    answers its outcome (completed) or its refusal (cancelled).
+//! 2. checks: the chunk agrees with what the first chunk pinned; chunk 1's
+//!    type is identified, a refused one cancelling the file.
+//! 3. bytes: stored at their place ([`ChunkedObjects::put_chunk`]).
+//! 4. record: the state store says what follows, atomically: nothing, a
+//!    part to make (its last chunk arrived), the file to complete (its last
+//!    missing piece arrived), or wait (another request does that now).
+//! 5. complete: the object assembled, then the version and the slot
+//!    committed together, the outcome kept with the file for replays.
+//!
+//! A passing failure (state store, object store) is a `503` the libraries
+//! retry; the work a failed request claimed passes to a later copy of the
+//! chunk when its claim runs out.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use super::chunk::Chunk;
+use super::error::{Failure, Refusal};
+use super::reserve_refusal;
+use crate::context::Context;
+use crate::domain::{ReplaceToken, unix_now};
+use crate::storage::chunked::{ChunkedObjects, Sizing, combine_crc64};
+use crate::storage::{ByteStream, StorageError};
+use crate::store::chunked::{
+    Begun, ChunkedFile, ChunkedTerms, FileId, ReadyFile, Recorded, Stage, StoredChunk,
+};
+use crate::store::{CommitError, RecordedVersion, ReserveError, TokenGrant, TokenKind, VersionFile};
+use crate::upload::media::{self, UNRECOGNISED};
+use crate::upload::{UploadError, clean_filename, storage_error};
+
+/// How long a chunk waits for another request that is making its part or
+/// completing its file, before it is answered `503` (and sent again).
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+/// How often it asks meanwhile.
+const BUSY_POLL: Duration = Duration::from_millis(200);
+
+/// One chunk's request.
+pub struct ChunkRequest {
+    pub kind: TokenKind,
+    pub token: String,
+    pub chunk: Chunk,
+    pub client: IpAddr,
+}
+
+/// How a chunk that was not refused ended.
+pub enum ChunkEnd {
+    /// Stored; the file is not complete yet.
+    Stored,
+    File(Box<Finished>),
+}
+
+/// A complete file: by this chunk, or before it (`replayed`).
+pub struct Finished {
+    pub grant: TokenGrant,
+    pub recorded: RecordedVersion,
+    pub replayed: bool,
+}
+
+fn finished(grant: TokenGrant, recorded: RecordedVersion, replayed: bool) -> ChunkEnd {
+    ChunkEnd::File(Box::new(Finished { grant, recorded, replayed }))
+}
+
+/// Why a chunk did not end well.
+pub enum ChunkError {
+    Refused(Refusal),
+    /// The file's completion failed; the site is told.
+    Failed {
+        grant: TokenGrant,
+        cause: Failure,
+    },
+}
+
+impl From<Refusal> for ChunkError {
+    fn from(refusal: Refusal) -> Self {
+        ChunkError::Refused(refusal)
+    }
+}
+
+/// A test `GET` (the libraries' `testChunks`): is this chunk stored?
+pub enum Tested {
+    /// `200`: stored, and the file is not waiting for it.
+    Stored,
+    /// `204`: send it.
+    Missing,
+    /// The file is complete: its outcome again.
+    Completed(Box<Finished>),
+    Refused(Refusal),
+}
+
+/// Answers a test `GET` of `chunk`. A chunk of a file whose every chunk is
+/// stored but which is not committed yet is `Missing`: sending it again
+/// completes the file (or takes over a completion that died).
+pub async fn test(ctx: &Context, kind: TokenKind, token: &str, chunk: &Chunk) -> Tested {
+    let Ok(token) = token.parse::<ReplaceToken>() else { return Tested::Missing };
+    let id = FileId { token, identifier: chunk.identifier.clone() };
+    let file = match ctx.state.chunked().file(&id, chunk.number, unix_now()).await {
+        Ok(Some(file)) if file.reservation.grant.kind() == kind => file,
+        Ok(_) => return Tested::Missing,
+        Err(e) => return Tested::Refused(Refusal::Unavailable(e)),
+    };
+    match file.stage {
+        Stage::Completed(recorded) => {
+            Tested::Completed(Box::new(Finished { grant: file.reservation.grant, recorded, replayed: true }))
+        }
+        Stage::Cancelled { message } => Tested::Refused(Refusal::FileCancelled(message)),
+        Stage::Receiving => {
+            // Every chunk stored, yet not committed: the completion died.
+            let object = &file.terms.object;
+            let counts = Sizing::BOTH.map(|s| s.chunks(object.total_size, object.chunk_size));
+            let count = match file.sizing {
+                Some(sizing) => Some(sizing.chunks(object.total_size, object.chunk_size)),
+                None => (counts[0] == counts[1]).then_some(counts[0]),
+            };
+            let all_stored = count.is_some_and(|count| file.chunks_stored >= count);
+            if file.has_chunk && !all_stored { Tested::Stored } else { Tested::Missing }
+        }
+    }
+}
+
+/// Receives one chunk whose bytes are `body`.
+pub async fn receive(
+    ctx: &Context,
+    request: &ChunkRequest,
+    body: ByteStream,
+) -> Result<ChunkEnd, ChunkError> {
+    let objects = ctx.objects.chunked().ok_or(Refusal::ChunksNotSupported)?;
+    let chunk = &request.chunk;
+    let size = chunk.current_size.ok_or_else(|| {
+        Refusal::BadChunk(
+            "the chunk's own size (resumableCurrentChunkSize or flowCurrentChunkSize) is missing".into(),
+        )
+    })?;
+    let sizings = chunk.sizings(size);
+    let implied = match sizings.as_slice() {
+        [only] => Some(*only),
+        _ => None,
+    };
+    crate::api::params::file_identifier(&chunk.identifier).map_err(Refusal::BadParameter)?;
+    let Ok(token) = request.token.parse::<ReplaceToken>() else {
+        return Err(reserve_refusal(ctx, request.client, ReserveError::Unknown).await.into());
+    };
+    let id = FileId { token, identifier: chunk.identifier.clone() };
+    let now = unix_now();
+
+    // Chunk 1 says what the file is, before anything of it is stored.
+    let (media_type, body) = if chunk.number == 1 {
+        let (kind, body) = media::sniff(body)
+            .await
+            .map_err(|e| Refusal::Unreadable(UploadError::Interrupted(e.to_string())))?;
+        (Some(kind), body)
+    } else {
+        (None, body)
+    };
+
+    // 1. The file.
+    let file = match ctx.state.chunked().file(&id, chunk.number, now).await.map_err(Refusal::Unavailable)? {
+        Some(file) if file.reservation.grant.kind() == request.kind => file,
+        Some(_) => return Err(reserve_refusal(ctx, request.client, ReserveError::Unknown).await.into()),
+        None => begin(ctx, objects, request, &id, media_type.unwrap_or(UNRECOGNISED), now).await?,
+    };
+    let grant = file.reservation.grant.clone();
+    match &file.stage {
+        Stage::Completed(recorded) => {
+            return Ok(finished(grant, recorded.clone(), true));
+        }
+        Stage::Cancelled { message } => return Err(Refusal::FileCancelled(message.clone()).into()),
+        Stage::Receiving => {}
+    }
+
+    // 2. The checks.
+    pinned(&file, chunk, &sizings)?;
+    if let Some(kind) = media_type
+        && !ctx.config.limits.allowed_media_types.allows(kind)
+    {
+        let message = UploadError::MediaType(kind).to_string();
+        cancel(ctx, &id, &file, &message).await;
+        return Err(Refusal::FileCancelled(message).into());
+    }
+
+    // 3. The bytes.
+    let receipt = match objects.put_chunk(&file.terms.object, chunk.number, size, exactly(body, size)).await {
+        Ok(receipt) if receipt.size == size => receipt,
+        Ok(receipt) => {
+            return Err(Refusal::BadChunk(format!(
+                "the chunk holds {} bytes, not the {size} it announced",
+                receipt.size
+            ))
+            .into());
+        }
+        Err(StorageError::Source(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(Refusal::BadChunk(e.to_string()).into());
+        }
+        Err(e) => return Err(storage_refusal(e).into()),
+    };
+    ctx.metrics.bytes_received.inc_by(receipt.size);
+    ctx.metrics.chunk_bytes.inc_by(receipt.size);
+
+    // 4. What follows.
+    let stored = StoredChunk {
+        number: chunk.number,
+        receipt,
+        sizing: implied,
+        media_type: media_type.map(str::to_owned),
+    };
+    let recorded = record(ctx, &id, &stored).await?;
+    if matches!(recorded, Recorded::Stored { duplicate: true }) {
+        ctx.metrics.chunks.with_label_values(&["duplicate"]).inc();
+    } else {
+        ctx.metrics.chunks.with_label_values(&["stored"]).inc();
+    }
+    settle(ctx, objects, &id, &file, &stored, recorded).await
+}
+
+/// Step 1 for a file not known yet: its token checked, its assembly
+/// started, then the file begun (or joined, when another chunk began it
+/// meanwhile: its assembly is kept, this one's aborted).
+async fn begin(
+    ctx: &Context,
+    objects: &dyn ChunkedObjects,
+    request: &ChunkRequest,
+    id: &FileId,
+    content_type: &str,
+    now: u64,
+) -> Result<ChunkedFile, ChunkError> {
+    // An unknown token starts nothing in the object store.
+    let status = ctx.state.token_status(&id.token, now).await.map_err(Refusal::Unavailable)?;
+    if !status.is_some_and(|s| s.grant.kind() == request.kind && s.grant.valid_until > now) {
+        return Err(reserve_refusal(ctx, request.client, ReserveError::Unknown).await.into());
+    }
+    let chunk = &request.chunk;
+    let object =
+        objects.begin(chunk.total_size, chunk.chunk_size, content_type).await.map_err(storage_refusal)?;
+    let terms = ChunkedTerms {
+        object,
+        filename: clean_filename(&chunk.filename),
+        declared_type: chunk.declared_type.clone(),
+    };
+    let lease = ctx.config.limits.chunked_idle_timeout_secs;
+    let begun = ctx.state.chunked().begin(id, request.kind, &terms, now, lease).await;
+    if !matches!(begun, Ok(Begun::Began(_))) {
+        abort_later(ctx, terms);
+    }
+    match begun {
+        Ok(Begun::Began(file)) => {
+            tracing::info!(token = ?id.token, identifier = %id.identifier, "chunked upload begun; slot reserved");
+            Ok(file)
+        }
+        Ok(Begun::Joined(file)) => Ok(file),
+        Err(refused) => Err(reserve_refusal(ctx, request.client, refused).await.into()),
+    }
+}
+
+/// Aborts an assembly nobody records, on a clean-up task.
+fn abort_later(ctx: &Context, terms: ChunkedTerms) {
+    let objects = std::sync::Arc::clone(&ctx.objects);
+    ctx.cleanup.spawn(async move {
+        if let Some(chunked) = objects.chunked()
+            && let Err(e) = chunked.abort(&terms.object).await
+        {
+            tracing::warn!(key = %terms.object.key, error = %crate::causes::chain(&e), "aborting a chunked file's assembly failed; the sweep will retry");
+        }
+    });
+}
+
+/// Step 2: the chunk agrees with the file's first chunk.
+fn pinned(
+    file: &ChunkedFile,
+    chunk: &Chunk,
+    sizings: &[crate::storage::chunked::Sizing],
+) -> Result<(), Refusal> {
+    let terms = &file.terms;
+    let differs = |what: &str, pinned: &dyn std::fmt::Display, given: &dyn std::fmt::Display| {
+        Refusal::BadChunk(format!("its {what} ({given}) differs from the file's first chunk's ({pinned})"))
+    };
+    if chunk.total_size != terms.object.total_size {
+        return Err(differs("total size", &terms.object.total_size, &chunk.total_size));
+    }
+    if chunk.chunk_size != terms.object.chunk_size {
+        return Err(differs("chunk size", &terms.object.chunk_size, &chunk.chunk_size));
+    }
+    if clean_filename(&chunk.filename) != terms.filename {
+        return Err(differs("file name", &terms.filename, &chunk.filename));
+    }
+    if chunk.declared_type != terms.declared_type {
+        return Err(differs("type", &terms.declared_type, &chunk.declared_type));
+    }
+    if let Some(sizing) = file.sizing
+        && !sizings.contains(&sizing)
+    {
+        return Err(Refusal::BadChunk(format!(
+            "chunk {} does not fit the file's chunking ({} sizing)",
+            chunk.number,
+            sizing.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// Cancels a refused file: its slot back, its staged bytes removed.
+async fn cancel(ctx: &Context, id: &FileId, file: &ChunkedFile, message: &str) {
+    let lease = ctx.config.limits.chunked_idle_timeout_secs;
+    if let Err(e) = ctx.state.chunked().cancel(id, message, unix_now(), lease).await {
+        tracing::warn!(error = %crate::causes::chain(&e), "cancelling a chunked file failed; its lease will run out");
+    }
+    ctx.metrics.chunked_files.with_label_values(&["cancelled"]).inc();
+    abort_later(ctx, file.terms.clone());
+}
+
+/// Records a stored chunk.
+async fn record(ctx: &Context, id: &FileId, stored: &StoredChunk) -> Result<Recorded, Refusal> {
+    let (lease, claim) = (ctx.config.limits.chunked_idle_timeout_secs, claim_secs(ctx));
+    ctx.state.chunked().record_chunk(id, stored, unix_now(), lease, claim).await.map_err(Refusal::Unavailable)
+}
+
+/// How long a claim on making a part or completing a file lasts: a few
+/// object-store calls.
+fn claim_secs(ctx: &Context) -> u64 {
+    3 * ctx.config.storage.timeout_secs + 5
+}
+
+/// Steps 4 and 5: does what the store's answer asks, until the chunk's
+/// part is done with.
+async fn settle(
+    ctx: &Context,
+    objects: &dyn ChunkedObjects,
+    id: &FileId,
+    file: &ChunkedFile,
+    stored: &StoredChunk,
+    mut recorded: Recorded,
+) -> Result<ChunkEnd, ChunkError> {
+    let grant = &file.reservation.grant;
+    let waiting_since = Instant::now();
+    loop {
+        recorded = match recorded {
+            Recorded::Stored { .. } => return Ok(ChunkEnd::Stored),
+            Recorded::PartReady { part, chunks } => {
+                let receipt =
+                    objects.put_part(&file.terms.object, part, &chunks).await.map_err(storage_refusal)?;
+                let (lease, claim) = (ctx.config.limits.chunked_idle_timeout_secs, claim_secs(ctx));
+                ctx.state
+                    .chunked()
+                    .record_part(id, &receipt, unix_now(), lease, claim)
+                    .await
+                    .map_err(Refusal::Unavailable)?
+            }
+            Recorded::FileReady(ready) => return complete(ctx, objects, id, file, ready).await,
+            Recorded::Busy if waiting_since.elapsed() < BUSY_WAIT => {
+                tokio::time::sleep(BUSY_POLL).await;
+                // This chunk is stored: recording it again finds the work
+                // done, or takes it over once its claim ran out.
+                record(ctx, id, stored).await?
+            }
+            Recorded::Busy => return Err(Refusal::StillCompleting.into()),
+            Recorded::SizingConflict => {
+                return Err(Refusal::BadChunk(format!(
+                    "chunk {} does not fit the file's chunking",
+                    stored.number
+                ))
+                .into());
+            }
+            Recorded::Cancelled { message } => return Err(Refusal::FileCancelled(message).into()),
+            Recorded::Completed(recorded) => {
+                return Ok(finished(grant.clone(), recorded, true));
+            }
+            Recorded::Gone => {
+                return Err(Refusal::FileAbandoned(ctx.config.limits.chunked_idle_timeout_secs).into());
+            }
+        }
+    }
+}
+
+/// Step 5: the object assembled, then committed with the slot.
+async fn complete(
+    ctx: &Context,
+    objects: &dyn ChunkedObjects,
+    id: &FileId,
+    file: &ChunkedFile,
+    ready: ReadyFile,
+) -> Result<ChunkEnd, ChunkError> {
+    let grant = file.reservation.grant.clone();
+    let object = &file.terms.object;
+    let size: u64 = ready.chunks.iter().map(|c| c.size).sum();
+    if size != object.total_size {
+        let cause = format!("its chunks hold {size} bytes, not the announced {}", object.total_size);
+        return Err(Refusal::BadChunk(cause).into());
+    }
+    objects.complete(object, &ready.parts).await.map_err(storage_refusal)?;
+    let now = unix_now();
+    let version = VersionFile {
+        object_key: object.key.clone(),
+        size,
+        content_type: ready.media_type.unwrap_or_else(|| UNRECOGNISED.to_owned()),
+        sha256: String::new(),
+        crc64nvme: Some(format!("{:016x}", combine_crc64(&ready.chunks))),
+        original_filename: Some(file.terms.filename.clone()).filter(|name| !name.is_empty()),
+        created_at: now,
+    };
+    let keep = ctx.config.limits.chunked_idle_timeout_secs;
+    match ctx.state.chunked().complete(id, &file.reservation, version, now, keep).await {
+        Ok(recorded) => {
+            ctx.metrics.chunked_files.with_label_values(&["completed"]).inc();
+            Ok(finished(grant, recorded, false))
+        }
+        // Perhaps applied before its answer was lost: the retry tells.
+        Err(CommitError::Store(e)) => Err(Refusal::Unavailable(e).into()),
+        Err(error) => {
+            // Completed meanwhile by a request that took the claim over?
+            if let Ok(Some(ChunkedFile { stage: Stage::Completed(recorded), .. })) =
+                ctx.state.chunked().file(id, 1, unix_now()).await
+            {
+                return Ok(finished(grant, recorded, true));
+            }
+            let failure = Failure::Commit(error);
+            cancel(ctx, id, file, &failure.error_message()).await;
+            if let Ok(key) = object.object_key() {
+                let _ = ctx.objects.delete(&key).await;
+            }
+            Err(ChunkError::Failed { grant, cause: failure })
+        }
+    }
+}
+
+/// A storage failure while a chunk is handled: the client's (it went away,
+/// a limit) or the store's (passing: `503`).
+fn storage_refusal(error: StorageError) -> Refusal {
+    match storage_error(error) {
+        UploadError::Storage(e) => Refusal::StorageUnavailable(e),
+        other => Refusal::Unreadable(other),
+    }
+}
+
+/// `body`, failing once it holds more than `size` bytes.
+fn exactly(body: ByteStream, size: u64) -> ByteStream {
+    let mut seen = 0u64;
+    Box::pin(body.map(move |bytes| {
+        let bytes = bytes?;
+        seen += bytes.len() as u64;
+        if seen > size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the chunk holds more than the {size} bytes it announced"),
+            ));
+        }
+        Ok(bytes)
+    }))
+}

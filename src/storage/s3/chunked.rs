@@ -1,0 +1,384 @@
+//! The S3 store's [`ChunkedObjects`]: a chunked file is one multipart
+//! upload, started by its first chunk.
+//!
+//! - Chunks of at least S3's minimum part size are parts themselves (part
+//!   number = chunk number), streamed from the client straight into
+//!   UploadPart: nothing is buffered.
+//! - Smaller chunks are staged as objects of their own
+//!   (`staging/<file>/<n>`), streamed the same way; the request that
+//!   stores the last chunk of a part reads the part's staged chunks back
+//!   into one buffer (a part: at least 5 MiB, at most
+//!   [`ChunkedObject::chunks_per_part`] chunks), uploads it as that part and
+//!   deletes them. That costs one more write and read of each byte inside
+//!   S3 and one part's buffer while it is made.
+//!
+//! Streamed requests have no overall timeout (a visitor's chunk takes as
+//! long as the visitor); the body's idle timeout bounds them instead.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::ByteStream as S3Body;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use hyper::body::{Frame, SizeHint};
+
+use super::{S3ObjectStore, abort, backend, sdk_error};
+use crate::storage::chunked::{
+    ChunkReceipt, ChunkedObject, ChunkedObjects, Crc64, LiveFiles, MIN_PART_BYTES, PartReceipt,
+    chunks_per_part,
+};
+use crate::storage::{ByteStream, ObjectKey, StorageError};
+
+/// Where staged chunks live: outside `media/`, never served.
+const STAGING: &str = "staging/";
+
+/// The staged copy of chunk `number`, and the prefix of all of a file's.
+fn staged_key(file: &ChunkedObject, number: u64) -> String {
+    format!("{}{number}", staged_prefix(&file.key))
+}
+
+fn staged_prefix(key: &str) -> String {
+    format!("{STAGING}{}/", key.rsplit('/').next().unwrap_or_default())
+}
+
+/// A request body fed from a channel: `Sync`, as the SDK wants, whatever
+/// the stream behind it is.
+struct ChannelBody {
+    chunks: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    size: u64,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.chunks.poll_recv(cx).map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.size)
+    }
+}
+
+/// Feeds `body` to `send` (a request taking the channel's body) while
+/// taking its CRC; a failure of the source is reported as the source's.
+async fn streamed<F, Fut, T>(body: ByteStream, size: u64, send: F) -> Result<(T, ChunkReceipt), StorageError>
+where
+    F: FnOnce(S3Body) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
+    let (sender, chunks) = tokio::sync::mpsc::channel(4);
+    let crc = Arc::new(Mutex::new(Crc64::default()));
+    let source_failure = Arc::new(Mutex::new(None));
+    let feed = {
+        let (crc, source_failure) = (Arc::clone(&crc), Arc::clone(&source_failure));
+        async move {
+            let mut body = body;
+            while let Some(bytes) = body.next().await {
+                let item = match bytes {
+                    Ok(bytes) => {
+                        crc.lock().unwrap_or_else(std::sync::PoisonError::into_inner).update(&bytes);
+                        Ok(bytes)
+                    }
+                    Err(e) => {
+                        let copy = std::io::Error::new(e.kind(), e.to_string());
+                        *source_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                        Err(copy)
+                    }
+                };
+                let failed = item.is_err();
+                if sender.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    };
+    let (_, sent) = tokio::join!(feed, send(S3Body::from_body_1_x(ChannelBody { chunks, size })));
+    if let Some(e) = source_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        return Err(StorageError::Source(e));
+    }
+    let receipt = crc.lock().unwrap_or_else(std::sync::PoisonError::into_inner).receipt(None);
+    Ok((sent?, receipt))
+}
+
+/// No attempt timeout: the client sets the pace of a streamed request.
+fn unbounded() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().timeout_config(aws_config::timeout::TimeoutConfig::disabled())
+}
+
+impl S3ObjectStore {
+    async fn delete_keys(&self, keys: Vec<String>) -> Result<(), StorageError> {
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|key| ObjectIdentifier::builder().key(key).build().map_err(backend))
+                .collect::<Result<Vec<_>, _>>()?;
+            let delete = Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(backend)?;
+            self.client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(sdk_error)?;
+        }
+        Ok(())
+    }
+
+    /// Every staged key under `prefix`, with when it was written.
+    async fn staged_under(&self, prefix: &str) -> Result<Vec<(String, Option<SystemTime>)>, StorageError> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            for object in page.contents() {
+                let modified = object.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
+                if let Some(key) = object.key() {
+                    keys.push((key.to_owned(), modified));
+                }
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    fn upload_id<'a>(&self, file: &'a ChunkedObject) -> Result<&'a str, StorageError> {
+        file.upload_id.as_deref().ok_or_else(|| backend("a chunked file without its multipart upload"))
+    }
+}
+
+#[async_trait]
+impl ChunkedObjects for S3ObjectStore {
+    async fn begin(
+        &self,
+        total_size: u64,
+        chunk_size: u64,
+        content_type: &str,
+    ) -> Result<ChunkedObject, StorageError> {
+        let key = ObjectKey::new_chunked_media();
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let upload_id =
+            created.upload_id().ok_or_else(|| backend("CreateMultipartUpload gave no upload id"))?;
+        Ok(ChunkedObject {
+            key: key.to_string(),
+            total_size,
+            chunk_size,
+            chunks_per_part: chunks_per_part(total_size, chunk_size, MIN_PART_BYTES),
+            upload_id: Some(upload_id.to_owned()),
+        })
+    }
+
+    async fn put_chunk(
+        &self,
+        file: &ChunkedObject,
+        number: u64,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<ChunkReceipt, StorageError> {
+        let length = i64::try_from(size).map_err(backend)?;
+        if file.chunks_per_part == 1 {
+            let part = i32::try_from(number).map_err(backend)?;
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(&file.key)
+                .upload_id(self.upload_id(file)?)
+                .part_number(part)
+                .content_length(length);
+            let (etag, mut receipt) = streamed(body, size, |body| async move {
+                let sent = request
+                    .body(body)
+                    .customize()
+                    .config_override(unbounded())
+                    .disable_payload_signing()
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                Ok(sent.e_tag().map(str::to_owned))
+            })
+            .await?;
+            receipt.etag = etag;
+            return Ok(receipt);
+        }
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(staged_key(file, number))
+            .content_length(length);
+        let ((), receipt) = streamed(body, size, |body| async move {
+            request
+                .body(body)
+                .customize()
+                .config_override(unbounded())
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            Ok(())
+        })
+        .await?;
+        Ok(receipt)
+    }
+
+    async fn put_part(
+        &self,
+        file: &ChunkedObject,
+        part: u64,
+        chunks: &[(u64, ChunkReceipt)],
+    ) -> Result<PartReceipt, StorageError> {
+        let size: u64 = chunks.iter().map(|(_, r)| r.size).sum();
+        let mut buffer = BytesMut::with_capacity(usize::try_from(size).map_err(backend)?);
+        for (number, receipt) in chunks {
+            let got = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(staged_key(file, *number))
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            let mut body = got.body;
+            let mut crc = Crc64::default();
+            while let Some(bytes) = body.next().await {
+                let bytes = bytes.map_err(backend)?;
+                crc.update(&bytes);
+                buffer.extend_from_slice(&bytes);
+            }
+            if crc.receipt(None).crc64 != receipt.crc64 || crc.size() != receipt.size {
+                return Err(backend(format!("staged chunk {number} does not match its receipt")));
+            }
+        }
+        let sent = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&file.key)
+            .upload_id(self.upload_id(file)?)
+            .part_number(i32::try_from(part).map_err(backend)?)
+            .body(S3Body::from(buffer.freeze()))
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let staged = chunks.iter().map(|(number, _)| staged_key(file, *number)).collect();
+        if let Err(e) = self.delete_keys(staged).await {
+            tracing::warn!(key = %file.key, error = %crate::causes::chain(&e), "staged chunks not deleted; the sweep will");
+        }
+        Ok(PartReceipt { number: part, etag: sent.e_tag().map(str::to_owned) })
+    }
+
+    async fn complete(&self, file: &ChunkedObject, parts: &[PartReceipt]) -> Result<(), StorageError> {
+        let parts = parts
+            .iter()
+            .map(|p| {
+                Ok(CompletedPart::builder()
+                    .part_number(i32::try_from(p.number).map_err(backend)?)
+                    .set_e_tag(p.etag.clone())
+                    .build())
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&file.key)
+            .upload_id(self.upload_id(file)?)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await;
+        match completed {
+            Ok(_) => Ok(()),
+            // Completed already, by a request that did not live to answer?
+            Err(e) if e.as_service_error().and_then(|e| e.code()) == Some("NoSuchUpload") => {
+                self.client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(&file.key)
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                Ok(())
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    async fn abort(&self, file: &ChunkedObject) -> Result<(), StorageError> {
+        abort(&self.client, &self.bucket, &file.key, self.upload_id(file)?).await?;
+        let staged = self.staged_under(&staged_prefix(&file.key)).await?;
+        self.delete_keys(staged.into_iter().map(|(key, _)| key).collect()).await
+    }
+
+    async fn sweep_chunked(&self, grace: Duration, live: &dyn LiveFiles) -> Result<usize, StorageError> {
+        let cutoff = SystemTime::now() - grace;
+        let old = |time: Option<SystemTime>| time.is_some_and(|t| t < cutoff);
+        let mut cleaned = std::collections::BTreeSet::new();
+        let (mut key_marker, mut upload_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(super::KEY_SPACE)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            for upload in page.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
+                let Ok(key) = ObjectKey::parse(key) else { continue };
+                let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
+                if key.is_chunked() && old(started) && !live.is_live(&key).await? {
+                    abort(&self.client, &self.bucket, key.as_str(), id).await?;
+                    cleaned.insert(key.to_string());
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            upload_marker = page.next_upload_id_marker().map(str::to_owned);
+        }
+        let mut leftovers = Vec::new();
+        for (staged, modified) in self.staged_under(STAGING).await? {
+            let name = staged.trim_start_matches(STAGING).split('/').next().unwrap_or_default();
+            let Ok(key) = ObjectKey::parse(&format!("{}{name}", super::KEY_SPACE)) else { continue };
+            if old(modified) && (cleaned.contains(key.as_str()) || !live.is_live(&key).await?) {
+                cleaned.insert(key.to_string());
+                leftovers.push(staged);
+            }
+        }
+        self.delete_keys(leftovers).await?;
+        Ok(cleaned.len())
+    }
+}
