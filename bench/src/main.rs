@@ -56,6 +56,11 @@ enum Case {
     Small,
     /// 4 KiB redeems into a photo with 1,000 versions vs. one with 1.
     Versions,
+    /// One large file by the Resumable.js protocol (8 MiB and 1 MiB chunks,
+    /// three in flight) vs. one request, on local files and S3 (s3s-fs).
+    Chunked,
+    /// The same on local files only (no s3s-fs needed).
+    ChunkedFs,
     /// Internal: run the receiver with the configuration in the environment.
     #[command(hide = true)]
     ServeReceiver,
@@ -105,6 +110,9 @@ async fn run(case: &Case, cli: &Cli) -> anyhow::Result<()> {
     }
     if matches!(case, Case::All | Case::Versions) {
         rows.extend(cases::versions(cli).await?);
+    }
+    if matches!(case, Case::All | Case::Chunked | Case::ChunkedFs) {
+        rows.extend(cases::chunked(cli, *case != Case::ChunkedFs).await?);
     }
     report::print_table(&rows);
     report::write_json(&rows, &cli.json)?;

@@ -9,7 +9,7 @@ use upload_receiver::domain::unix_now;
 
 /// One row of the results table.
 pub struct Row {
-    pub case: &'static str,
+    pub case: String,
     pub metric: &'static str,
     pub unit: &'static str,
     pub samples: Vec<f64>,

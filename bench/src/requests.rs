@@ -61,6 +61,52 @@ pub fn redeem_request(
         .expect("a valid request")
 }
 
+/// Chunk `number` of a `total`-byte file in chunks of `chunk` bytes (the
+/// libraries' default cutting: the last chunk takes the rest), as
+/// Resumable.js sends it: every parameter in the query and the form, the
+/// file part last. Chunk 1 begins with the file's signature.
+pub fn chunk_request(
+    address: &str,
+    token: &str,
+    number: u64,
+    chunk: u64,
+    total: u64,
+) -> hyper::Request<http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
+    let count = (total / chunk).max(1);
+    let size = if number == count { total - (number - 1) * chunk } else { chunk };
+    let params = [
+        ("replace_token", token.to_owned()),
+        ("resumableChunkNumber", number.to_string()),
+        ("resumableChunkSize", chunk.to_string()),
+        ("resumableCurrentChunkSize", size.to_string()),
+        ("resumableTotalSize", total.to_string()),
+        ("resumableType", "video/mp4".to_owned()),
+        ("resumableIdentifier", format!("{total}-bench")),
+        ("resumableFilename", "bench.mp4".to_owned()),
+    ];
+    let fields: String = params
+        .iter()
+        .map(|(name, value)| {
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+        })
+        .collect();
+    let query: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+    let head = format!(
+        "{fields}--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"blob\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    );
+    let signature = if number == 1 { MP4_SIGNATURE } else { &[] };
+    let prefix = [head.as_bytes(), signature].concat();
+    let suffix = format!("\r\n--{BOUNDARY}--\r\n");
+    let generated = size - signature.len() as u64;
+    let length = prefix.len() as u64 + generated + suffix.len() as u64;
+    hyper::Request::post(format!("/api/photo/redeem-replace-token?{query}"))
+        .header("host", address)
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header("content-length", length)
+        .body(generated_body(Bytes::from(prefix), generated, Bytes::from(suffix)))
+        .expect("a valid request")
+}
+
 /// The receiver's generated `write` credentials, from its data directory.
 pub fn credentials(dir: &Path) -> anyhow::Result<upload_receiver::auth::Credential> {
     Ok(upload_receiver::auth::credentials::load_or_generate(dir)?.0)

@@ -1,6 +1,7 @@
 //! The measurements, one file per case of the README's Performance table,
 //! and the large redeem that cases 1 and 2 (and 3, their memory) share.
 
+mod chunked;
 mod small;
 mod tokens;
 mod upload_fs;
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 
+pub use chunked::chunked;
 pub use small::small_uploads;
 pub use tokens::tokens;
 pub use upload_fs::upload_fs;

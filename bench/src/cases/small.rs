@@ -43,7 +43,14 @@ async fn small_uploads_on(
         p50.push(at(0.50));
         p99.push(at(0.99));
     }
-    let row = |metric, unit, samples| Row { case, metric, unit, samples, baseline: None, target: None };
+    let row = |metric, unit, samples| Row {
+        case: case.into(),
+        metric,
+        unit,
+        samples,
+        baseline: None,
+        target: None,
+    };
     Ok(vec![
         row("redeems/s at 64 connections", "req/s", rates),
         row("p50 latency", "ms", p50),

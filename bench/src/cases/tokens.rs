@@ -63,7 +63,7 @@ async fn tokens_on(
         hello_rates.push(rate);
     }
     Ok(Row {
-        case,
+        case: case.into(),
         metric: "requests/s at 64 connections",
         unit: "req/s",
         samples: rates,

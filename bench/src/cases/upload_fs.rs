@@ -48,7 +48,7 @@ pub async fn upload_fs(cli: &Cli) -> anyhow::Result<Vec<Row>> {
     }
     Ok(vec![
         Row {
-            case: "1. upload to local files",
+            case: "1. upload to local files".into(),
             metric: "throughput",
             unit: "MiB/s",
             samples: receiver_rates,
@@ -56,7 +56,7 @@ pub async fn upload_fs(cli: &Cli) -> anyhow::Result<Vec<Row>> {
             target: Some("ratio >= 0.8".into()),
         },
         Row {
-            case: "1b. evidence: the sink + SHA-256",
+            case: "1b. evidence: the sink + SHA-256".into(),
             metric: "throughput",
             unit: "MiB/s",
             samples: hashing_sink_rates,
@@ -64,7 +64,7 @@ pub async fn upload_fs(cli: &Cli) -> anyhow::Result<Vec<Row>> {
             target: None,
         },
         Row {
-            case: "3. memory, upload to local files",
+            case: "3. memory, upload to local files".into(),
             metric: "peak RSS above idle",
             unit: "MiB",
             samples: memory,

@@ -109,7 +109,7 @@ pub async fn upload_s3(cli: &Cli) -> anyhow::Result<Vec<Row>> {
     let bound = 64 + CONNECTIONS as u64 * (PART_SIZE / MIB) * PARTS_IN_FLIGHT as u64;
     Ok(vec![
         Row {
-            case: "2. upload to S3 (s3s-fs)",
+            case: "2. upload to S3 (s3s-fs)".into(),
             metric: "throughput",
             unit: "MiB/s",
             samples: rates,
@@ -117,7 +117,7 @@ pub async fn upload_s3(cli: &Cli) -> anyhow::Result<Vec<Row>> {
             target: Some("ratio >= 0.9".into()),
         },
         Row {
-            case: "3. memory, upload to S3",
+            case: "3. memory, upload to S3".into(),
             metric: "peak RSS above idle",
             unit: "MiB",
             samples: memory,
@@ -125,7 +125,7 @@ pub async fn upload_s3(cli: &Cli) -> anyhow::Result<Vec<Row>> {
             target: Some("<= 64 MiB".into()),
         },
         Row {
-            case: "3. memory, 64 x 64 MiB to S3",
+            case: "3. memory, 64 x 64 MiB to S3".into(),
             metric: "peak RSS above idle",
             unit: "MiB",
             samples: concurrent_memory,

@@ -47,7 +47,7 @@ async fn versions_on(
         long.push(old_rate);
     }
     Ok(Row {
-        case,
+        case: case.into(),
         metric: "4 KiB redeems/s, 1,000 versions",
         unit: "req/s",
         samples: long,
