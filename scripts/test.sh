@@ -36,13 +36,14 @@ if [ ! -x /usr/bin/chromium ]; then
   apt_install chromium
 fi
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
-if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/resumablejs ]; then
+# Installed again whenever the lock file changed since the last install.
+if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installed-lock.json; then
   if ! command -v npm >/dev/null; then
     echo "npm (with node >= 20) is needed for the browser tests" >&2
     exit 1
   fi
-  echo "== installing playwright-core and the upload libraries in tests/browser (npm ci)"
-  (cd tests/browser && npm ci --no-audit --no-fund)
+  echo "== installing playwright-core, the upload libraries (Resumable.js, flow.js, Uppy) and esbuild in tests/browser (npm ci)"
+  (cd tests/browser && npm ci --no-audit --no-fund && cp package-lock.json node_modules/.installed-lock.json)
 fi
 
 export UPLOAD_RECEIVER_TEST_PYTHON="$PWD/$venv/bin/python3"

@@ -285,6 +285,9 @@ pub struct LimitsConfig {
     /// How long a file sent in chunks keeps its upload slot (and its
     /// staged bytes) without a new chunk before it is abandoned.
     pub chunked_idle_timeout_secs: u64,
+    /// Smallest chunk size a file in several chunks may be cut into (its
+    /// last chunk may be smaller): bounds the chunks of one file.
+    pub min_chunk_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -301,6 +304,7 @@ impl Default for LimitsConfig {
             redeem_rate_limit_per_minute: 60,
             redeem_rate_limit_delay_ms: 1000,
             chunked_idle_timeout_secs: 3600,
+            min_chunk_bytes: 256 * 1024,
             max_title_bytes: 1024,
             max_description_bytes: 64 * 1024,
             max_tags: 100,

@@ -95,8 +95,12 @@ pub struct ChunkedObject {
     pub chunk_size: u64,
     /// Consecutive chunks per part (the last part takes what is left).
     pub chunks_per_part: u64,
-    /// The backend's handle on the assembly (an S3 multipart upload id).
+    /// The backend's handle on the assembly (an S3 multipart upload id;
+    /// none for a file of one chunk, stored whole under its key).
     pub upload_id: Option<String>,
+    /// The object's type, for a file of one chunk stored whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
 }
 
 impl ChunkedObject {
@@ -187,12 +191,13 @@ pub trait LiveFiles: Send + Sync {
 #[async_trait]
 pub trait ChunkedObjects: Send + Sync {
     /// Plans a file of `total_size` bytes in chunks of `chunk_size` under a
-    /// fresh key and starts its assembly. `content_type` is the object's,
-    /// where the backend records one.
+    /// fresh key and starts its assembly; `whole`: the file is one chunk.
+    /// `content_type` is the object's, where the backend records one.
     async fn begin(
         &self,
         total_size: u64,
         chunk_size: u64,
+        whole: bool,
         content_type: &str,
     ) -> Result<ChunkedObject, StorageError>;
 

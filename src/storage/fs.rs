@@ -113,7 +113,13 @@ impl ObjectStore for FsObjectStore {
 #[async_trait]
 impl ChunkedObjects for FsObjectStore {
     /// A chunk is a part: each is written in place as it arrives.
-    async fn begin(&self, total_size: u64, chunk_size: u64, _: &str) -> Result<ChunkedObject, StorageError> {
+    async fn begin(
+        &self,
+        total_size: u64,
+        chunk_size: u64,
+        _whole: bool,
+        _: &str,
+    ) -> Result<ChunkedObject, StorageError> {
         let key = ObjectKey::new_chunked_media();
         Ok(ChunkedObject {
             key: key.to_string(),
@@ -121,6 +127,7 @@ impl ChunkedObjects for FsObjectStore {
             chunk_size,
             chunks_per_part: 1,
             upload_id: None,
+            content_type: None,
         })
     }
 

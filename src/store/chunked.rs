@@ -75,21 +75,19 @@ pub enum Begun {
     /// The file existed (another chunk began it): its terms, not the
     /// caller's. A receiving file's lease was renewed.
     Joined(ChunkedFile),
-}
-
-impl Begun {
-    pub fn file(&self) -> &ChunkedFile {
-        match self {
-            Begun::Began(file) | Begun::Joined(file) => file,
-        }
-    }
+    /// The file was abandoned (no chunk for its idle time) and this chunk
+    /// is not its first: the chunks before it are gone, so it cannot
+    /// complete. Its chunk 1 begins it anew.
+    Abandoned,
 }
 
 /// What one stored chunk tells the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredChunk {
     pub number: u64,
-    pub receipt: ChunkReceipt,
+    /// `None`: the chunk was stored before (the request found it so and
+    /// stored nothing); its receipt stands.
+    pub receipt: Option<ChunkReceipt>,
     /// The sizing the chunk's size implies, if only one allows it.
     pub sizing: Option<Sizing>,
     /// Chunk 1's identified media type.
@@ -144,12 +142,14 @@ pub trait ChunkedFiles: Send + Sync {
     /// Begins the file with `terms`, reserving a slot of its token (as
     /// [`super::StateStore::reserve_slot`] does, leased for `lease_secs`),
     /// or joins the file that exists, renewing its lease. An abandoned file
-    /// is begun anew.
+    /// (kept for another `lease_secs` after its lease ran out) is begun
+    /// anew by its chunk 1 (`number`); another chunk of it is `Abandoned`.
     async fn begin(
         &self,
         id: &FileId,
         kind: TokenKind,
         terms: &ChunkedTerms,
+        number: u64,
         now: u64,
         lease_secs: u64,
     ) -> Result<Begun, ReserveError>;
@@ -175,6 +175,11 @@ pub trait ChunkedFiles: Send + Sync {
         lease_secs: u64,
         claim_secs: u64,
     ) -> Result<Recorded, StoreError>;
+
+    /// Gives up a claim this request holds (its work failed), so the next
+    /// copy of a chunk takes it at once: part `part`'s, or (`None`) the
+    /// file's completion.
+    async fn release_claim(&self, id: &FileId, part: Option<u64>) -> Result<(), StoreError>;
 
     /// Commits the file's slot with its version (as
     /// [`super::StateStore::commit_version`], the identifier naming the

@@ -229,11 +229,6 @@ pub struct StoredFile {
 }
 
 impl StoredFile {
-    /// The stored bytes.
-    pub fn size(&self) -> u64 {
-        self.object.size
-    }
-
     /// What the state store records of this file as a photo version.
     pub fn version(&self, created_at: u64) -> VersionFile {
         VersionFile {

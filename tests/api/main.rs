@@ -1,6 +1,8 @@
 //! Black-box tests of the service over HTTP: the real `App` on port 0 with
 //! its own data directory, called by independent clients.
 
+#[path = "../support/chunks.rs"]
+mod chunk_client;
 mod common;
 #[path = "../support/files.rs"]
 mod files;
@@ -11,6 +13,7 @@ mod servers;
 
 mod authentication;
 mod browser;
+mod browser_chunked;
 mod chunks;
 mod cors;
 mod get_replace_token;

@@ -2,6 +2,9 @@
 //! buffering off, and the faults of their backends. Needs the servers that
 //! `scripts/test.sh` starts, plus `nginx` and `redis-server` binaries.
 
+#[allow(dead_code)]
+#[path = "../support/chunks.rs"]
+mod chunk_client;
 // The HTTP tests' harness; this binary uses part of it.
 #[allow(dead_code)]
 #[path = "../api/common.rs"]
@@ -12,7 +15,11 @@ mod files;
 mod multipart;
 #[path = "../support/servers.rs"]
 mod servers;
+#[allow(dead_code)]
+#[path = "../api/site.rs"]
+mod site;
 
+mod chunked;
 mod faults;
 mod load_balanced;
 mod processes;

@@ -25,6 +25,7 @@ fn terms(total_size: u64, chunk_size: u64, chunks_per_part: u64) -> ChunkedTerms
             chunk_size,
             chunks_per_part,
             upload_id: None,
+            content_type: None,
         },
         filename: "clip.mp4".into(),
         declared_type: "video/mp4".into(),
@@ -34,7 +35,7 @@ fn terms(total_size: u64, chunk_size: u64, chunks_per_part: u64) -> ChunkedTerms
 fn chunk(number: u64, size: u64) -> StoredChunk {
     StoredChunk {
         number,
-        receipt: ChunkReceipt { size, crc64: number, etag: Some(format!("etag-{number}")) },
+        receipt: Some(ChunkReceipt { size, crc64: number, etag: Some(format!("etag-{number}")) }),
         sizing: None,
         media_type: (number == 1).then(|| "video/mp4".to_owned()),
     }
@@ -50,7 +51,7 @@ async fn replace_token(s: &dyn StateStore, max_uploads: u32) -> ReplaceToken {
 }
 
 async fn began(s: &dyn StateStore, id: &FileId, terms: &ChunkedTerms, now: u64) -> Begun {
-    s.chunked().begin(id, TokenKind::Replace, terms, now, LEASE).await.unwrap()
+    s.chunked().begin(id, TokenKind::Replace, terms, 1, now, LEASE).await.unwrap()
 }
 
 macro_rules! conformance {
@@ -134,13 +135,13 @@ async fn a_file_takes_one_slot_whatever_its_chunks_case(s: &dyn StateStore) {
     assert_eq!(joined.terms, first);
     assert_eq!(s.token_status(&token, now).await.unwrap().unwrap().uploads_in_flight, 1);
     // The one slot is taken: another file of the token is refused...
-    let other = s.chunked().begin(&file_of(&token, "other"), TokenKind::Replace, &first, now, LEASE).await;
+    let other = s.chunked().begin(&file_of(&token, "other"), TokenKind::Replace, &first, 1, now, LEASE).await;
     assert!(matches!(other, Err(ReserveError::UsedUp)), "{other:?}");
     // ...and so is the token by the other kind's redeem, and an unknown one.
-    let wrong_kind = s.chunked().begin(&file_of(&token, "x"), TokenKind::Upload, &first, now, LEASE).await;
+    let wrong_kind = s.chunked().begin(&file_of(&token, "x"), TokenKind::Upload, &first, 1, now, LEASE).await;
     assert!(matches!(wrong_kind, Err(ReserveError::Unknown)), "{wrong_kind:?}");
     let stranger = file_of(&ReplaceToken::generate(), "x");
-    let unknown = s.chunked().begin(&stranger, TokenKind::Replace, &first, now, LEASE).await;
+    let unknown = s.chunked().begin(&stranger, TokenKind::Replace, &first, 1, now, LEASE).await;
     assert!(matches!(unknown, Err(ReserveError::Unknown)));
     // The same identifier under another token is another file.
     let token_b = replace_token(s, 1).await;
@@ -159,6 +160,12 @@ async fn chunks_in_any_order_complete_the_file_once_case(s: &dyn StateStore) {
     }
     let again = chunks.record_chunk(&id, &chunk(3, 1 << 20), now, LEASE, CLAIM).await.unwrap();
     assert_eq!(again, Recorded::Stored { duplicate: true });
+    // Sent again and not stored again: its receipt stands.
+    let unstored = StoredChunk { receipt: None, ..chunk(3, 1 << 20) };
+    let recorded = chunks.record_chunk(&id, &unstored, now, LEASE, CLAIM).await.unwrap();
+    assert_eq!(recorded, Recorded::Stored { duplicate: true });
+    let never_stored = StoredChunk { receipt: None, ..chunk(2, 1 << 20) };
+    assert_eq!(chunks.record_chunk(&id, &never_stored, now, LEASE, CLAIM).await.unwrap(), Recorded::Gone);
     let view = chunks.file(&id, 3, now).await.unwrap().unwrap();
     assert_eq!(
         (view.chunks_stored, view.has_chunk, view.media_type.as_deref()),
@@ -175,11 +182,14 @@ async fn chunks_in_any_order_complete_the_file_once_case(s: &dyn StateStore) {
     let etags: Vec<_> = ready.parts.iter().map(|p| (p.number, p.etag.clone().unwrap())).collect();
     assert_eq!(etags, [(1, "etag-1".into()), (2, "etag-2".into()), (3, "etag-3".into())]);
     assert_eq!(ready.media_type.as_deref(), Some("video/mp4"));
-    // While the completion is claimed, a copy of a chunk waits.
-    assert_eq!(
-        chunks.record_chunk(&id, &chunk(1, 1 << 20), now, LEASE, CLAIM).await.unwrap(),
-        Recorded::Busy
-    );
+    // While the completion is claimed, a copy of a chunk waits; a claim
+    // given up (its work failed) passes on at once.
+    let first = chunk(1, 1 << 20);
+    let copy = || chunks.record_chunk(&id, &first, now, LEASE, CLAIM);
+    assert_eq!(copy().await.unwrap(), Recorded::Busy);
+    chunks.release_claim(&id, None).await.unwrap();
+    assert!(matches!(copy().await.unwrap(), Recorded::FileReady(_)));
+    assert_eq!(copy().await.unwrap(), Recorded::Busy);
     // A claim that ran out (its holder died) passes to the next copy.
     let later = now + CLAIM + 1;
     assert!(matches!(
@@ -269,7 +279,7 @@ async fn small_chunks_are_grouped_into_parts_case(s: &dyn StateStore) {
         let recorded = record_grouped(s, &id, number, now).await;
         let expected = if number == 7 {
             // The last part's only chunk, once the sizing says it is the last.
-            Recorded::PartReady { part: 3, chunks: vec![(7, chunk(7, 1 << 20).receipt)] }
+            Recorded::PartReady { part: 3, chunks: vec![(7, chunk(7, 1 << 20).receipt.unwrap())] }
         } else {
             Recorded::Stored { duplicate: false }
         };
@@ -333,7 +343,7 @@ async fn an_abandoned_file_frees_its_slot_and_its_object_case(s: &dyn StateStore
     let token = replace_token(s, 1).await;
     let id = file_of(&token, "left");
     let Begun::Began(file) =
-        s.chunked().begin(&id, TokenKind::Replace, &terms(3 << 20, 1 << 20, 1), now, 2).await.unwrap()
+        s.chunked().begin(&id, TokenKind::Replace, &terms(3 << 20, 1 << 20, 1), 1, now, 2).await.unwrap()
     else {
         panic!()
     };
@@ -350,7 +360,9 @@ async fn an_abandoned_file_frees_its_slot_and_its_object_case(s: &dyn StateStore
         Recorded::Gone
     );
     assert_eq!(s.token_status(&token, later).await.unwrap().unwrap().uploads_in_flight, 0);
-    // A chunk sent now begins the file anew, with a new slot.
+    // Its later chunks are told so; its chunk 1 begins it anew, with a new slot.
+    let two = s.chunked().begin(&id, TokenKind::Replace, &terms(3 << 20, 1 << 20, 1), 2, later, 2).await;
+    assert!(matches!(two, Ok(Begun::Abandoned)), "{two:?}");
     let Begun::Began(anew) = began(s, &id, &terms(3 << 20, 1 << 20, 1), later).await else {
         panic!("begun anew")
     };

@@ -86,9 +86,11 @@ async fn deliver(
 ) -> Response<Body> {
     let return_url = grant.return_url.as_deref().and_then(|u| url::Url::parse(u).ok());
     let Some(return_url) = return_url else {
+        // A script's failure has a status both libraries take as final.
+        let failed = if by_script { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::BAD_REQUEST };
         return match &data.outcome {
             Outcome::Stored { .. } => text(StatusCode::OK, "OK\n".into()),
-            Outcome::Failed { error_message } => text(StatusCode::BAD_REQUEST, format!("{error_message}\n")),
+            Outcome::Failed { error_message } => text(failed, format!("{error_message}\n")),
         };
     };
     if !grant.background_return {

@@ -27,7 +27,19 @@ struct Names {
 /// Whether `name` is a parameter of either library's protocol (not an
 /// extra parameter for the site).
 pub fn is_protocol_parameter(name: &str) -> bool {
-    name.starts_with("resumable") || name.starts_with("flow")
+    const EITHER: [&str; 9] = [
+        "ChunkNumber",
+        "ChunkSize",
+        "CurrentChunkSize",
+        "TotalSize",
+        "Type",
+        "Identifier",
+        "Filename",
+        "RelativePath",
+        "TotalChunks",
+    ];
+    let own = name.strip_prefix("resumable").or_else(|| name.strip_prefix("flow"));
+    own.is_some_and(|own| EITHER.contains(&own))
 }
 
 const RESUMABLE: Names = Names {

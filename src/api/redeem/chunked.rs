@@ -26,7 +26,7 @@ use super::error::{Failure, Refusal};
 use super::reserve_refusal;
 use crate::context::Context;
 use crate::domain::{ReplaceToken, unix_now};
-use crate::storage::chunked::{ChunkedObjects, Sizing, combine_crc64};
+use crate::storage::chunked::{ChunkReceipt, ChunkedObjects, Sizing, combine_crc64};
 use crate::storage::{ByteStream, StorageError};
 use crate::store::chunked::{
     Begun, ChunkedFile, ChunkedTerms, FileId, ReadyFile, Recorded, Stage, StoredChunk,
@@ -110,6 +110,9 @@ pub async fn test(ctx: &Context, kind: TokenKind, token: &str, chunk: &Chunk) ->
             Tested::Completed(Box::new(Finished { grant: file.reservation.grant, recorded, replayed: true }))
         }
         Stage::Cancelled { message } => Tested::Refused(Refusal::FileCancelled(message)),
+        // Another file under the same identifier (a visitor chose a
+        // different one): none of its chunks are these.
+        Stage::Receiving if pinned(&file, chunk, &Sizing::BOTH).is_err() => Tested::Missing,
         Stage::Receiving => {
             // Every chunk stored, yet not committed: the completion died.
             let object = &file.terms.object;
@@ -151,9 +154,7 @@ pub async fn receive(
 
     // Chunk 1 says what the file is, before anything of it is stored.
     let (media_type, body) = if chunk.number == 1 {
-        let (kind, body) = media::sniff(body)
-            .await
-            .map_err(|e| Refusal::Unreadable(UploadError::Interrupted(e.to_string())))?;
+        let (kind, body) = media::sniff(body).await.map_err(|e| interrupted(e.to_string()))?;
         (Some(kind), body)
     } else {
         (None, body)
@@ -184,23 +185,23 @@ pub async fn receive(
         return Err(Refusal::FileCancelled(message).into());
     }
 
-    // 3. The bytes.
-    let receipt = match objects.put_chunk(&file.terms.object, chunk.number, size, exactly(body, size)).await {
-        Ok(receipt) if receipt.size == size => receipt,
-        Ok(receipt) => {
-            return Err(Refusal::BadChunk(format!(
-                "the chunk holds {} bytes, not the {size} it announced",
-                receipt.size
-            ))
-            .into());
+    // 3. The bytes, unless they are stored already (a chunk sent again:
+    //    its request failed, or a test GET was skipped); then they are
+    //    read and dropped, and the stored copy stands.
+    let receipt = if file.has_chunk {
+        drain(exactly(body, size)).await?;
+        None
+    } else {
+        match store_chunk(ctx, objects, &file, chunk.number, size, body).await {
+            Ok(receipt) => Some(receipt),
+            // A file of one chunk has no other to wait for: its slot goes back.
+            Err(Refusal::BadChunk(message)) if chunk.is_whole_file() => {
+                cancel(ctx, &id, &file, &message).await;
+                return Err(Refusal::BadChunk(message).into());
+            }
+            Err(refusal) => return Err(refusal.into()),
         }
-        Err(StorageError::Source(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(Refusal::BadChunk(e.to_string()).into());
-        }
-        Err(e) => return Err(storage_refusal(e).into()),
     };
-    ctx.metrics.bytes_received.inc_by(receipt.size);
-    ctx.metrics.chunk_bytes.inc_by(receipt.size);
 
     // 4. What follows.
     let stored = StoredChunk {
@@ -210,12 +211,54 @@ pub async fn receive(
         media_type: media_type.map(str::to_owned),
     };
     let recorded = record(ctx, &id, &stored).await?;
-    if matches!(recorded, Recorded::Stored { duplicate: true }) {
-        ctx.metrics.chunks.with_label_values(&["duplicate"]).inc();
-    } else {
-        ctx.metrics.chunks.with_label_values(&["stored"]).inc();
-    }
+    let counted =
+        if matches!(recorded, Recorded::Stored { duplicate: true }) { "duplicate" } else { "stored" };
+    ctx.metrics.chunks.with_label_values(&[counted]).inc();
     settle(ctx, objects, &id, &file, &stored, recorded).await
+}
+
+/// Step 3: the chunk's bytes, which must be exactly its announced size.
+async fn store_chunk(
+    ctx: &Context,
+    objects: &dyn ChunkedObjects,
+    file: &ChunkedFile,
+    number: u64,
+    size: u64,
+    body: ByteStream,
+) -> Result<ChunkReceipt, Refusal> {
+    let receipt = match objects.put_chunk(&file.terms.object, number, size, exactly(body, size)).await {
+        Ok(receipt) if receipt.size == size => receipt,
+        Ok(receipt) => {
+            return Err(Refusal::BadChunk(format!(
+                "the chunk holds {} bytes, not the {size} it announced",
+                receipt.size
+            )));
+        }
+        Err(StorageError::Source(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(Refusal::BadChunk(e.to_string()));
+        }
+        Err(e) => return Err(storage_refusal(e)),
+    };
+    ctx.metrics.bytes_received.inc_by(receipt.size);
+    ctx.metrics.chunk_bytes.inc_by(receipt.size);
+    Ok(receipt)
+}
+
+/// Reads a body to its end, keeping nothing.
+async fn drain(mut body: ByteStream) -> Result<(), Refusal> {
+    while let Some(bytes) = body.next().await {
+        bytes.map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => Refusal::BadChunk(e.to_string()),
+            _ => interrupted(e.to_string()),
+        })?;
+    }
+    Ok(())
+}
+
+/// A chunk whose client stopped sending: a passing failure the libraries
+/// retry (nobody reads the answer when the client is gone).
+fn interrupted(why: String) -> Refusal {
+    Refusal::ChunkInterrupted(why)
 }
 
 /// Step 1 for a file not known yet: its token checked, its assembly
@@ -235,25 +278,38 @@ async fn begin(
         return Err(reserve_refusal(ctx, request.client, ReserveError::Unknown).await.into());
     }
     let chunk = &request.chunk;
-    let object =
-        objects.begin(chunk.total_size, chunk.chunk_size, content_type).await.map_err(storage_refusal)?;
+    let whole = chunk.is_whole_file();
+    let object = objects
+        .begin(chunk.total_size, chunk.chunk_size, whole, content_type)
+        .await
+        .map_err(storage_refusal)?;
     let terms = ChunkedTerms {
         object,
         filename: clean_filename(&chunk.filename),
         declared_type: chunk.declared_type.clone(),
     };
     let lease = ctx.config.limits.chunked_idle_timeout_secs;
-    let begun = ctx.state.chunked().begin(id, request.kind, &terms, now, lease).await;
-    if !matches!(begun, Ok(Begun::Began(_))) {
-        abort_later(ctx, terms);
-    }
+    let begun = ctx.state.chunked().begin(id, request.kind, &terms, chunk.number, now, lease).await;
     match begun {
         Ok(Begun::Began(file)) => {
             tracing::info!(token = ?id.token, identifier = %id.identifier, "chunked upload begun; slot reserved");
             Ok(file)
         }
-        Ok(Begun::Joined(file)) => Ok(file),
-        Err(refused) => Err(reserve_refusal(ctx, request.client, refused).await.into()),
+        Ok(Begun::Joined(file)) => {
+            abort_later(ctx, terms);
+            Ok(file)
+        }
+        Ok(Begun::Abandoned) => {
+            abort_later(ctx, terms);
+            Err(Refusal::FileAbandoned(lease).into())
+        }
+        // The store may have recorded the file before its answer was lost:
+        // the assembly is left to the sweep, which asks the store.
+        Err(ReserveError::Store(e)) => Err(Refusal::Unavailable(e).into()),
+        Err(refused) => {
+            abort_later(ctx, terms);
+            Err(reserve_refusal(ctx, request.client, refused).await.into())
+        }
     }
 }
 
@@ -306,11 +362,17 @@ fn pinned(
 /// Cancels a refused file: its slot back, its staged bytes removed.
 async fn cancel(ctx: &Context, id: &FileId, file: &ChunkedFile, message: &str) {
     let lease = ctx.config.limits.chunked_idle_timeout_secs;
-    if let Err(e) = ctx.state.chunked().cancel(id, message, unix_now(), lease).await {
-        tracing::warn!(error = %crate::causes::chain(&e), "cancelling a chunked file failed; its lease will run out");
+    match ctx.state.chunked().cancel(id, message, unix_now(), lease).await {
+        Ok(()) => {
+            ctx.metrics.chunked_files.with_label_values(&["cancelled"]).inc();
+            abort_later(ctx, file.terms.clone());
+        }
+        // Its chunks keep being taken meanwhile: the assembly stays for
+        // them, and goes with the sweep once the lease runs out.
+        Err(e) => {
+            tracing::warn!(error = %crate::causes::chain(&e), "cancelling a chunked file failed; its lease will run out")
+        }
     }
-    ctx.metrics.chunked_files.with_label_values(&["cancelled"]).inc();
-    abort_later(ctx, file.terms.clone());
 }
 
 /// Records a stored chunk.
@@ -319,10 +381,19 @@ async fn record(ctx: &Context, id: &FileId, stored: &StoredChunk) -> Result<Reco
     ctx.state.chunked().record_chunk(id, stored, unix_now(), lease, claim).await.map_err(Refusal::Unavailable)
 }
 
-/// How long a claim on making a part or completing a file lasts: a few
-/// object-store calls.
+/// How long a claim on making a part or completing a file lasts: an
+/// object-store call and a margin. A claim whose work failed is given up at
+/// once; only a request that died holds one to its end.
 fn claim_secs(ctx: &Context) -> u64 {
-    3 * ctx.config.storage.timeout_secs + 5
+    ctx.config.storage.timeout_secs + 10
+}
+
+/// Gives up a claim whose work failed, so the next copy of a chunk takes
+/// it (a failure to do so only makes it wait for the claim's end).
+async fn release(ctx: &Context, id: &FileId, part: Option<u64>) {
+    if let Err(e) = ctx.state.chunked().release_claim(id, part).await {
+        tracing::warn!(error = %crate::causes::chain(&e), "a chunked file's claim was not given up; it runs out");
+    }
 }
 
 /// Steps 4 and 5: does what the store's answer asks, until the chunk's
@@ -341,8 +412,13 @@ async fn settle(
         recorded = match recorded {
             Recorded::Stored { .. } => return Ok(ChunkEnd::Stored),
             Recorded::PartReady { part, chunks } => {
-                let receipt =
-                    objects.put_part(&file.terms.object, part, &chunks).await.map_err(storage_refusal)?;
+                let receipt = match objects.put_part(&file.terms.object, part, &chunks).await {
+                    Ok(receipt) => receipt,
+                    Err(e) => {
+                        release(ctx, id, Some(part)).await;
+                        return Err(storage_refusal(e).into());
+                    }
+                };
                 let (lease, claim) = (ctx.config.limits.chunked_idle_timeout_secs, claim_secs(ctx));
                 ctx.state
                     .chunked()
@@ -391,7 +467,10 @@ async fn complete(
         let cause = format!("its chunks hold {size} bytes, not the announced {}", object.total_size);
         return Err(Refusal::BadChunk(cause).into());
     }
-    objects.complete(object, &ready.parts).await.map_err(storage_refusal)?;
+    if let Err(e) = objects.complete(object, &ready.parts).await {
+        release(ctx, id, None).await;
+        return Err(storage_refusal(e).into());
+    }
     let now = unix_now();
     let version = VersionFile {
         object_key: object.key.clone(),
@@ -409,13 +488,19 @@ async fn complete(
             Ok(finished(grant, recorded, false))
         }
         // Perhaps applied before its answer was lost: the retry tells.
-        Err(CommitError::Store(e)) => Err(Refusal::Unavailable(e).into()),
+        Err(CommitError::Store(e)) => {
+            release(ctx, id, None).await;
+            Err(Refusal::Unavailable(e).into())
+        }
         Err(error) => {
             // Completed meanwhile by a request that took the claim over?
-            if let Ok(Some(ChunkedFile { stage: Stage::Completed(recorded), .. })) =
-                ctx.state.chunked().file(id, 1, unix_now()).await
-            {
-                return Ok(finished(grant, recorded, true));
+            // Only a file known not to be may lose its object.
+            match ctx.state.chunked().file(id, 1, unix_now()).await {
+                Ok(Some(ChunkedFile { stage: Stage::Completed(recorded), .. })) => {
+                    return Ok(finished(grant, recorded, true));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Refusal::Unavailable(e).into()),
             }
             let failure = Failure::Commit(error);
             cancel(ctx, id, file, &failure.error_message()).await;
@@ -432,6 +517,7 @@ async fn complete(
 fn storage_refusal(error: StorageError) -> Refusal {
     match storage_error(error) {
         UploadError::Storage(e) => Refusal::StorageUnavailable(e),
+        UploadError::Interrupted(why) => interrupted(why),
         other => Refusal::Unreadable(other),
     }
 }

@@ -44,6 +44,8 @@ pub enum Refusal {
     FileAbandoned(u64),
     /// Another request is completing the chunk's file (or its part).
     StillCompleting,
+    /// The chunk's body stopped coming (idle, or the client went away).
+    ChunkInterrupted(String),
     /// The object store failed, passingly as far as anyone knows.
     StorageUnavailable(crate::storage::StorageError),
     /// Chunk parameters that are not numbers, disagree, or describe a
@@ -174,13 +176,9 @@ impl Refusal {
                 refuse(StatusCode::NOT_FOUND, &format!("The {name} is unknown or has expired."))
             }
             Refusal::UsedUp => refuse(StatusCode::NOT_FOUND, &format!("The {name} has no uploads left.")),
-            Refusal::StillCompleting => {
-                let mut response = refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The file is being completed; send the chunk again.",
-                );
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                response
+            Refusal::StillCompleting => retry_soon("The file is being completed; send the chunk again."),
+            Refusal::ChunkInterrupted(why) => {
+                retry_soon(&format!("The chunk was cut short ({why}); send it again."))
             }
             Refusal::Busy | Refusal::Unavailable(_) | Refusal::StorageUnavailable(_) => {
                 let mut response = refuse(
@@ -192,6 +190,13 @@ impl Refusal {
             }
         }
     }
+}
+
+/// A `503` the libraries retry, after a second.
+fn retry_soon(message: &str) -> http::Response<Body> {
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n"));
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 impl Failure {

@@ -57,11 +57,12 @@ pub async fn handle(
         // Resumable.js and flow.js ask (testChunks) whether a chunk is
         // already there before sending it; anything but 200 means "send it".
         Method::GET | Method::HEAD => test_chunk(ctx, &request, kind).await,
-        Method::POST => {
+        // The libraries' `uploadMethod` may be PUT (or PATCH): the same.
+        Method::POST | Method::PUT | Method::PATCH => {
             let ended = redeem(ctx, request, peer, kind).await;
             answer::answer(ctx, kind, ended).await
         }
-        _ => method_not_allowed("GET, HEAD, POST"),
+        _ => method_not_allowed("GET, HEAD, POST, PUT, PATCH"),
     }
 }
 
@@ -100,6 +101,16 @@ fn checked_chunk(
         ChunkParams::Chunk(chunk) if chunk.total_size > ctx.config.limits.max_upload_bytes => {
             let limit = ctx.config.limits.max_upload_bytes;
             Err(Refusal::BadChunk(format!("the file is larger than limits.max_upload_bytes ({limit} bytes)")))
+        }
+        // Tiny chunks would make a file of millions of them.
+        ChunkParams::Chunk(chunk)
+            if chunk.chunk_size < ctx.config.limits.min_chunk_bytes && !chunk.is_whole_file() =>
+        {
+            let limit = ctx.config.limits.min_chunk_bytes;
+            Err(Refusal::BadChunk(format!(
+                "chunks of {} bytes are smaller than limits.min_chunk_bytes ({limit} bytes)",
+                chunk.chunk_size
+            )))
         }
         ChunkParams::Chunk(chunk) => Ok(Some(chunk)),
     }
@@ -141,28 +152,18 @@ async fn redeem(
 
     // 2. The token.
     let token = the_token(field, &query, form.fields())?.ok_or(Refusal::MissingToken)?.to_owned();
-    // One chunk that is the whole file (Resumable.js and flow.js send
-    // small files so) is taken as a whole file, answered as a script needs.
-    let whole_chunk = match checked_chunk(ctx, &query, form.fields())? {
-        Some(chunk) if chunk.is_whole_file() => Some(chunk),
-        Some(chunk) => {
-            let file = file.ok_or_else(|| Refusal::BadChunk("the request has no file part".into()))?;
-            let (bytes, _) = file.into_stream().await.map_err(Refusal::Unreadable)?;
-            let request = ChunkRequest { kind, token, chunk, client };
-            return receive_chunk(ctx, &request, bytes, &query, form.fields()).await;
-        }
-        None => None,
-    };
+    // A chunk, of a file of one chunk or of many: the file is
+    // (token, identifier), so a chunk sent again gets the same outcome.
+    if let Some(chunk) = checked_chunk(ctx, &query, form.fields())? {
+        let file = file.ok_or_else(|| Refusal::BadChunk("the request has no file part".into()))?;
+        let (bytes, _) = file.into_stream().await.map_err(Refusal::Unreadable)?;
+        let request = ChunkRequest { kind, token, chunk, client };
+        return receive_chunk(ctx, &request, bytes, &query, form.fields()).await;
+    }
     // The file's identifier, whose metadata `update-upload-token` may have set apart.
-    let identifier = match &whole_chunk {
-        Some(chunk) => Some(chunk.identifier.as_str()),
-        None => query
-            .iter()
-            .chain(form.fields())
-            .find(|(name, _)| name == FILE_IDENTIFIER_FIELD)
-            .map(|(_, v)| v.as_str()),
-    };
-    let identifier = identifier.map(file_identifier).transpose().map_err(Refusal::BadParameter)?;
+    let identifier = query.iter().chain(form.fields()).find(|(name, _)| name == FILE_IDENTIFIER_FIELD);
+    let identifier =
+        identifier.map(|(_, v)| file_identifier(v)).transpose().map_err(Refusal::BadParameter)?;
     let identifier = identifier.filter(|f| !f.is_empty()).map(str::to_owned);
 
     // 3. A slot.
@@ -172,7 +173,7 @@ async fn redeem(
     let stored = match store(ctx, &mut form, file).await {
         Ok(stored) => stored,
         Err(cause) => {
-            let site = site_return(field, lease.grant(), &query, form.fields(), whole_chunk.is_some());
+            let site = site_return(field, lease.grant(), &query, form.fields(), false);
             lease.refund().await;
             return Err(RedeemError::after_slot(site, cause));
         }
@@ -184,17 +185,8 @@ async fn redeem(
         return Err(Refusal::DuplicateToken.into());
     }
 
-    if let Some(chunk) = &whole_chunk
-        && stored.size() != chunk.total_size
-    {
-        let message = format!("the chunk holds {} bytes, not the file's {}", stored.size(), chunk.total_size);
-        stored.discard().await;
-        lease.refund().await;
-        return Err(Refusal::BadChunk(message).into());
-    }
-
     // 5. The commit.
-    let site = site_return(field, lease.grant(), &query, form.fields(), whole_chunk.is_some());
+    let site = site_return(field, lease.grant(), &query, form.fields(), false);
     match lease.commit(stored.version(unix_now()), identifier.as_deref()).await {
         Ok(recorded) => {
             stored.keep();

@@ -108,6 +108,11 @@ where
         return Err(StorageError::Source(e));
     }
     let receipt = crc.lock().unwrap_or_else(std::sync::PoisonError::into_inner).receipt(None);
+    if receipt.size != size {
+        // The request failed for want of bytes: the client's fault.
+        let short = format!("the chunk holds {} bytes, not the {size} it announced", receipt.size);
+        return Err(StorageError::Source(std::io::Error::new(std::io::ErrorKind::InvalidData, short)));
+    }
     Ok((sent?, receipt))
 }
 
@@ -173,9 +178,21 @@ impl ChunkedObjects for S3ObjectStore {
         &self,
         total_size: u64,
         chunk_size: u64,
+        whole: bool,
         content_type: &str,
     ) -> Result<ChunkedObject, StorageError> {
         let key = ObjectKey::new_chunked_media();
+        if whole {
+            // One chunk: one PutObject, nothing to assemble.
+            return Ok(ChunkedObject {
+                key: key.to_string(),
+                total_size,
+                chunk_size,
+                chunks_per_part: 1,
+                upload_id: None,
+                content_type: Some(content_type.to_owned()),
+            });
+        }
         let created = self
             .client
             .create_multipart_upload()
@@ -193,6 +210,7 @@ impl ChunkedObjects for S3ObjectStore {
             chunk_size,
             chunks_per_part: chunks_per_part(total_size, chunk_size, MIN_PART_BYTES),
             upload_id: Some(upload_id.to_owned()),
+            content_type: None,
         })
     }
 
@@ -204,6 +222,28 @@ impl ChunkedObjects for S3ObjectStore {
         body: ByteStream,
     ) -> Result<ChunkReceipt, StorageError> {
         let length = i64::try_from(size).map_err(backend)?;
+        if file.upload_id.is_none() {
+            let request = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&file.key)
+                .set_content_type(file.content_type.clone())
+                .content_length(length);
+            let ((), receipt) = streamed(body, size, |body| async move {
+                request
+                    .body(body)
+                    .customize()
+                    .config_override(unbounded())
+                    .disable_payload_signing()
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                Ok(())
+            })
+            .await?;
+            return Ok(receipt);
+        }
         if file.chunks_per_part == 1 {
             let part = i32::try_from(number).map_err(backend)?;
             let request = self
@@ -289,14 +329,13 @@ impl ChunkedObjects for S3ObjectStore {
             .send()
             .await
             .map_err(sdk_error)?;
-        let staged = chunks.iter().map(|(number, _)| staged_key(file, *number)).collect();
-        if let Err(e) = self.delete_keys(staged).await {
-            tracing::warn!(key = %file.key, error = %crate::causes::chain(&e), "staged chunks not deleted; the sweep will");
-        }
         Ok(PartReceipt { number: part, etag: sent.e_tag().map(str::to_owned) })
     }
 
+    /// Completes the multipart upload, then deletes the staged chunks (kept
+    /// until now: a part whose record was lost is made again from them).
     async fn complete(&self, file: &ChunkedObject, parts: &[PartReceipt]) -> Result<(), StorageError> {
+        let Some(upload_id) = file.upload_id.as_deref() else { return Ok(()) };
         let parts = parts
             .iter()
             .map(|p| {
@@ -311,12 +350,26 @@ impl ChunkedObjects for S3ObjectStore {
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&file.key)
-            .upload_id(self.upload_id(file)?)
+            .upload_id(upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
             .await;
         match completed {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if file.chunks_per_part > 1 {
+                    let staged = self.staged_under(&staged_prefix(&file.key)).await;
+                    let deleted = match staged {
+                        Ok(staged) => {
+                            self.delete_keys(staged.into_iter().map(|(key, _)| key).collect()).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = deleted {
+                        tracing::warn!(key = %file.key, error = %crate::causes::chain(&e), "staged chunks not deleted; the sweep will");
+                    }
+                }
+                Ok(())
+            }
             // Completed already, by a request that did not live to answer?
             Err(e) if e.as_service_error().and_then(|e| e.code()) == Some("NoSuchUpload") => {
                 self.client
@@ -333,7 +386,11 @@ impl ChunkedObjects for S3ObjectStore {
     }
 
     async fn abort(&self, file: &ChunkedObject) -> Result<(), StorageError> {
-        abort(&self.client, &self.bucket, &file.key, self.upload_id(file)?).await?;
+        let Some(upload_id) = file.upload_id.as_deref() else {
+            let key = file.object_key()?;
+            return super::super::ObjectStore::delete(self, &key).await;
+        };
+        abort(&self.client, &self.bucket, &file.key, upload_id).await?;
         let staged = self.staged_under(&staged_prefix(&file.key)).await?;
         self.delete_keys(staged.into_iter().map(|(key, _)| key).collect()).await
     }

@@ -319,13 +319,13 @@ impl ObjectStore for S3ObjectStore {
         Ok(())
     }
 
-    /// Aborts multipart uploads under the receiver's key space that were
-    /// started more than `min_age` ago (left by a process that died).
-    /// Returns how many were aborted.
     fn chunked(&self) -> Option<&dyn super::chunked::ChunkedObjects> {
         Some(self)
     }
 
+    /// Aborts multipart uploads under the receiver's key space that were
+    /// started more than `min_age` ago (left by a process that died).
+    /// Returns how many were aborted.
     async fn sweep(&self, min_age: Duration) -> Result<usize, StorageError> {
         let cutoff = SystemTime::now() - min_age;
         let mut aborted = 0;

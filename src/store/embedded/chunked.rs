@@ -48,6 +48,10 @@ pub struct FileRecord {
     claims: BTreeMap<u64, u64>,
     /// The end of the slot's lease (receiving), or of the record's keeping.
     deadline: u64,
+    /// How long an abandoned file's record is kept after its deadline, so
+    /// its later chunks are told it was abandoned.
+    #[serde(default)]
+    idle_secs: u64,
     stage: StoredStage,
 }
 
@@ -219,6 +223,16 @@ fn renew(
     Ok(live)
 }
 
+/// Keeps the file's token at least until `until`, so a finished file can
+/// answer chunks sent again as long as it is kept.
+fn keep_token(txn: &WriteTransaction, id: &FileId, until: u64) -> Result<(), StoreError> {
+    update_token(txn, &id.token, (), |state| {
+        let changed = state.keep_until < until;
+        state.keep_until = state.keep_until.max(until);
+        Ok(((), changed))
+    })
+}
+
 /// After a chunk or a part: claims the completion when every part is there.
 fn file_progress(
     txn: &WriteTransaction,
@@ -276,12 +290,16 @@ impl ChunkedFiles for EmbeddedStore {
         id: &FileId,
         kind: TokenKind,
         terms: &ChunkedTerms,
+        number: u64,
         now: u64,
         lease_secs: u64,
     ) -> Result<Begun, ReserveError> {
         let (id, terms) = (id.clone(), terms.clone());
         self.write(move |txn| {
             let existing = get_record(&txn.open_table(CHUNKED_FILES).map_err(store_error)?, &id)?;
+            if existing.as_ref().is_some_and(|r| r.abandoned(now)) && number != 1 {
+                return Ok(Ok(Begun::Abandoned));
+            }
             if let Some(mut record) = existing.filter(|r| !r.abandoned(now)) {
                 if matches!(record.stage, StoredStage::Receiving) {
                     renew(txn, &id, &mut record, now, lease_secs)?;
@@ -325,6 +343,7 @@ impl ChunkedFiles for EmbeddedStore {
                 parts: BTreeMap::new(),
                 claims: BTreeMap::new(),
                 deadline,
+                idle_secs: lease_secs,
                 stage: StoredStage::Receiving,
             };
             put_record(txn, &id, &record)?;
@@ -355,7 +374,7 @@ impl ChunkedFiles for EmbeddedStore {
             if let Some(settled) = settled(&record) {
                 return Ok(settled);
             }
-            if record.abandoned(now) || !renew(txn, &id, &mut record, now, lease_secs)? {
+            if record.abandoned(now) {
                 return Ok(Recorded::Gone);
             }
             if let (Some(pinned), Some(implied)) = (record.sizing, chunk.sizing)
@@ -363,19 +382,29 @@ impl ChunkedFiles for EmbeddedStore {
             {
                 return Ok(Recorded::SizingConflict);
             }
+            let (token, identifier) = key(&id);
+            let stored_before = txn
+                .open_table(FILE_CHUNKS)
+                .map_err(store_error)?
+                .get((token, identifier, chunk.number))
+                .map_err(store_error)?
+                .is_some();
+            // A chunk said to be stored that is not: the file was begun anew since.
+            if (chunk.receipt.is_none() && !stored_before) || !renew(txn, &id, &mut record, now, lease_secs)?
+            {
+                return Ok(Recorded::Gone);
+            }
             record.sizing = record.sizing.or(chunk.sizing);
             if chunk.media_type.is_some() {
                 record.media_type = chunk.media_type.clone();
             }
-            let (token, identifier) = key(&id);
-            let duplicate = {
+            let duplicate = stored_before;
+            if let Some(receipt) = &chunk.receipt {
                 let mut chunks = txn.open_table(FILE_CHUNKS).map_err(store_error)?;
-                let receipt = encode(&chunk.receipt);
                 chunks
-                    .insert((token, identifier, chunk.number), receipt.as_slice())
-                    .map_err(store_error)?
-                    .is_some()
-            };
+                    .insert((token, identifier, chunk.number), encode(receipt).as_slice())
+                    .map_err(store_error)?;
+            }
             if !duplicate {
                 record.chunks_stored += 1;
             }
@@ -461,6 +490,7 @@ impl ChunkedFiles for EmbeddedStore {
                     Err(e) => return Ok(Err(e)),
                 };
             record.deadline = now + keep_secs;
+            keep_token(txn, &id, record.deadline)?;
             record.stage = StoredStage::Completed(recorded.clone());
             record.claims.clear();
             txn.open_table(LIVE_OBJECTS)
@@ -491,10 +521,24 @@ impl ChunkedFiles for EmbeddedStore {
             })?;
             record.stage = StoredStage::Cancelled { message };
             record.deadline = now + lease_secs;
+            keep_token(txn, &id, record.deadline)?;
             txn.open_table(LIVE_OBJECTS)
                 .map_err(store_error)?
                 .remove(record.terms.object.key.as_str())
                 .map_err(store_error)?;
+            put_record(txn, &id, &record)
+        })
+        .await
+    }
+
+    async fn release_claim(&self, id: &FileId, part: Option<u64>) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |txn| {
+            let Some(mut record) = get_record(&txn.open_table(CHUNKED_FILES).map_err(store_error)?, &id)?
+            else {
+                return Ok(());
+            };
+            record.claims.remove(&part.unwrap_or(FILE_CLAIM));
             put_record(txn, &id, &record)
         })
         .await
@@ -519,7 +563,7 @@ pub fn purge_files(txn: &WriteTransaction, now: u64, retention: u64) -> Result<u
         for entry in files.iter().map_err(store_error)? {
             let (key, bytes) = entry.map_err(store_error)?;
             let record: FileRecord = decode(bytes.value())?;
-            if record.deadline + retention <= now {
+            if record.deadline + record.idle_secs + retention <= now {
                 let (token, identifier) = key.value();
                 stale.push((token.to_owned(), identifier.to_owned()));
             }

@@ -339,7 +339,8 @@ impl StateStore for EmbeddedStore {
                     let keep = match serde_json::from_slice::<TokenState>(bytes) {
                         Ok(state) => {
                             let last_lease = state.reservations.iter().map(|r| r.lease_until).max();
-                            let end = state.grant.valid_until.max(last_lease.unwrap_or(0));
+                            let end =
+                                state.grant.valid_until.max(last_lease.unwrap_or(0)).max(state.keep_until);
                             end + EXPIRED_TOKEN_RETENTION_SECS > now
                         }
                         Err(_) => true,

@@ -41,6 +41,10 @@ pub struct TokenState {
     /// An upload token's working state; `None` for a replace token.
     #[serde(default)]
     pub upload: Option<UploadState>,
+    /// Kept at least until then: a chunked file of it answers its outcome
+    /// (or its cancellation) to chunks sent again until then.
+    #[serde(default)]
+    pub keep_until: u64,
 }
 
 /// What an upload token has created, and its metadata as changed since.
@@ -116,7 +120,7 @@ impl TokenState {
                 Some(UploadState { metadata: upload.metadata.clone(), photos: Vec::new() })
             }
         };
-        TokenState { grant, committed: 0, reservations: Vec::new(), upload }
+        TokenState { grant, committed: 0, reservations: Vec::new(), upload, keep_until: 0 }
     }
 }
 

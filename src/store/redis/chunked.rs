@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 
 use super::{ChunkedCommit, RedisStore, decode, encode, store_error};
-use crate::domain::random_bytes;
+use crate::domain::{random_bytes, unix_now};
 use crate::storage::chunked::{ChunkReceipt, PartReceipt, Sizing};
 use crate::store::chunked::{
     Begun, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, ReadyFile, Recorded, Stage, StoredChunk,
@@ -132,6 +132,7 @@ impl ChunkedFiles for RedisStore {
         id: &FileId,
         kind: TokenKind,
         terms: &ChunkedTerms,
+        number: u64,
         now: u64,
         lease_secs: u64,
     ) -> Result<Begun, ReserveError> {
@@ -142,11 +143,13 @@ impl ChunkedFiles for RedisStore {
             kind.as_str().to_owned(),
             encode(terms),
             terms.object.key.clone(),
+            number.to_string(),
         ];
         let answer = self.chunked_step(id, "begin", now, &args).await?;
         match answer.first().map(String::as_str) {
             Some("began") => Ok(Begun::Began(file_view(&answer)?)),
             Some("joined") => Ok(Begun::Joined(file_view(&answer)?)),
+            Some("abandoned") => Ok(Begun::Abandoned),
             Some("unknown" | "none") => Err(ReserveError::Unknown),
             Some("expired") => Err(ReserveError::Expired),
             Some("used_up") => Err(ReserveError::UsedUp),
@@ -167,7 +170,7 @@ impl ChunkedFiles for RedisStore {
             (now + claim_secs).to_string(),
             EXPIRED_TOKEN_RETENTION_SECS.to_string(),
             chunk.number.to_string(),
-            encode(&chunk.receipt),
+            chunk.receipt.as_ref().map(encode).unwrap_or_default(),
             chunk.sizing.map(Sizing::as_str).unwrap_or_default().to_owned(),
             chunk.media_type.clone().unwrap_or_default(),
         ];
@@ -205,6 +208,11 @@ impl ChunkedFiles for RedisStore {
             keep_until: now + keep_secs,
         };
         self.commit_reserved(reservation, version, now, Some(&id.identifier), Some(&chunked)).await
+    }
+
+    async fn release_claim(&self, id: &FileId, part: Option<u64>) -> Result<(), StoreError> {
+        let work = part.unwrap_or(0).to_string();
+        self.chunked_step(id, "release", unix_now(), &[work]).await.map(drop)
     }
 
     async fn cancel(&self, id: &FileId, message: &str, now: u64, lease_secs: u64) -> Result<(), StoreError> {

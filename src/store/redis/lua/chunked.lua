@@ -47,10 +47,11 @@ local function view(status, file, number)
     file.message, file.record, file.version, tostring(has)}
 end
 
--- Moves `key`'s expiry to `at` unless it expires later already.
+-- Moves `key`'s expiry to `at` unless it expires later already (a key
+-- without an expiry, one just created, gets one).
 local function keep_until(key, at)
   local ttl = redis.call('TTL', key)
-  if ttl >= 0 and now + ttl < at then
+  if ttl == -1 or (ttl >= 0 and now + ttl < at) then
     redis.call('EXPIREAT', key, at)
   end
 end
@@ -69,7 +70,8 @@ local function renew(file, lease_end, retention)
   keep_until(KEYS[3], token_end)
   local deadline = math.max(tonumber(file.deadline), until_)
   redis.call('HSET', KEYS[1], 'deadline', deadline)
-  redis.call('EXPIREAT', KEYS[1], deadline + retention)
+  -- Kept one more idle time once abandoned, to tell its later chunks so.
+  redis.call('EXPIREAT', KEYS[1], deadline + (lease_end - now) + retention)
   redis.call('SET', prefix .. 'ck:' .. file.okey, '1', 'EXAT', deadline)
   file.deadline = tostring(deadline)
   return true
@@ -152,8 +154,12 @@ if step == 'file' then
 elseif step == 'begin' then
   -- ARGV[4] lease end, ARGV[5] reservation id, ARGV[6] retention,
   -- ARGV[7] the redeem's kind of token, ARGV[8] terms JSON, ARGV[9] object key.
+  -- ARGV[10] the chunk's number.
   local lease_end, retention = tonumber(ARGV[4]), tonumber(ARGV[6])
   local file = read_file()
+  if file and abandoned(file) and ARGV[10] ~= '1' then
+    return {'abandoned'}
+  end
   if file and not abandoned(file) then
     if file.stage == 'receiving' then
       renew(file, lease_end, retention)
@@ -182,7 +188,7 @@ elseif step == 'begin' then
   keep_until(KEYS[3], token_end)
   redis.call('HSET', KEYS[1], 'terms', ARGV[8], 'rid', ARGV[5], 'okey', ARGV[9], 'stage', 'receiving',
     'deadline', lease_end, 'sizing', '', 'media', '', 'n', 0, 'parts', 0)
-  redis.call('EXPIREAT', KEYS[1], lease_end + retention)
+  redis.call('EXPIREAT', KEYS[1], lease_end + (lease_end - now) + retention)
   redis.call('SET', prefix .. 'ck:' .. ARGV[9], '1', 'EXAT', lease_end)
   return view('began', read_file(), nil)
 
@@ -205,6 +211,12 @@ elseif step == 'chunk' then
   if implied ~= '' and file.sizing ~= '' and implied ~= file.sizing then
     return {'sizing_conflict'}
   end
+  local number = tonumber(ARGV[7])
+  local stored_before = redis.call('HEXISTS', KEYS[1], 'c:' .. number) == 1
+  -- A chunk said to be stored (no receipt) that is not: begun anew since.
+  if ARGV[8] == '' and not stored_before then
+    return {'gone'}
+  end
   if not renew(file, tonumber(ARGV[4]), tonumber(ARGV[6])) then
     return {'gone'}
   end
@@ -216,12 +228,14 @@ elseif step == 'chunk' then
     redis.call('HSET', KEYS[1], 'media', ARGV[10])
     file.media = ARGV[10]
   end
-  local number = tonumber(ARGV[7])
   local duplicate = '0'
-  if redis.call('HSET', KEYS[1], 'c:' .. number, ARGV[8]) == 0 then
+  if stored_before then
     duplicate = '1'
   else
     redis.call('HINCRBY', KEYS[1], 'n', 1)
+  end
+  if ARGV[8] ~= '' then
+    redis.call('HSET', KEYS[1], 'c:' .. number, ARGV[8])
   end
   local per_part, count, floor_count = layout(file)
   local part = math.floor((number - 1) / per_part) + 1
@@ -272,6 +286,11 @@ elseif step == 'part' then
   end
   redis.call('HDEL', KEYS[1], 'k:' .. ARGV[7])
   return file_progress(file, duplicate, tonumber(ARGV[5]))
+
+elseif step == 'release' then
+  -- ARGV[4] the work: a part's number, or 0 for the file's completion.
+  redis.call('HDEL', KEYS[1], 'k:' .. ARGV[4])
+  return {'ok'}
 
 elseif step == 'cancel' then
   -- ARGV[4] keep until, ARGV[5] retention, ARGV[6] the message.
