@@ -1,9 +1,11 @@
 //! The real upload libraries in real Chromium, from a page on the site's
 //! own origin, sending to the receiver on another: Resumable.js and flow.js
-//! with their defaults on a file of several chunks, and Uppy's XHR upload.
+//! with their defaults on a file of several chunks (and Resumable.js through
+//! nginx to two instances on Redis and S3), and Uppy's XHR upload.
 
 use crate::browser::{browser_dir, run_library_in_browser};
 use crate::common::*;
+use crate::processes;
 use crate::site::Site;
 
 /// 5 MiB + 123 bytes that are not text: five 1 MiB chunks (the last one
@@ -181,4 +183,45 @@ async fn uppy_xhr_upload_sends_the_file_in_one_request_cross_origin() {
     assert_eq!(photo.metadata.title.as_deref(), Some("By Uppy"));
     let stored = app.object_bytes(&photo.current_version().file.object_key).await;
     assert!(stored.as_deref() == Some(&bytes[..]), "byte for byte");
+}
+
+#[tokio::test]
+async fn resumable_js_through_nginx_to_two_instances_uploads_the_file_once() {
+    let site = Site::start().await;
+    let origin = site.url("");
+    let mut config = test_config();
+    use_redis_and_s3(&mut config);
+    config.server.cors_allowed_origins = vec![origin.trim_end_matches('/').to_owned()];
+    config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let a = spawn_app_from(config.clone()).await;
+    let b = spawn_app_from(config).await;
+    let lb = processes::nginx(&[a.running.as_ref().unwrap().address, b.running.as_ref().unwrap().address]);
+    let target = format!("http://127.0.0.1:{}{REDEEM_UPLOAD}", lb.port);
+    let token =
+        a.upload_token(&[("return_url", &site.url("/done?theme=green")), ("title", "Balanced")]).await;
+    let setup = format!(
+        r#"  const r = new Resumable({{ target: {target}, query: {{ upload_token: {token} }}, simultaneousUploads: 3 }});
+  r.assignBrowse(document.getElementById('pick'));
+  r.on('fileAdded', () => r.upload());
+  r.on('fileSuccess', (file, message) => done(true, message));
+  r.on('fileError', (file, message) => done(false, message));"#,
+        target = serde_json::json!(target),
+        token = serde_json::json!(token),
+    );
+    site.set_form(library_page(&installed("resumablejs/resumable.js"), &setup));
+    let (file, bytes) = clip();
+    let outcome = run_library_in_browser(site.url("/form"), file.path().to_owned()).await;
+    assert_one_success_byte_for_byte(&a, &site, &outcome, &bytes, "Balanced").await;
+    assert_eq!(b.uploads_used(&token).await, 1, "both instances see one upload");
+    // Nginx spread the test GETs and chunks over both instances.
+    async fn served(app: &TestApp) -> f64 {
+        let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let prefix = r#"upload_receiver_requests_total{endpoint="redeem_upload""#;
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+    let (on_a, on_b) = (served(&a).await, served(&b).await);
+    assert!(on_a > 0.0 && on_b > 0.0, "requests on a: {on_a}, on b: {on_b}");
 }

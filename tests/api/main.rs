@@ -20,6 +20,10 @@ mod get_replace_token;
 mod hardening;
 mod independent_clients;
 mod photo_list;
+// nginx in front of two instances, as the cluster tests start it.
+#[allow(dead_code)]
+#[path = "../cluster/processes.rs"]
+mod processes;
 mod redeem;
 mod response_formats;
 mod restart;
