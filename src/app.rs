@@ -15,13 +15,14 @@ use tokio::sync::watch;
 use crate::auth::credentials::{self, Credential, Provenance};
 use crate::auth::{Authenticator, Credentials};
 use crate::config::Config;
-use crate::context::Context;
+use crate::context::{Backends, Context};
 use crate::domain::{PhotoId, ReplaceToken, unix_now};
 use crate::metrics::{MeasuredObjects, MeasuredState, Metrics};
-use crate::storage::chunked::LiveFiles;
+use crate::storage::chunked::{ChunkedObjects, LiveFiles};
 use crate::storage::fs::FsObjectStore;
 use crate::storage::s3::S3ObjectStore;
 use crate::storage::{ObjectKey, ObjectStore, StorageError};
+use crate::store::chunked::ChunkedFiles;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Photo, StateStore, StoreError, TokenGrant, TokenStatus};
@@ -56,23 +57,38 @@ impl App {
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let metrics = Arc::new(Metrics::new());
         let cleanup = Cleanup::default();
-        let state: Arc<dyn StateStore> = match &config.state.redis_url {
+        let (state, chunked): (Arc<dyn StateStore>, Arc<dyn ChunkedFiles>) = match &config.state.redis_url {
             Some(url) => {
                 let timeout = Duration::from_secs(config.state.redis_timeout_secs);
-                Arc::new(RedisStore::new(url, &config.state.key_prefix, timeout).map_err(StartError::State)?)
+                let store = Arc::new(
+                    RedisStore::new(url, &config.state.key_prefix, timeout).map_err(StartError::State)?,
+                );
+                (store.clone(), store)
             }
-            None => Arc::new(EmbeddedStore::open(&config.data_dir).map_err(StartError::State)?),
+            None => {
+                let store = Arc::new(EmbeddedStore::open(&config.data_dir).map_err(StartError::State)?);
+                (store.clone(), store)
+            }
         };
         let state: Arc<dyn StateStore> = Arc::new(MeasuredState::new(state, Arc::clone(&metrics)));
-        let objects: Arc<dyn ObjectStore> = match config.storage.bucket {
-            Some(_) => Arc::new(
-                S3ObjectStore::new(&config.storage, cleanup.clone()).await.map_err(StartError::Objects)?,
-            ),
-            None => Arc::new(
-                FsObjectStore::open(&config.data_dir.join("objects"))
-                    .map_err(|e| StartError::Objects(crate::storage::StorageError::backend(e)))?,
-            ),
-        };
+        let (objects, chunked_objects): (Arc<dyn ObjectStore>, Arc<dyn ChunkedObjects>) =
+            match config.storage.bucket {
+                Some(_) => {
+                    let store = Arc::new(
+                        S3ObjectStore::new(&config.storage, cleanup.clone())
+                            .await
+                            .map_err(StartError::Objects)?,
+                    );
+                    (store.clone(), store)
+                }
+                None => {
+                    let store = Arc::new(
+                        FsObjectStore::open(&config.data_dir.join("objects"))
+                            .map_err(|e| StartError::Objects(crate::storage::StorageError::backend(e)))?,
+                    );
+                    (store.clone(), store)
+                }
+            };
         let objects: Arc<dyn ObjectStore> = Arc::new(MeasuredObjects::new(objects, Arc::clone(&metrics)));
 
         let mut configured = config.credentials.clone();
@@ -94,7 +110,8 @@ impl App {
         let listener = bind(&config.server.listen, backlog)
             .await
             .map_err(|source| StartError::Listen { address: config.server.listen.clone(), source })?;
-        let ctx = Arc::new(Context::new(config, auth, state, objects, metrics, cleanup));
+        let backends = Backends { state, chunked, objects, chunked_objects: Some(chunked_objects) };
+        let ctx = Arc::new(Context::new(config, auth, backends, metrics, cleanup));
         Ok(App { ctx, listener, generated })
     }
 
@@ -281,9 +298,9 @@ async fn sweep(ctx: &Context, min_age: Duration) {
         Ok(removed) => tracing::warn!(removed, "removed what crashed uploads left in the object store"),
         Err(e) => tracing::warn!(error = %crate::causes::chain(&e), "sweeping the object store failed"),
     }
-    let Some(chunked) = ctx.objects.chunked() else { return };
+    let Some(chunked) = &ctx.chunked_objects else { return };
     let grace = Duration::from_secs(ctx.config.state.slot_lease_secs);
-    match chunked.sweep_chunked(grace, &StateKnows(&*ctx.state)).await {
+    match chunked.sweep_chunked(grace, &StateKnows(&*ctx.chunked)).await {
         Ok(0) => {}
         Ok(files) => {
             ctx.metrics.chunked_files.with_label_values(&["abandoned"]).inc_by(files as u64);
@@ -294,12 +311,12 @@ async fn sweep(ctx: &Context, min_age: Duration) {
 }
 
 /// Whether a chunked file is live, as the state store knows.
-struct StateKnows<'a>(&'a dyn StateStore);
+struct StateKnows<'a>(&'a dyn ChunkedFiles);
 
 #[async_trait::async_trait]
 impl LiveFiles for StateKnows<'_> {
     async fn is_live(&self, key: &ObjectKey) -> Result<bool, StorageError> {
-        self.0.chunked().is_live(key.as_str(), unix_now()).await.map_err(StorageError::backend)
+        self.0.is_live(key.as_str(), unix_now()).await.map_err(StorageError::backend)
     }
 }
 

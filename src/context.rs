@@ -16,7 +16,9 @@ use crate::config::Config;
 use crate::cors::AllowedOrigins;
 use crate::metrics::Metrics;
 use crate::storage::ObjectStore;
+use crate::storage::chunked::ChunkedObjects;
 use crate::store::StateStore;
+use crate::store::chunked::ChunkedFiles;
 use crate::tasks::Cleanup;
 use crate::upload::MultipartLimits;
 
@@ -25,7 +27,11 @@ pub struct Context {
     pub config: Config,
     pub auth: Authenticator,
     pub state: Arc<dyn StateStore>,
+    /// The state store's files sent in chunks (the same store).
+    pub chunked: Arc<dyn ChunkedFiles>,
     pub objects: Arc<dyn ObjectStore>,
+    /// The object store's files sent in chunks, if it takes them.
+    pub chunked_objects: Option<Arc<dyn ChunkedObjects>>,
     pub callbacks: BackgroundCaller,
     /// `server.cors_allowed_origins`, ready to answer with.
     pub cors: AllowedOrigins,
@@ -37,15 +43,23 @@ pub struct Context {
     shutting_down: AtomicBool,
 }
 
+/// The stores, as the app opened them.
+pub struct Backends {
+    pub state: Arc<dyn StateStore>,
+    pub chunked: Arc<dyn ChunkedFiles>,
+    pub objects: Arc<dyn ObjectStore>,
+    pub chunked_objects: Option<Arc<dyn ChunkedObjects>>,
+}
+
 impl Context {
     pub fn new(
         config: Config,
         auth: Authenticator,
-        state: Arc<dyn StateStore>,
-        objects: Arc<dyn ObjectStore>,
+        backends: Backends,
         metrics: Arc<Metrics>,
         cleanup: Cleanup,
     ) -> Self {
+        let Backends { state, chunked, objects, chunked_objects } = backends;
         let cors = AllowedOrigins::new(&config.server.cors_allowed_origins);
         let callbacks = BackgroundCaller::new(
             &config.callback.allowed_hosts,
@@ -56,7 +70,9 @@ impl Context {
             config,
             auth,
             state,
+            chunked,
             objects,
+            chunked_objects,
             callbacks,
             cors,
             metrics,

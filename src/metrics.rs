@@ -301,10 +301,6 @@ impl StateStore for MeasuredState {
         self.timed("count_redeem_failure", self.inner.count_redeem_failure(client, window), any_error).await
     }
 
-    fn chunked(&self) -> &dyn crate::store::chunked::ChunkedFiles {
-        self.inner.chunked()
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping(), any_error).await
     }
@@ -378,9 +374,5 @@ impl ObjectStore for MeasuredObjects {
         let result = self.inner.sweep(min_age).await;
         self.metrics.observe("objects", "sweep", started, result.is_err());
         result
-    }
-
-    fn chunked(&self) -> Option<&dyn crate::storage::chunked::ChunkedObjects> {
-        self.inner.chunked()
     }
 }

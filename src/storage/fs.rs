@@ -104,10 +104,6 @@ impl ObjectStore for FsObjectStore {
     async fn sweep(&self, _min_age: std::time::Duration) -> Result<usize, StorageError> {
         Ok(0)
     }
-
-    fn chunked(&self) -> Option<&dyn ChunkedObjects> {
-        Some(self)
-    }
 }
 
 #[async_trait]

@@ -144,11 +144,6 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// ago, returning how many it removed. Run periodically by the
     /// application; a store that cleans up at start-up does nothing.
     async fn sweep(&self, min_age: std::time::Duration) -> Result<usize, StorageError>;
-
-    /// The backend's support for files sent in chunks, if it has any.
-    fn chunked(&self) -> Option<&dyn chunked::ChunkedObjects> {
-        None
-    }
 }
 
 /// Running size and SHA-256 of the bytes that pass through a `put`; every

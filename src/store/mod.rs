@@ -492,9 +492,6 @@ pub trait StateStore: Send + Sync + 'static {
     /// new count. Counts are kept at least until the window is over.
     async fn count_redeem_failure(&self, client: &str, window: u64) -> Result<u32, StoreError>;
 
-    /// Files sent in chunks.
-    fn chunked(&self) -> &dyn chunked::ChunkedFiles;
-
     /// Succeeds when the store can serve requests (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -6,13 +6,41 @@ use std::time::Duration;
 
 use upload_receiver::domain::{ReplaceToken, unix_now};
 use upload_receiver::storage::chunked::{ChunkReceipt, ChunkedObject, PartReceipt, Sizing};
-use upload_receiver::store::chunked::{Begun, ChunkedTerms, FileId, Recorded, Stage, StoredChunk};
+use upload_receiver::store::chunked::{
+    Begun, ChunkedFiles, ChunkedTerms, FileId, Recorded, Stage, StoredChunk,
+};
 use upload_receiver::store::embedded::EmbeddedStore;
 use upload_receiver::store::redis::RedisStore;
 use upload_receiver::store::{CommitError, ReserveError, StateStore, TokenKind};
 
 use crate::servers;
 use crate::state::{new_photo, new_token, version};
+
+/// A state store and its chunked files (the same store, seen as both).
+#[derive(Clone)]
+struct Store {
+    state: Arc<dyn StateStore>,
+    files: Arc<dyn ChunkedFiles>,
+}
+
+impl Store {
+    fn of<S: StateStore + ChunkedFiles>(store: S) -> Store {
+        let store = Arc::new(store);
+        Store { state: store.clone(), files: store }
+    }
+
+    fn chunked(&self) -> &dyn ChunkedFiles {
+        &*self.files
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn StateStore;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.state
+    }
+}
 
 const LEASE: u64 = 600;
 const CLAIM: u64 = 30;
@@ -45,12 +73,12 @@ fn file_of(token: &ReplaceToken, identifier: &str) -> FileId {
     FileId { token: token.clone(), identifier: identifier.into() }
 }
 
-async fn replace_token(s: &dyn StateStore, max_uploads: u32) -> ReplaceToken {
-    let photo = new_photo(s).await;
-    new_token(s, photo, max_uploads, unix_now() + 600).await
+async fn replace_token(s: &Store, max_uploads: u32) -> ReplaceToken {
+    let photo = new_photo(&*s.state).await;
+    new_token(&*s.state, photo, max_uploads, unix_now() + 600).await
 }
 
-async fn began(s: &dyn StateStore, id: &FileId, terms: &ChunkedTerms, now: u64) -> Begun {
+async fn began(s: &Store, id: &FileId, terms: &ChunkedTerms, now: u64) -> Begun {
     s.chunked().begin(id, TokenKind::Replace, terms, 1, now, LEASE).await.unwrap()
 }
 
@@ -59,20 +87,20 @@ macro_rules! conformance {
         mod $name {
             use super::*;
 
-            async fn store() -> (Arc<dyn StateStore>, Option<tempfile::TempDir>) {
+            async fn store() -> (Store, Option<tempfile::TempDir>) {
                 $make
             }
 
             #[tokio::test]
             async fn a_file_takes_one_slot_whatever_its_chunks() {
                 let (s, _dir) = store().await;
-                a_file_takes_one_slot_whatever_its_chunks_case(&*s).await;
+                a_file_takes_one_slot_whatever_its_chunks_case(&s).await;
             }
 
             #[tokio::test]
             async fn chunks_in_any_order_complete_the_file_once() {
                 let (s, _dir) = store().await;
-                chunks_in_any_order_complete_the_file_once_case(&*s).await;
+                chunks_in_any_order_complete_the_file_once_case(&s).await;
             }
 
             #[tokio::test]
@@ -84,25 +112,25 @@ macro_rules! conformance {
             #[tokio::test]
             async fn a_chunk_of_the_other_sizing_is_refused() {
                 let (s, _dir) = store().await;
-                a_chunk_of_the_other_sizing_is_refused_case(&*s).await;
+                a_chunk_of_the_other_sizing_is_refused_case(&s).await;
             }
 
             #[tokio::test]
             async fn small_chunks_are_grouped_into_parts() {
                 let (s, _dir) = store().await;
-                small_chunks_are_grouped_into_parts_case(&*s).await;
+                small_chunks_are_grouped_into_parts_case(&s).await;
             }
 
             #[tokio::test]
             async fn a_cancelled_file_gives_its_slot_back_and_stays_cancelled() {
                 let (s, _dir) = store().await;
-                a_cancelled_file_gives_its_slot_back_and_stays_cancelled_case(&*s).await;
+                a_cancelled_file_gives_its_slot_back_and_stays_cancelled_case(&s).await;
             }
 
             #[tokio::test]
             async fn an_abandoned_file_frees_its_slot_and_its_object() {
                 let (s, _dir) = store().await;
-                an_abandoned_file_frees_its_slot_and_its_object_case(&*s).await;
+                an_abandoned_file_frees_its_slot_and_its_object_case(&s).await;
             }
         }
     };
@@ -110,18 +138,16 @@ macro_rules! conformance {
 
 conformance!(embedded, {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    (store, Some(dir))
+    (Store::of(EmbeddedStore::open(dir.path()).unwrap()), Some(dir))
 });
 
 conformance!(redis, {
     let store =
         RedisStore::new(&servers::redis_url(), &servers::unique_prefix(), Duration::from_secs(2)).unwrap();
-    let store: Arc<dyn StateStore> = Arc::new(store);
-    (store, None)
+    (Store::of(store), None)
 });
 
-async fn a_file_takes_one_slot_whatever_its_chunks_case(s: &dyn StateStore) {
+async fn a_file_takes_one_slot_whatever_its_chunks_case(s: &Store) {
     let now = unix_now();
     let token = replace_token(s, 1).await;
     let id = file_of(&token, "3145728-clip.mp4");
@@ -148,7 +174,7 @@ async fn a_file_takes_one_slot_whatever_its_chunks_case(s: &dyn StateStore) {
     assert!(matches!(began(s, &file_of(&token_b, "3145728-clip.mp4"), &first, now).await, Begun::Began(_)));
 }
 
-async fn chunks_in_any_order_complete_the_file_once_case(s: &dyn StateStore) {
+async fn chunks_in_any_order_complete_the_file_once_case(s: &Store) {
     let now = unix_now();
     let token = replace_token(s, 1).await;
     let id = file_of(&token, "f");
@@ -214,17 +240,17 @@ async fn chunks_in_any_order_complete_the_file_once_case(s: &dyn StateStore) {
     );
 }
 
-async fn the_last_two_chunks_at_once_make_one_completer_case(s: Arc<dyn StateStore>) {
+async fn the_last_two_chunks_at_once_make_one_completer_case(s: Store) {
     for round in 0..20 {
         let now = unix_now();
-        let token = replace_token(&*s, 1).await;
+        let token = replace_token(&s, 1).await;
         let id = file_of(&token, &format!("race-{round}"));
-        began(&*s, &id, &terms(4 << 20, 1 << 20, 1), now).await;
+        began(&s, &id, &terms(4 << 20, 1 << 20, 1), now).await;
         for number in [1, 2] {
             s.chunked().record_chunk(&id, &chunk(number, 1 << 20), now, LEASE, CLAIM).await.unwrap();
         }
         let racers = [3, 4].map(|number| {
-            let (s, id) = (Arc::clone(&s), id.clone());
+            let (s, id) = (s.clone(), id.clone());
             tokio::spawn(async move {
                 let mut last = chunk(number, 1 << 20);
                 last.sizing = Some(Sizing::Ceil);
@@ -245,7 +271,7 @@ async fn the_last_two_chunks_at_once_make_one_completer_case(s: Arc<dyn StateSto
     }
 }
 
-async fn a_chunk_of_the_other_sizing_is_refused_case(s: &dyn StateStore) {
+async fn a_chunk_of_the_other_sizing_is_refused_case(s: &Store) {
     let now = unix_now();
     let token = replace_token(s, 1).await;
     let id = file_of(&token, "sized");
@@ -268,7 +294,7 @@ async fn a_chunk_of_the_other_sizing_is_refused_case(s: &dyn StateStore) {
     assert_eq!((view.sizing, view.chunks_stored), (Some(Sizing::Ceil), 1), "nothing else changed");
 }
 
-async fn small_chunks_are_grouped_into_parts_case(s: &dyn StateStore) {
+async fn small_chunks_are_grouped_into_parts_case(s: &Store) {
     let now = unix_now();
     let token = replace_token(s, 1).await;
     let id = file_of(&token, "grouped");
@@ -311,13 +337,13 @@ async fn small_chunks_are_grouped_into_parts_case(s: &dyn StateStore) {
 }
 
 /// Records chunk `number` of the 7-chunk file, the last one pinning the sizing.
-async fn record_grouped(s: &dyn StateStore, id: &FileId, number: u64, now: u64) -> Recorded {
+async fn record_grouped(s: &Store, id: &FileId, number: u64, now: u64) -> Recorded {
     let mut c = chunk(number, 1 << 20);
     c.sizing = (number == 7).then_some(Sizing::Floor);
     s.chunked().record_chunk(id, &c, now, LEASE, CLAIM).await.unwrap()
 }
 
-async fn a_cancelled_file_gives_its_slot_back_and_stays_cancelled_case(s: &dyn StateStore) {
+async fn a_cancelled_file_gives_its_slot_back_and_stays_cancelled_case(s: &Store) {
     let now = unix_now();
     let token = replace_token(s, 1).await;
     let id = file_of(&token, "refused");
@@ -338,7 +364,7 @@ async fn a_cancelled_file_gives_its_slot_back_and_stays_cancelled_case(s: &dyn S
     assert!(matches!(began(s, &file_of(&token, "next"), &terms(10, 5, 1), now).await, Begun::Began(_)));
 }
 
-async fn an_abandoned_file_frees_its_slot_and_its_object_case(s: &dyn StateStore) {
+async fn an_abandoned_file_frees_its_slot_and_its_object_case(s: &Store) {
     let now = unix_now();
     let token = replace_token(s, 1).await;
     let id = file_of(&token, "left");

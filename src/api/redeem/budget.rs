@@ -10,7 +10,22 @@
 
 use std::net::IpAddr;
 
+use super::error::Refusal;
 use crate::context::Context;
+use crate::domain::unix_now;
+use crate::store::ReserveError;
+
+/// The refusal of a slot: an unknown or expired token counts against the
+/// client's failure budget.
+pub async fn reserve_refusal(ctx: &Context, client: IpAddr, refused: ReserveError) -> Refusal {
+    match refused {
+        ReserveError::Unknown | ReserveError::Expired => {
+            let past_budget = FailureBudget::of(ctx, client, unix_now()).count_failure().await;
+            if past_budget { Refusal::UnknownTokenPastBudget } else { Refusal::UnknownToken }
+        }
+        refused => refused.into(),
+    }
+}
 
 /// The failed redeems of one client in the current Unix minute.
 pub struct FailureBudget<'a> {

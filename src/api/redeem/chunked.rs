@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use super::budget::reserve_refusal;
 use super::chunk::Chunk;
 use super::error::{Failure, Refusal};
-use super::reserve_refusal;
 use crate::context::Context;
 use crate::domain::{ReplaceToken, unix_now};
 use crate::storage::chunked::{ChunkReceipt, ChunkedObjects, Sizing, combine_crc64};
@@ -100,7 +100,7 @@ pub enum Tested {
 pub async fn test(ctx: &Context, kind: TokenKind, token: &str, chunk: &Chunk) -> Tested {
     let Ok(token) = token.parse::<ReplaceToken>() else { return Tested::Missing };
     let id = FileId { token, identifier: chunk.identifier.clone() };
-    let file = match ctx.state.chunked().file(&id, chunk.number, unix_now()).await {
+    let file = match ctx.chunked.file(&id, chunk.number, unix_now()).await {
         Ok(Some(file)) if file.reservation.grant.kind() == kind => file,
         Ok(_) => return Tested::Missing,
         Err(e) => return Tested::Refused(Refusal::Unavailable(e)),
@@ -133,7 +133,7 @@ pub async fn receive(
     request: &ChunkRequest,
     body: ByteStream,
 ) -> Result<ChunkEnd, ChunkError> {
-    let objects = ctx.objects.chunked().ok_or(Refusal::ChunksNotSupported)?;
+    let objects = ctx.chunked_objects.as_deref().ok_or(Refusal::ChunksNotSupported)?;
     let chunk = &request.chunk;
     let size = chunk.current_size.ok_or_else(|| {
         Refusal::BadChunk(
@@ -161,7 +161,7 @@ pub async fn receive(
     };
 
     // 1. The file.
-    let file = match ctx.state.chunked().file(&id, chunk.number, now).await.map_err(Refusal::Unavailable)? {
+    let file = match ctx.chunked.file(&id, chunk.number, now).await.map_err(Refusal::Unavailable)? {
         Some(file) if file.reservation.grant.kind() == request.kind => file,
         Some(_) => return Err(reserve_refusal(ctx, request.client, ReserveError::Unknown).await.into()),
         None => begin(ctx, objects, request, &id, media_type.unwrap_or(UNRECOGNISED), now).await?,
@@ -289,7 +289,7 @@ async fn begin(
         declared_type: chunk.declared_type.clone(),
     };
     let lease = ctx.config.limits.chunked_idle_timeout_secs;
-    let begun = ctx.state.chunked().begin(id, request.kind, &terms, chunk.number, now, lease).await;
+    let begun = ctx.chunked.begin(id, request.kind, &terms, chunk.number, now, lease).await;
     match begun {
         Ok(Begun::Began(file)) => {
             tracing::info!(token = ?id.token, identifier = %id.identifier, "chunked upload begun; slot reserved");
@@ -315,11 +315,9 @@ async fn begin(
 
 /// Aborts an assembly nobody records, on a clean-up task.
 fn abort_later(ctx: &Context, terms: ChunkedTerms) {
-    let objects = std::sync::Arc::clone(&ctx.objects);
+    let Some(objects) = ctx.chunked_objects.clone() else { return };
     ctx.cleanup.spawn(async move {
-        if let Some(chunked) = objects.chunked()
-            && let Err(e) = chunked.abort(&terms.object).await
-        {
+        if let Err(e) = objects.abort(&terms.object).await {
             tracing::warn!(key = %terms.object.key, error = %crate::causes::chain(&e), "aborting a chunked file's assembly failed; the sweep will retry");
         }
     });
@@ -362,7 +360,7 @@ fn pinned(
 /// Cancels a refused file: its slot back, its staged bytes removed.
 async fn cancel(ctx: &Context, id: &FileId, file: &ChunkedFile, message: &str) {
     let lease = ctx.config.limits.chunked_idle_timeout_secs;
-    match ctx.state.chunked().cancel(id, message, unix_now(), lease).await {
+    match ctx.chunked.cancel(id, message, unix_now(), lease).await {
         Ok(()) => {
             ctx.metrics.chunked_files.with_label_values(&["cancelled"]).inc();
             abort_later(ctx, file.terms.clone());
@@ -378,7 +376,7 @@ async fn cancel(ctx: &Context, id: &FileId, file: &ChunkedFile, message: &str) {
 /// Records a stored chunk.
 async fn record(ctx: &Context, id: &FileId, stored: &StoredChunk) -> Result<Recorded, Refusal> {
     let (lease, claim) = (ctx.config.limits.chunked_idle_timeout_secs, claim_secs(ctx));
-    ctx.state.chunked().record_chunk(id, stored, unix_now(), lease, claim).await.map_err(Refusal::Unavailable)
+    ctx.chunked.record_chunk(id, stored, unix_now(), lease, claim).await.map_err(Refusal::Unavailable)
 }
 
 /// How long a claim on making a part or completing a file lasts: an
@@ -391,7 +389,7 @@ fn claim_secs(ctx: &Context) -> u64 {
 /// Gives up a claim whose work failed, so the next copy of a chunk takes
 /// it (a failure to do so only makes it wait for the claim's end).
 async fn release(ctx: &Context, id: &FileId, part: Option<u64>) {
-    if let Err(e) = ctx.state.chunked().release_claim(id, part).await {
+    if let Err(e) = ctx.chunked.release_claim(id, part).await {
         tracing::warn!(error = %crate::causes::chain(&e), "a chunked file's claim was not given up; it runs out");
     }
 }
@@ -420,8 +418,7 @@ async fn settle(
                     }
                 };
                 let (lease, claim) = (ctx.config.limits.chunked_idle_timeout_secs, claim_secs(ctx));
-                ctx.state
-                    .chunked()
+                ctx.chunked
                     .record_part(id, &receipt, unix_now(), lease, claim)
                     .await
                     .map_err(Refusal::Unavailable)?
@@ -482,7 +479,7 @@ async fn complete(
         created_at: now,
     };
     let keep = ctx.config.limits.chunked_idle_timeout_secs;
-    match ctx.state.chunked().complete(id, &file.reservation, version, now, keep).await {
+    match ctx.chunked.complete(id, &file.reservation, version, now, keep).await {
         Ok(recorded) => {
             ctx.metrics.chunked_files.with_label_values(&["completed"]).inc();
             Ok(finished(grant, recorded, false))
@@ -495,7 +492,7 @@ async fn complete(
         Err(error) => {
             // Completed meanwhile by a request that took the claim over?
             // Only a file known not to be may lose its object.
-            match ctx.state.chunked().file(id, 1, unix_now()).await {
+            match ctx.chunked.file(id, 1, unix_now()).await {
                 Ok(Some(ChunkedFile { stage: Stage::Completed(recorded), .. })) => {
                     return Ok(finished(grant, recorded, true));
                 }

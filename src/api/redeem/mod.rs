@@ -36,7 +36,7 @@ use crate::storage::ByteStream;
 use crate::store::{ReserveError, TokenGrant, TokenKind, TokenPurpose};
 use crate::upload::{FilePart, Form, StoredFile};
 use answer::{Received, Redeemed};
-use budget::FailureBudget;
+use budget::reserve_refusal;
 use chunk::{Chunk, ChunkParams, chunk_params, is_protocol_parameter};
 use chunked::{ChunkEnd, ChunkError, ChunkRequest, Tested};
 use error::{Failure, RedeemError, Refusal, SiteReturn};
@@ -288,18 +288,6 @@ async fn reserve(ctx: &Context, token: &str, kind: TokenKind, client: IpAddr) ->
     match reserved {
         Ok(lease) => Ok(lease),
         Err(refused) => Err(reserve_refusal(ctx, client, refused).await),
-    }
-}
-
-/// The refusal of a slot: an unknown or expired token counts against the
-/// client's failure budget.
-async fn reserve_refusal(ctx: &Context, client: IpAddr, refused: ReserveError) -> Refusal {
-    match refused {
-        ReserveError::Unknown | ReserveError::Expired => {
-            let past_budget = FailureBudget::of(ctx, client, unix_now()).count_failure().await;
-            if past_budget { Refusal::UnknownTokenPastBudget } else { Refusal::UnknownToken }
-        }
-        refused => refused.into(),
     }
 }
 

@@ -319,10 +319,6 @@ impl ObjectStore for S3ObjectStore {
         Ok(())
     }
 
-    fn chunked(&self) -> Option<&dyn super::chunked::ChunkedObjects> {
-        Some(self)
-    }
-
     /// Aborts multipart uploads under the receiver's key space that were
     /// started more than `min_age` ago (left by a process that died).
     /// Returns how many were aborted.

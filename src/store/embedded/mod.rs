@@ -29,6 +29,7 @@
 //! snapshot read).
 
 mod chunked;
+mod chunked_store;
 mod tables;
 mod writer;
 
@@ -40,14 +41,14 @@ use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::{
     CommitError, EXPIRED_TOKEN_RETENTION_SECS, MetadataUpdate, NewPhoto, NonceKey, Photo, Purged,
-    RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenKind, TokenPurpose,
-    TokenStatus, TokenUpdate, VersionFile,
+    RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenKind, TokenStatus,
+    TokenUpdate, VersionFile,
 };
 use crate::domain::{PhotoId, ReplaceToken, random_bytes};
 use tables::{
-    LiveReservation, META, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version, create_photo,
-    create_tables, delete_files, encode, get_file, get_token_state, put_file, read_photo, store_error,
-    token_files, update_photo_metadata, update_token,
+    LiveReservation, META, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version, commit_reserved,
+    create_photo, create_tables, delete_files, encode, get_file, get_token_state, put_file, read_photo,
+    store_error, token_files, update_photo_metadata, update_token,
 };
 use writer::Writer;
 
@@ -307,10 +308,6 @@ impl StateStore for EmbeddedStore {
         Ok(*count)
     }
 
-    fn chunked(&self) -> &dyn super::chunked::ChunkedFiles {
-        self
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         // A write round trip proves the writer thread is alive and the file
         // is writable, not just that a snapshot can be read.
@@ -361,59 +358,11 @@ impl StateStore for EmbeddedStore {
     }
 }
 
-/// Consumes reservation `id` of `token` and records `version` in `txn`
-/// (see [`StateStore::commit_version`]): the slot is spent if and only if
-/// the version is recorded, every write being in this one transaction.
-fn commit_reserved(
-    txn: &WriteTransaction,
-    token: &ReplaceToken,
-    id: &str,
-    version: VersionFile,
-    now: u64,
-    file: Option<&str>,
-) -> Result<Result<RecordedVersion, CommitError>, StoreError> {
-    update_token(txn, token, Err(CommitError::LeaseLost), |state| {
-        if state.live_reservation(id, now).is_none() {
-            return Ok((Err(CommitError::LeaseLost), false));
-        }
-        let recorded = match &state.grant.purpose {
-            TokenPurpose::Replace { photo_id } => match append_version(txn, *photo_id, version)? {
-                Some(recorded) => recorded,
-                None => return Ok((Err(CommitError::NoSuchPhoto), false)),
-            },
-            TokenPurpose::Upload { upload: terms } => {
-                let tree_id = terms.tree_id.clone();
-                let upload =
-                    state.upload.as_mut().ok_or_else(|| store_error("upload token without its state"))?;
-                let mut metadata = upload.metadata.clone();
-                let mut own = match file {
-                    Some(file) => Some(get_file(txn, token.as_str(), file)?.unwrap_or_default()),
-                    None => None,
-                };
-                if let Some(update) = own.as_ref().and_then(|own| own.update.as_ref()) {
-                    update.apply_to(&mut metadata);
-                }
-                let (record, first) =
-                    create_photo(txn, NewPhoto { tree_id, metadata, first_version: version })?;
-                let recorded = record.recorded(first);
-                upload.photos.push(recorded.photo_id);
-                if let (Some(file), Some(own)) = (file, own.as_mut()) {
-                    own.photos.push(recorded.photo_id);
-                    put_file(txn, token.as_str(), file, own)?;
-                }
-                recorded
-            }
-        };
-        state.reservations.retain(|r| r.id != id);
-        state.committed += 1;
-        Ok((Ok(recorded), true))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::PhotoSecret;
+    use crate::store::TokenPurpose;
     use crate::store::{PhotoRecord, PhotoVersion};
 
     fn version(key: &str) -> VersionFile {

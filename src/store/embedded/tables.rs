@@ -11,8 +11,8 @@ use crate::causes::BoxError;
 use crate::domain::PhotoSecret;
 use crate::domain::{PhotoId, ReplaceToken};
 use crate::store::{
-    MetadataUpdate, NewPhoto, Photo, PhotoMetadata, PhotoRecord, PhotoVersion, RecordedVersion, StoreError,
-    TokenGrant, TokenPurpose, VersionFile,
+    CommitError, MetadataUpdate, NewPhoto, Photo, PhotoMetadata, PhotoRecord, PhotoVersion, RecordedVersion,
+    StoreError, TokenGrant, TokenPurpose, VersionFile,
 };
 
 /// Photo id → its [`PhotoRecord`].
@@ -25,6 +25,13 @@ const WHOLE_PHOTOS: TableDefinition<u64, &[u8]> = TableDefinition::new("photos")
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// (upload token, Resumable.js identifier) → that file's [`FileState`].
 pub const UPLOAD_FILES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("upload_files");
+/// (token, identifier) → that file's `chunked::FileRecord`.
+pub const CHUNKED_FILES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("chunked_files");
+/// (token, identifier, chunk number) → that chunk's `ChunkReceipt`.
+pub const FILE_CHUNKS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("chunked_file_chunks");
+/// Object key of a file being received → the end of its lease.
+pub const LIVE_OBJECTS: TableDefinition<&str, u64> = TableDefinition::new("chunked_live_objects");
 /// Nonce identity → expiry.
 pub const NONCES: TableDefinition<&str, u64> = TableDefinition::new("nonces");
 /// (expiry, nonce identity) → (), so expired nonces are purged by range.
@@ -165,9 +172,9 @@ pub fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(NONCES).map_err(store_error)?;
     txn.open_table(NONCE_EXPIRY).map_err(store_error)?;
     txn.open_table(META).map_err(store_error)?;
-    txn.open_table(super::chunked::CHUNKED_FILES).map_err(store_error)?;
-    txn.open_table(super::chunked::FILE_CHUNKS).map_err(store_error)?;
-    txn.open_table(super::chunked::LIVE_OBJECTS).map_err(store_error)?;
+    txn.open_table(CHUNKED_FILES).map_err(store_error)?;
+    txn.open_table(FILE_CHUNKS).map_err(store_error)?;
+    txn.open_table(LIVE_OBJECTS).map_err(store_error)?;
     txn.commit().map_err(store_error)
 }
 
@@ -331,4 +338,53 @@ pub fn append_version(
     let number = last + 1;
     versions.insert((id.0, number), encode(&version).as_slice()).map_err(store_error)?;
     Ok(Some(record.recorded(PhotoVersion { number, file: version })))
+}
+
+/// Consumes reservation `id` of `token` and records `version` in `txn`
+/// (see `StateStore::commit_version`): the slot is spent if and only if
+/// the version is recorded, every write being in this one transaction.
+pub fn commit_reserved(
+    txn: &WriteTransaction,
+    token: &ReplaceToken,
+    id: &str,
+    version: VersionFile,
+    now: u64,
+    file: Option<&str>,
+) -> Result<Result<RecordedVersion, CommitError>, StoreError> {
+    update_token(txn, token, Err(CommitError::LeaseLost), |state| {
+        if state.live_reservation(id, now).is_none() {
+            return Ok((Err(CommitError::LeaseLost), false));
+        }
+        let recorded = match &state.grant.purpose {
+            TokenPurpose::Replace { photo_id } => match append_version(txn, *photo_id, version)? {
+                Some(recorded) => recorded,
+                None => return Ok((Err(CommitError::NoSuchPhoto), false)),
+            },
+            TokenPurpose::Upload { upload: terms } => {
+                let tree_id = terms.tree_id.clone();
+                let upload =
+                    state.upload.as_mut().ok_or_else(|| store_error("upload token without its state"))?;
+                let mut metadata = upload.metadata.clone();
+                let mut own = match file {
+                    Some(file) => Some(get_file(txn, token.as_str(), file)?.unwrap_or_default()),
+                    None => None,
+                };
+                if let Some(update) = own.as_ref().and_then(|own| own.update.as_ref()) {
+                    update.apply_to(&mut metadata);
+                }
+                let (record, first) =
+                    create_photo(txn, NewPhoto { tree_id, metadata, first_version: version })?;
+                let recorded = record.recorded(first);
+                upload.photos.push(recorded.photo_id);
+                if let (Some(file), Some(own)) = (file, own.as_mut()) {
+                    own.photos.push(recorded.photo_id);
+                    put_file(txn, token.as_str(), file, own)?;
+                }
+                recorded
+            }
+        };
+        state.reservations.retain(|r| r.id != id);
+        state.committed += 1;
+        Ok((Ok(recorded), true))
+    })
 }

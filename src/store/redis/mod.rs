@@ -522,10 +522,6 @@ impl StateStore for RedisStore {
         Ok(count)
     }
 
-    fn chunked(&self) -> &dyn super::chunked::ChunkedFiles {
-        self
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
         let _: String = self.bounded(redis::cmd("PING").query_async(&mut connection)).await?;
