@@ -216,6 +216,16 @@ mod tests {
     }
 
     #[test]
+    fn only_the_libraries_own_parameters_are_theirs() {
+        for name in ["resumableChunkNumber", "resumableRelativePath", "flowTotalChunks", "flowIdentifier"] {
+            assert!(is_protocol_parameter(name), "{name}");
+        }
+        for name in ["flowers", "resumable", "flowChunk", "resumableSession", "session"] {
+            assert!(!is_protocol_parameter(name), "{name} is the site's");
+        }
+    }
+
+    #[test]
     fn a_chunk_is_recognised_by_either_librarys_names_in_query_or_form() {
         let resumable = params(&[
             ("resumableChunkNumber", "2"),
