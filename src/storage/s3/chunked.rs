@@ -6,11 +6,11 @@
 //!   UploadPart: nothing is buffered.
 //! - Smaller chunks are staged as objects of their own
 //!   (`staging/<file>/<n>`), streamed the same way; the request that
-//!   stores the last chunk of a part reads the part's staged chunks back
-//!   into one buffer (a part: at least 5 MiB, at most
-//!   [`ChunkedObject::chunks_per_part`] chunks), uploads it as that part and
-//!   deletes them. That costs one more write and read of each byte inside
-//!   S3 and one part's buffer while it is made.
+//!   stores the last chunk of a part streams the part's staged chunks, one
+//!   after another, into that part (at least 5 MiB, at most
+//!   [`ChunkedObject::chunks_per_part`] chunks); they are deleted when the
+//!   file is complete. That costs one more write and read of each byte
+//!   inside S3, and no buffer.
 //!
 //! Streamed requests have no overall timeout (a visitor's chunk takes as
 //! long as the visitor); the body's idle timeout bounds them instead.
@@ -24,14 +24,14 @@ use async_trait::async_trait;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::body::{Frame, SizeHint};
 
 use super::{S3ObjectStore, abort, backend, sdk_error};
 use crate::storage::chunked::{
     ChunkReceipt, ChunkedObject, ChunkedObjects, Crc64, LiveFiles, MIN_PART_BYTES, PartReceipt,
-    chunks_per_part,
+    chunks_per_part, combine_crc64,
 };
 use crate::storage::{ByteStream, ObjectKey, StorageError};
 
@@ -296,40 +296,59 @@ impl ChunkedObjects for S3ObjectStore {
         part: u64,
         chunks: &[(u64, ChunkReceipt)],
     ) -> Result<PartReceipt, StorageError> {
+        // The staged chunks, read one after another, stream into the part:
+        // nothing is buffered beyond the transfer's own few chunks.
         let size: u64 = chunks.iter().map(|(_, r)| r.size).sum();
-        let mut buffer = BytesMut::with_capacity(usize::try_from(size).map_err(backend)?);
-        for (number, receipt) in chunks {
-            let got = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(staged_key(file, *number))
-                .send()
-                .await
-                .map_err(sdk_error)?;
-            let mut body = got.body;
-            let mut crc = Crc64::default();
-            while let Some(bytes) = body.next().await {
-                let bytes = bytes.map_err(backend)?;
-                crc.update(&bytes);
-                buffer.extend_from_slice(&bytes);
-            }
-            if crc.receipt(None).crc64 != receipt.crc64 || crc.size() != receipt.size {
-                return Err(backend(format!("staged chunk {number} does not match its receipt")));
-            }
-        }
-        let sent = self
+        let (client, bucket) = (self.client.clone(), self.bucket.clone());
+        let keys: Vec<String> = chunks.iter().map(|(number, _)| staged_key(file, *number)).collect();
+        let staged: ByteStream = Box::pin(
+            futures_util::stream::iter(keys)
+                .then(move |key| {
+                    let (client, bucket) = (client.clone(), bucket.clone());
+                    async move { client.get_object().bucket(bucket).key(key).send().await }
+                })
+                .flat_map(|got| match got {
+                    Ok(object) => futures_util::stream::unfold(object.body, |mut body| async move {
+                        let bytes = body.next().await?;
+                        Some((bytes.map_err(std::io::Error::other), body))
+                    })
+                    .boxed(),
+                    Err(e) => {
+                        let failed = std::io::Error::other(crate::causes::chain(&e));
+                        futures_util::stream::once(async move { Err(failed) }).boxed()
+                    }
+                }),
+        );
+        let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(&file.key)
             .upload_id(self.upload_id(file)?)
             .part_number(i32::try_from(part).map_err(backend)?)
-            .body(S3Body::from(buffer.freeze()))
-            .send()
-            .await
-            .map_err(sdk_error)?;
-        Ok(PartReceipt { number: part, etag: sent.e_tag().map(str::to_owned) })
+            .content_length(i64::try_from(size).map_err(backend)?);
+        let result = streamed(staged, size, |body| async move {
+            let sent = request
+                .body(body)
+                .customize()
+                .config_override(unbounded())
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            Ok(sent.e_tag().map(str::to_owned))
+        })
+        .await;
+        // (A staged chunk that cannot be read is the store's failure, not a client's.)
+        let (etag, read) = result.map_err(|e| match e {
+            StorageError::Source(e) => backend(e),
+            other => other,
+        })?;
+        let receipts: Vec<ChunkReceipt> = chunks.iter().map(|(_, r)| r.clone()).collect();
+        if read.crc64 != combine_crc64(&receipts) {
+            return Err(backend(format!("the staged chunks of part {part} do not match their receipts")));
+        }
+        Ok(PartReceipt { number: part, etag })
     }
 
     /// Completes the multipart upload, then deletes the staged chunks (kept
