@@ -16,7 +16,7 @@ pub use chunked::chunked;
 pub use small::small_uploads;
 pub use tokens::tokens;
 pub use upload_fs::upload_fs;
-pub use upload_s3::upload_s3;
+pub use upload_s3::{direct_multipart, upload_s3};
 pub use versions::versions;
 
 use crate::MIB;

@@ -21,17 +21,23 @@ const PART_SIZE: u64 = 8 * MIB;
 const PARTS_IN_FLIGHT: usize = 4;
 
 /// The baseline of case 2: the same bytes straight to S3 with aws-sdk-s3,
-/// same part size, same parts in flight.
-async fn direct_multipart(client: &aws_sdk_s3::Client, key: &str, size: u64) -> anyhow::Result<()> {
+/// in parts of `part_size`, same parts in flight. Returns how long its
+/// CompleteMultipartUpload took (case 7's floor for completing a file).
+pub async fn direct_multipart(
+    client: &aws_sdk_s3::Client,
+    key: &str,
+    size: u64,
+    part_size: u64,
+) -> anyhow::Result<std::time::Duration> {
     use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
     let created = client.create_multipart_upload().bucket(S3_BUCKET).key(key).send().await?;
     let upload_id = created.upload_id().context("no upload id")?.to_owned();
-    let part = Bytes::from(vec![0x5a; PART_SIZE as usize]);
+    let part = Bytes::from(vec![0x5a; part_size as usize]);
     let mut in_flight = tokio::task::JoinSet::new();
     let mut parts = Vec::new();
-    let count = size.div_ceil(PART_SIZE);
+    let count = size.div_ceil(part_size);
     for number in 1..=count as i32 {
-        let length = (size - (number as u64 - 1) * PART_SIZE).min(PART_SIZE) as usize;
+        let length = (size - (number as u64 - 1) * part_size).min(part_size) as usize;
         while in_flight.len() >= PARTS_IN_FLIGHT - 1 {
             parts.push(in_flight.join_next().await.context("a part")???);
         }
@@ -55,6 +61,7 @@ async fn direct_multipart(client: &aws_sdk_s3::Client, key: &str, size: u64) -> 
         parts.push(done??);
     }
     parts.sort_by_key(|p| p.part_number());
+    let completing = Instant::now();
     client
         .complete_multipart_upload()
         .bucket(S3_BUCKET)
@@ -63,7 +70,7 @@ async fn direct_multipart(client: &aws_sdk_s3::Client, key: &str, size: u64) -> 
         .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
         .send()
         .await?;
-    Ok(())
+    Ok(completing.elapsed())
 }
 
 /// Case 2 (and the S3 memory of case 3): one large redeem to S3 vs. the
@@ -81,7 +88,7 @@ pub async fn upload_s3(cli: &Cli) -> anyhow::Result<Vec<Row>> {
 
         let client = s3.client().await;
         let started = Instant::now();
-        direct_multipart(&client, &format!("direct-{run}"), size).await?;
+        direct_multipart(&client, &format!("direct-{run}"), size, PART_SIZE).await?;
         direct_rates.push(size as f64 / MIB as f64 / started.elapsed().as_secs_f64());
 
         // 64 concurrent 64 MiB redeems on a fresh receiver.
