@@ -79,6 +79,71 @@ async fn chunked_redeem(
     })
 }
 
+/// The S3 requests small chunks cost, made directly with aws-sdk-s3: each
+/// `chunk`-byte chunk put as an object of its own (`IN_FLIGHT` at once),
+/// then each group of `per_part` read back into one part, then the
+/// completion. Returns MiB/s: the ceiling of the staged path on this server.
+async fn direct_staged(
+    client: &aws_sdk_s3::Client,
+    size: u64,
+    chunk: u64,
+    per_part: u64,
+) -> anyhow::Result<f64> {
+    use crate::servers::S3_BUCKET;
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let started = Instant::now();
+    let count = size / chunk;
+    let body = bytes::Bytes::from(vec![0x5a; chunk as usize]);
+    let mut puts = tokio::task::JoinSet::new();
+    for number in 0..count {
+        while puts.len() >= IN_FLIGHT {
+            puts.join_next().await.expect("a put")??;
+        }
+        let request = client
+            .put_object()
+            .bucket(S3_BUCKET)
+            .key(format!("staged/{number}"))
+            .body(ByteStream::from(body.clone()));
+        puts.spawn(async move { request.send().await.map(drop) });
+    }
+    while let Some(done) = puts.join_next().await {
+        done??;
+    }
+    let created = client.create_multipart_upload().bucket(S3_BUCKET).key("staged-whole").send().await?;
+    let upload_id = created.upload_id().unwrap_or_default().to_owned();
+    let mut parts = Vec::new();
+    for (index, group) in (0..count).collect::<Vec<_>>().chunks(per_part as usize).enumerate() {
+        let mut part = bytes::BytesMut::new();
+        for number in group {
+            let got = client.get_object().bucket(S3_BUCKET).key(format!("staged/{number}")).send().await?;
+            part.extend_from_slice(&got.body.collect().await?.into_bytes());
+        }
+        let number = index as i32 + 1;
+        let sent = client
+            .upload_part()
+            .bucket(S3_BUCKET)
+            .key("staged-whole")
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(ByteStream::from(part.freeze()))
+            .send()
+            .await?;
+        parts.push(
+            CompletedPart::builder().part_number(number).set_e_tag(sent.e_tag().map(str::to_owned)).build(),
+        );
+    }
+    client
+        .complete_multipart_upload()
+        .bucket(S3_BUCKET)
+        .key("staged-whole")
+        .upload_id(&upload_id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await?;
+    Ok(size as f64 / MIB as f64 / started.elapsed().as_secs_f64())
+}
+
 /// Case 7 on local files, and on S3 (s3s-fs) when `with_s3`.
 pub async fn chunked(cli: &Cli, with_s3: bool) -> anyhow::Result<Vec<Row>> {
     let size = cli.size_mib * MIB;
@@ -90,6 +155,7 @@ pub async fn chunked(cli: &Cli, with_s3: bool) -> anyhow::Result<Vec<Row>> {
         // S3's own CompleteMultipartUpload of the same parts: the floor of
         // completing a file there (s3s-fs copies the parts into one file).
         let (mut complete_large, mut complete_small) = (Vec::new(), Vec::new());
+        let mut staged_directly = Vec::new();
         for run in 0..cli.runs {
             eprintln!("chunked ({name}): run {} of {}", run + 1, cli.runs);
             let s3_server = if s3 { Some(S3Server::start().await?) } else { None };
@@ -102,6 +168,7 @@ pub async fn chunked(cli: &Cli, with_s3: bool) -> anyhow::Result<Vec<Row>> {
                 let key = format!("direct-{run}");
                 complete_large.push(direct_multipart(&client, &key, size, 8 * MIB).await?.as_secs_f64());
                 complete_small.push(direct_multipart(&client, &key, size, 5 * MIB).await?.as_secs_f64());
+                staged_directly.push(direct_staged(&client, size, MIB, 5).await?);
             }
         }
         let cases = [
@@ -118,6 +185,16 @@ pub async fn chunked(cli: &Cli, with_s3: bool) -> anyhow::Result<Vec<Row>> {
                 baseline: Some(("the same file in one request", single.clone())),
                 target: Some(target.into()),
             });
+            if chunk == "1 MiB" && !staged_directly.is_empty() {
+                rows.push(Row {
+                    case: label(", against its S3 requests made directly"),
+                    metric: "throughput",
+                    unit: "MiB/s",
+                    samples: runs.iter().map(|r| r.rate).collect(),
+                    baseline: Some(("the same staging requests by aws-sdk-s3", staged_directly.clone())),
+                    target: None,
+                });
+            }
             rows.push(Row {
                 case: label(": memory"),
                 metric: "peak RSS above idle",
