@@ -109,6 +109,17 @@ impl ChunkedObject {
         (number - 1) / self.chunks_per_part + 1
     }
 
+    /// How many chunks the file has under `sizing`, once it is known; or
+    /// with the sizing unknown, when both cut the file into as many chunks
+    /// (then they cut it alike).
+    pub fn chunk_count(&self, sizing: Option<Sizing>) -> Option<u64> {
+        let [floor, ceil] = Sizing::BOTH.map(|s| s.chunks(self.total_size, self.chunk_size));
+        match sizing {
+            Some(sizing) => Some(sizing.chunks(self.total_size, self.chunk_size)),
+            None => (floor == ceil).then_some(floor),
+        }
+    }
+
     /// Where chunk `number` starts.
     pub fn offset_of(&self, number: u64) -> u64 {
         (number - 1) * self.chunk_size

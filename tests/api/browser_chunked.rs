@@ -103,19 +103,32 @@ fn statuses(outcome: &serde_json::Value) -> Vec<u64> {
     outcome["requests"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect()
 }
 
+/// The library's page as a site writes it: `class` (Resumable or Flow)
+/// with its defaults and three chunks at once, posting to `target` with
+/// `token`, starting on `start` (the event of a chosen file), reporting
+/// fileSuccess and fileError.
+fn chunking_page(library: &str, class: &str, start: &str, target: &str, token: &str) -> String {
+    let setup = format!(
+        r#"  const u = new {class}({{ target: {target}, query: {{ upload_token: {token} }}, simultaneousUploads: 3 }});
+  u.assignBrowse(document.getElementById('pick'));
+  u.on('{start}', () => u.upload());
+  u.on('fileSuccess', (file, message) => done(true, message));
+  u.on('fileError', (file, message) => done(false, message));"#,
+        target = serde_json::json!(target),
+        token = serde_json::json!(token),
+    );
+    library_page(&installed(library), &setup)
+}
+
+/// Resumable.js as a site loads it.
+fn resumable_page(target: &str, token: &str) -> String {
+    chunking_page("resumablejs/resumable.js", "Resumable", "fileAdded", target, token)
+}
+
 #[tokio::test]
 async fn resumable_js_with_its_defaults_uploads_five_chunks_three_at_once_cross_origin() {
     let (app, site, token) = scene("Five chunks").await;
-    let setup = format!(
-        r#"  const r = new Resumable({{ target: {target}, query: {{ upload_token: {token} }}, simultaneousUploads: 3 }});
-  r.assignBrowse(document.getElementById('pick'));
-  r.on('fileAdded', () => r.upload());
-  r.on('fileSuccess', (file, message) => done(true, message));
-  r.on('fileError', (file, message) => done(false, message));"#,
-        target = serde_json::json!(app.url(REDEEM_UPLOAD)),
-        token = serde_json::json!(token),
-    );
-    site.set_form(library_page(&installed("resumablejs/resumable.js"), &setup));
+    site.set_form(resumable_page(&app.url(REDEEM_UPLOAD), &token));
     let (file, bytes) = clip();
     let outcome = run_library_in_browser(site.url("/form"), file.path().to_owned()).await;
     assert_one_success_byte_for_byte(&app, &site, &outcome, &bytes, "Five chunks").await;
@@ -129,16 +142,8 @@ async fn resumable_js_with_its_defaults_uploads_five_chunks_three_at_once_cross_
 #[tokio::test]
 async fn flow_js_with_its_defaults_uploads_five_chunks_three_at_once_cross_origin() {
     let (app, site, token) = scene("Flowed").await;
-    let setup = format!(
-        r#"  const flow = new Flow({{ target: {target}, query: {{ upload_token: {token} }}, simultaneousUploads: 3 }});
-  flow.assignBrowse(document.getElementById('pick'));
-  flow.on('filesSubmitted', () => flow.upload());
-  flow.on('fileSuccess', (file, message) => done(true, message));
-  flow.on('fileError', (file, message) => done(false, message));"#,
-        target = serde_json::json!(app.url(REDEEM_UPLOAD)),
-        token = serde_json::json!(token),
-    );
-    site.set_form(library_page(&installed("@flowjs/flow.js/dist/flow.js"), &setup));
+    let target = app.url(REDEEM_UPLOAD);
+    site.set_form(chunking_page("@flowjs/flow.js/dist/flow.js", "Flow", "filesSubmitted", &target, &token));
     let (file, bytes) = clip();
     let outcome = run_library_in_browser(site.url("/form"), file.path().to_owned()).await;
     assert_one_success_byte_for_byte(&app, &site, &outcome, &bytes, "Flowed").await;
@@ -199,16 +204,7 @@ async fn resumable_js_through_nginx_to_two_instances_uploads_the_file_once() {
     let target = format!("http://127.0.0.1:{}{REDEEM_UPLOAD}", lb.port);
     let token =
         a.upload_token(&[("return_url", &site.url("/done?theme=green")), ("title", "Balanced")]).await;
-    let setup = format!(
-        r#"  const r = new Resumable({{ target: {target}, query: {{ upload_token: {token} }}, simultaneousUploads: 3 }});
-  r.assignBrowse(document.getElementById('pick'));
-  r.on('fileAdded', () => r.upload());
-  r.on('fileSuccess', (file, message) => done(true, message));
-  r.on('fileError', (file, message) => done(false, message));"#,
-        target = serde_json::json!(target),
-        token = serde_json::json!(token),
-    );
-    site.set_form(library_page(&installed("resumablejs/resumable.js"), &setup));
+    site.set_form(resumable_page(&target, &token));
     let (file, bytes) = clip();
     let outcome = run_library_in_browser(site.url("/form"), file.path().to_owned()).await;
     assert_one_success_byte_for_byte(&a, &site, &outcome, &bytes, "Balanced").await;

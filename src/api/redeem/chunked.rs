@@ -115,12 +115,7 @@ pub async fn test(ctx: &Context, kind: TokenKind, token: &str, chunk: &Chunk) ->
         Stage::Receiving if pinned(&file, chunk, &Sizing::BOTH).is_err() => Tested::Missing,
         Stage::Receiving => {
             // Every chunk stored, yet not committed: the completion died.
-            let object = &file.terms.object;
-            let counts = Sizing::BOTH.map(|s| s.chunks(object.total_size, object.chunk_size));
-            let count = match file.sizing {
-                Some(sizing) => Some(sizing.chunks(object.total_size, object.chunk_size)),
-                None => (counts[0] == counts[1]).then_some(counts[0]),
-            };
+            let count = file.terms.object.chunk_count(file.sizing);
             let all_stored = count.is_some_and(|count| file.chunks_stored >= count);
             if file.has_chunk && !all_stored { Tested::Stored } else { Tested::Missing }
         }

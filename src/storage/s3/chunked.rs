@@ -167,6 +167,68 @@ impl S3ObjectStore {
         }
     }
 
+    /// Streams `body` (`size` bytes) into the object `key`: a chunk staged
+    /// on its own, or a file of one chunk stored whole.
+    async fn put_streamed(
+        &self,
+        key: String,
+        content_type: Option<String>,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<ChunkReceipt, StorageError> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(content_type)
+            .content_length(i64::try_from(size).map_err(backend)?);
+        let ((), receipt) = streamed(body, size, |body| async move {
+            request
+                .body(body)
+                .customize()
+                .config_override(unbounded())
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            Ok(())
+        })
+        .await?;
+        Ok(receipt)
+    }
+
+    /// Streams `body` (`size` bytes) into part `part` of the file's
+    /// multipart upload; returns the part's ETag and what passed.
+    async fn upload_part_streamed(
+        &self,
+        file: &ChunkedObject,
+        part: u64,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<(Option<String>, ChunkReceipt), StorageError> {
+        let request = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&file.key)
+            .upload_id(self.upload_id(file)?)
+            .part_number(i32::try_from(part).map_err(backend)?)
+            .content_length(i64::try_from(size).map_err(backend)?);
+        streamed(body, size, |body| async move {
+            let sent = request
+                .body(body)
+                .customize()
+                .config_override(unbounded())
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            Ok(sent.e_tag().map(str::to_owned))
+        })
+        .await
+    }
+
     fn upload_id<'a>(&self, file: &'a ChunkedObject) -> Result<&'a str, StorageError> {
         file.upload_id.as_deref().ok_or_else(|| backend("a chunked file without its multipart upload"))
     }
@@ -221,73 +283,15 @@ impl ChunkedObjects for S3ObjectStore {
         size: u64,
         body: ByteStream,
     ) -> Result<ChunkReceipt, StorageError> {
-        let length = i64::try_from(size).map_err(backend)?;
         if file.upload_id.is_none() {
-            let request = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&file.key)
-                .set_content_type(file.content_type.clone())
-                .content_length(length);
-            let ((), receipt) = streamed(body, size, |body| async move {
-                request
-                    .body(body)
-                    .customize()
-                    .config_override(unbounded())
-                    .disable_payload_signing()
-                    .send()
-                    .await
-                    .map_err(sdk_error)?;
-                Ok(())
-            })
-            .await?;
-            return Ok(receipt);
+            return self.put_streamed(file.key.clone(), file.content_type.clone(), size, body).await;
         }
         if file.chunks_per_part == 1 {
-            let part = i32::try_from(number).map_err(backend)?;
-            let request = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(&file.key)
-                .upload_id(self.upload_id(file)?)
-                .part_number(part)
-                .content_length(length);
-            let (etag, mut receipt) = streamed(body, size, |body| async move {
-                let sent = request
-                    .body(body)
-                    .customize()
-                    .config_override(unbounded())
-                    .disable_payload_signing()
-                    .send()
-                    .await
-                    .map_err(sdk_error)?;
-                Ok(sent.e_tag().map(str::to_owned))
-            })
-            .await?;
+            let (etag, mut receipt) = self.upload_part_streamed(file, number, size, body).await?;
             receipt.etag = etag;
             return Ok(receipt);
         }
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(staged_key(file, number))
-            .content_length(length);
-        let ((), receipt) = streamed(body, size, |body| async move {
-            request
-                .body(body)
-                .customize()
-                .config_override(unbounded())
-                .disable_payload_signing()
-                .send()
-                .await
-                .map_err(sdk_error)?;
-            Ok(())
-        })
-        .await?;
-        Ok(receipt)
+        self.put_streamed(staged_key(file, number), None, size, body).await
     }
 
     async fn put_part(
@@ -319,26 +323,7 @@ impl ChunkedObjects for S3ObjectStore {
                     }
                 }),
         );
-        let request = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&file.key)
-            .upload_id(self.upload_id(file)?)
-            .part_number(i32::try_from(part).map_err(backend)?)
-            .content_length(i64::try_from(size).map_err(backend)?);
-        let result = streamed(staged, size, |body| async move {
-            let sent = request
-                .body(body)
-                .customize()
-                .config_override(unbounded())
-                .disable_payload_signing()
-                .send()
-                .await
-                .map_err(sdk_error)?;
-            Ok(sent.e_tag().map(str::to_owned))
-        })
-        .await;
+        let result = self.upload_part_streamed(file, part, size, staged).await;
         // (A staged chunk that cannot be read is the store's failure, not a client's.)
         let (etag, read) = result.map_err(|e| match e {
             StorageError::Source(e) => backend(e),
@@ -418,32 +403,12 @@ impl ChunkedObjects for S3ObjectStore {
         let cutoff = SystemTime::now() - grace;
         let old = |time: Option<SystemTime>| time.is_some_and(|t| t < cutoff);
         let mut cleaned = std::collections::BTreeSet::new();
-        let (mut key_marker, mut upload_marker) = (None, None);
-        loop {
-            let page = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(super::KEY_SPACE)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(upload_marker.take())
-                .send()
-                .await
-                .map_err(sdk_error)?;
-            for upload in page.uploads() {
-                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
-                let Ok(key) = ObjectKey::parse(key) else { continue };
-                let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
-                if key.is_chunked() && old(started) && !live.is_live(&key).await? {
-                    abort(&self.client, &self.bucket, key.as_str(), id).await?;
-                    cleaned.insert(key.to_string());
-                }
+        for upload in self.open_uploads().await? {
+            let Ok(key) = ObjectKey::parse(&upload.key) else { continue };
+            if key.is_chunked() && old(upload.started) && !live.is_live(&key).await? {
+                abort(&self.client, &self.bucket, key.as_str(), &upload.id).await?;
+                cleaned.insert(key.to_string());
             }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_owned);
-            upload_marker = page.next_upload_id_marker().map(str::to_owned);
         }
         let mut leftovers = Vec::new();
         for (staged, modified) in self.staged_under(STAGING).await? {

@@ -325,6 +325,30 @@ impl ObjectStore for S3ObjectStore {
     async fn sweep(&self, min_age: Duration) -> Result<usize, StorageError> {
         let cutoff = SystemTime::now() - min_age;
         let mut aborted = 0;
+        for upload in self.open_uploads().await? {
+            // A chunked file's assembly lasts as long as chunks come:
+            // `sweep_chunked` asks the state store about it.
+            let chunked = ObjectKey::parse(&upload.key).is_ok_and(|key| key.is_chunked());
+            if !chunked && is_orphaned(upload.started, cutoff) {
+                abort(&self.client, &self.bucket, &upload.key, &upload.id).await?;
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
+    }
+}
+
+/// A multipart upload open under the receiver's key space.
+struct OpenUpload {
+    key: String,
+    id: String,
+    started: Option<SystemTime>,
+}
+
+impl S3ObjectStore {
+    /// Every multipart upload open under the receiver's key space, all pages.
+    async fn open_uploads(&self) -> Result<Vec<OpenUpload>, StorageError> {
+        let mut open = Vec::new();
         let (mut key_marker, mut upload_marker) = (None, None);
         loop {
             let page = self
@@ -338,18 +362,12 @@ impl ObjectStore for S3ObjectStore {
                 .await
                 .map_err(sdk_error)?;
             for upload in page.uploads() {
-                let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
                 let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
-                // A chunked file's assembly lasts as long as chunks come:
-                // `sweep_chunked` asks the state store about it.
-                let chunked = ObjectKey::parse(key).is_ok_and(|key| key.is_chunked());
-                if !chunked && is_orphaned(started, cutoff) {
-                    abort(&self.client, &self.bucket, key, id).await?;
-                    aborted += 1;
-                }
+                let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
+                open.push(OpenUpload { key: key.to_owned(), id: id.to_owned(), started });
             }
             if page.is_truncated() != Some(true) {
-                return Ok(aborted);
+                return Ok(open);
             }
             key_marker = page.next_key_marker().map(str::to_owned);
             upload_marker = page.next_upload_id_marker().map(str::to_owned);

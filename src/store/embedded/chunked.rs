@@ -52,15 +52,9 @@ impl FileRecord {
         matches!(self.stage, StoredStage::Receiving) && self.deadline <= now
     }
 
-    /// How many chunks the file has, once its sizing is known (or when both
-    /// sizings cut it into as many chunks: then they cut it the same way).
+    /// How many chunks the file has, once that is known.
     pub fn chunk_count(&self) -> Option<u64> {
-        let object = &self.terms.object;
-        let [floor, ceil] = Sizing::BOTH.map(|s| s.chunks(object.total_size, object.chunk_size));
-        match self.sizing {
-            Some(sizing) => Some(sizing.chunks(object.total_size, object.chunk_size)),
-            None => (floor == ceil).then_some(floor),
-        }
+        self.terms.object.chunk_count(self.sizing)
     }
 
     /// Whether every chunk of `part` is stored (`stored` says of one).
@@ -171,8 +165,28 @@ pub fn view(
     }))
 }
 
+/// The record of a file being received at `now`, or the answer a chunk
+/// (or part) of it gets instead: its outcome when it is finished, `Gone`
+/// when there is none or it was abandoned.
+pub fn receiving(
+    txn: &WriteTransaction,
+    id: &FileId,
+    now: u64,
+) -> Result<Result<FileRecord, Recorded>, StoreError> {
+    let Some(record) = get_record(&txn.open_table(CHUNKED_FILES).map_err(store_error)?, id)? else {
+        return Ok(Err(Recorded::Gone));
+    };
+    if let Some(settled) = settled(&record) {
+        return Ok(Err(settled));
+    }
+    if record.abandoned(now) {
+        return Ok(Err(Recorded::Gone));
+    }
+    Ok(Ok(record))
+}
+
 /// A finished file's answer to a chunk; `None` while it is receiving.
-pub fn settled(record: &FileRecord) -> Option<Recorded> {
+fn settled(record: &FileRecord) -> Option<Recorded> {
     match &record.stage {
         StoredStage::Receiving => None,
         StoredStage::Cancelled { message } => Some(Recorded::Cancelled { message: message.clone() }),

@@ -10,7 +10,7 @@ use redb::ReadableTable;
 use super::EmbeddedStore;
 use super::chunked::{
     FILE_CLAIM, FileRecord, StoredStage, delete_record, file_progress, get_record, keep_token, key,
-    put_record, renew, settled, view,
+    put_record, receiving, renew, view,
 };
 use super::tables::{
     CHUNKED_FILES, FILE_CHUNKS, LIVE_OBJECTS, LiveReservation, TOKENS, TokenState, commit_reserved, decode,
@@ -124,16 +124,10 @@ impl ChunkedFiles for EmbeddedStore {
     ) -> Result<Recorded, StoreError> {
         let (id, chunk) = (id.clone(), chunk.clone());
         self.write(move |txn| {
-            let Some(mut record) = get_record(&txn.open_table(CHUNKED_FILES).map_err(store_error)?, &id)?
-            else {
-                return Ok(Recorded::Gone);
+            let mut record = match receiving(txn, &id, now)? {
+                Ok(record) => record,
+                Err(answer) => return Ok(answer),
             };
-            if let Some(settled) = settled(&record) {
-                return Ok(settled);
-            }
-            if record.abandoned(now) {
-                return Ok(Recorded::Gone);
-            }
             if let (Some(pinned), Some(implied)) = (record.sizing, chunk.sizing)
                 && pinned != implied
             {
@@ -205,14 +199,11 @@ impl ChunkedFiles for EmbeddedStore {
     ) -> Result<Recorded, StoreError> {
         let (id, part) = (id.clone(), part.clone());
         self.write(move |txn| {
-            let Some(mut record) = get_record(&txn.open_table(CHUNKED_FILES).map_err(store_error)?, &id)?
-            else {
-                return Ok(Recorded::Gone);
+            let mut record = match receiving(txn, &id, now)? {
+                Ok(record) => record,
+                Err(answer) => return Ok(answer),
             };
-            if let Some(settled) = settled(&record) {
-                return Ok(settled);
-            }
-            if record.abandoned(now) || !renew(txn, &id, &mut record, now, lease_secs)? {
+            if !renew(txn, &id, &mut record, now, lease_secs)? {
                 return Ok(Recorded::Gone);
             }
             let duplicate = record.parts.insert(part.number, part.etag).is_some();

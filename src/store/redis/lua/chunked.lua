@@ -87,6 +87,23 @@ local function settled(file)
   return nil
 end
 
+-- The file being received, or (nil and) the answer a chunk or part of it
+-- gets instead: its outcome when finished, 'gone' when none or abandoned.
+local function receiving()
+  local file = read_file()
+  if not file then
+    return nil, {'gone'}
+  end
+  local finished = settled(file)
+  if finished then
+    return nil, finished
+  end
+  if abandoned(file) then
+    return nil, {'gone'}
+  end
+  return file, nil
+end
+
 local function layout(file)
   local object = cjson.decode(file.terms).object
   local total, size = object.total_size, object.chunk_size
@@ -196,16 +213,9 @@ elseif step == 'chunk' then
   -- ARGV[4] lease end, ARGV[5] claim end, ARGV[6] retention, ARGV[7] the
   -- chunk's number, ARGV[8] its receipt JSON, ARGV[9] the sizing it
   -- implies or '', ARGV[10] chunk 1's media type or ''.
-  local file = read_file()
+  local file, answer = receiving()
   if not file then
-    return {'gone'}
-  end
-  local finished = settled(file)
-  if finished then
-    return finished
-  end
-  if abandoned(file) then
-    return {'gone'}
+    return answer
   end
   local implied = ARGV[9]
   if implied ~= '' and file.sizing ~= '' and implied ~= file.sizing then
@@ -267,15 +277,11 @@ elseif step == 'chunk' then
 elseif step == 'part' then
   -- ARGV[4] lease end, ARGV[5] claim end, ARGV[6] retention, ARGV[7] the
   -- part's number, ARGV[8] its receipt JSON.
-  local file = read_file()
+  local file, answer = receiving()
   if not file then
-    return {'gone'}
+    return answer
   end
-  local finished = settled(file)
-  if finished then
-    return finished
-  end
-  if abandoned(file) or not renew(file, tonumber(ARGV[4]), tonumber(ARGV[6])) then
+  if not renew(file, tonumber(ARGV[4]), tonumber(ARGV[6])) then
     return {'gone'}
   end
   local duplicate = '0'
