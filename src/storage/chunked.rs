@@ -233,9 +233,16 @@ pub trait ChunkedObjects: Send + Sync {
         chunks: &[(u64, ChunkReceipt)],
     ) -> Result<PartReceipt, StorageError>;
 
-    /// Assembles the object from its parts (in order) under its key. Calling
-    /// it again once it succeeded succeeds.
-    async fn complete(&self, file: &ChunkedObject, parts: &[PartReceipt]) -> Result<(), StorageError>;
+    /// Assembles the object from its parts (in order) under its key, with
+    /// `content_type` (what chunk 1 showed) where the backend records one
+    /// (it may have begun with a guess). Calling it again once it succeeded
+    /// succeeds.
+    async fn complete(
+        &self,
+        file: &ChunkedObject,
+        parts: &[PartReceipt],
+        content_type: &str,
+    ) -> Result<(), StorageError>;
 
     /// Removes everything stored of an unfinished file.
     async fn abort(&self, file: &ChunkedObject) -> Result<(), StorageError>;

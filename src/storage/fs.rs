@@ -163,7 +163,7 @@ impl ChunkedObjects for FsObjectStore {
         Err(StorageError::backend("local files have one chunk per part"))
     }
 
-    async fn complete(&self, file: &ChunkedObject, _: &[PartReceipt]) -> Result<(), StorageError> {
+    async fn complete(&self, file: &ChunkedObject, _: &[PartReceipt], _: &str) -> Result<(), StorageError> {
         let key = file.object_key()?;
         let (staged, final_path) = (self.staging_of(&key), self.path_of(&key));
         if let Some(parent) = final_path.parent() {

@@ -60,11 +60,27 @@ pub struct ChunkedFile {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stage {
     Receiving,
-    /// Refused (its type, its size); every later chunk gets the same answer.
-    Cancelled {
-        message: String,
-    },
+    /// Ended without a version; every later chunk gets the same answer.
+    Cancelled(Cancellation),
     Completed(RecordedVersion),
+}
+
+/// Why a file ended without a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cancellation {
+    /// Refused before it was complete (its type): a permanent refusal.
+    Refused(String),
+    /// Its completion failed (the photo gone, its slot's lease lost): the
+    /// failure outcome the site was told, told again without a second call.
+    Failed(String),
+}
+
+impl Cancellation {
+    pub fn message(&self) -> &str {
+        match self {
+            Cancellation::Refused(message) | Cancellation::Failed(message) => message,
+        }
+    }
 }
 
 /// What [`ChunkedFiles::begin`] found.
@@ -114,9 +130,7 @@ pub enum Recorded {
     /// The chunk's size implies a sizing other than the one the file's
     /// earlier chunks pinned.
     SizingConflict,
-    Cancelled {
-        message: String,
-    },
+    Cancelled(Cancellation),
     Completed(RecordedVersion),
     /// No such file any more: abandoned (or never begun).
     Gone,
@@ -195,8 +209,14 @@ pub trait ChunkedFiles: Send + Sync {
     ) -> Result<RecordedVersion, CommitError>;
 
     /// Cancels a receiving file: its slot goes back, and it answers
-    /// `message` from now on (for `lease_secs`).
-    async fn cancel(&self, id: &FileId, message: &str, now: u64, lease_secs: u64) -> Result<(), StoreError>;
+    /// `why` from now on (for `lease_secs`).
+    async fn cancel(
+        &self,
+        id: &FileId,
+        why: &Cancellation,
+        now: u64,
+        lease_secs: u64,
+    ) -> Result<(), StoreError>;
 
     /// Whether a file being received (not abandoned at `now`) gathers its
     /// bytes under `object_key`.

@@ -68,6 +68,13 @@ impl MediaTypes {
     }
 }
 
+/// Whether `s` is one `type/subtype`, no pattern and nothing around it
+/// (so it is safe to send as a header value).
+pub fn is_media_type(s: &str) -> bool {
+    let no_star = |part: &str| is_token(part) && !part.contains('*');
+    s.split_once('/').is_some_and(|(kind, sub)| no_star(kind) && no_star(sub))
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"*!#$&^_.+-".contains(&b))
 }
@@ -111,6 +118,14 @@ mod tests {
         assert!(!media.allows(UNRECOGNISED));
         assert!(list(&["*/*"]).allows(UNRECOGNISED));
         assert!(!list(&[]).allows("image/png"));
+    }
+
+    #[test]
+    fn a_media_type_is_one_type_and_subtype() {
+        assert!(is_media_type("video/mp4") && is_media_type("image/svg+xml"));
+        for bad in ["", "video", "video/*", "video/mp4; x=1", "video/mp4\r\nX: y", "a/b/c"] {
+            assert!(!is_media_type(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -100,6 +100,26 @@ async fn chunks_out_of_order_make_one_version_byte_for_byte_and_replays_change_n
 }
 
 #[tokio::test]
+async fn the_object_has_the_type_of_chunk_one_whichever_chunk_began_the_file() {
+    let f = PhotoApp::new().await;
+    // Declared a video (the first chunks to arrive begin the object so),
+    // chunk 1 shows a JPEG.
+    let bytes = [JPEG_SIGNATURE, &content(3 * MIB)].concat();
+    for (token, order) in [(f.token(&[]).await, [3, 2, 1]), (f.token(&[]).await, [1, 3, 2])] {
+        for number in order {
+            assert_eq!(send_chunk(&f, &token, &bytes, number, MIB).await.status(), 200);
+        }
+        let version = f.photo().await.current_version().file.clone();
+        assert_eq!(version.content_type, "image/jpeg");
+        if f.config.storage.bucket.is_some() {
+            let served = f.object_content_type(&version.object_key).await;
+            assert_eq!(served.as_deref(), Some("image/jpeg"), "chunks {order:?}");
+        }
+        assert!(f.object_bytes(&version.object_key).await.as_deref() == Some(&bytes[..]), "byte for byte");
+    }
+}
+
+#[tokio::test]
 async fn flow_js_octet_chunks_at_once_with_forced_chunk_size_make_one_photo() {
     let f = PhotoApp::new().await;
     let token = f.upload_token(&[("title", "Chunked"), ("return_url", "http://www.example.com/new")]).await;

@@ -460,6 +460,13 @@ impl TestApp {
         }
     }
 
+    /// The Content-Type the object store serves `key` with; local files
+    /// have none (the version records the type).
+    pub async fn object_content_type(&self, key: &str) -> Option<String> {
+        let bucket = self.config.storage.bucket.as_ref()?;
+        servers::s3_content_type(bucket, key).await
+    }
+
     /// The value of the `/metrics` sample whose line starts with `sample`.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let text = self.http.get(self.url("/metrics")).send().await.ok()?.text().await.ok()?;

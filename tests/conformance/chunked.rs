@@ -7,7 +7,7 @@ use std::time::Duration;
 use upload_receiver::domain::{ReplaceToken, unix_now};
 use upload_receiver::storage::chunked::{ChunkReceipt, ChunkedObject, PartReceipt, Sizing};
 use upload_receiver::store::chunked::{
-    Begun, ChunkedFiles, ChunkedTerms, FileId, Recorded, Stage, StoredChunk,
+    Begun, Cancellation, ChunkedFiles, ChunkedTerms, FileId, Recorded, Stage, StoredChunk,
 };
 use upload_receiver::store::embedded::EmbeddedStore;
 use upload_receiver::store::redis::RedisStore;
@@ -346,20 +346,30 @@ async fn record_grouped(s: &Store, id: &FileId, number: u64, now: u64) -> Record
 async fn a_cancelled_file_gives_its_slot_back_and_stays_cancelled_case(s: &Store) {
     let now = unix_now();
     let token = replace_token(s, 1).await;
-    let id = file_of(&token, "refused");
-    let Begun::Began(file) = began(s, &id, &terms(3 << 20, 1 << 20, 1), now).await else { panic!() };
-    s.chunked().record_chunk(&id, &chunk(2, 1 << 20), now, LEASE, CLAIM).await.unwrap();
-    assert!(s.chunked().is_live(&file.terms.object.key, now).await.unwrap());
-    s.chunked().cancel(&id, "not an accepted kind of file", now, LEASE).await.unwrap();
-    assert!(!s.chunked().is_live(&file.terms.object.key, now).await.unwrap());
-    assert_eq!(s.token_status(&token, now).await.unwrap().unwrap().uploads_in_flight, 0);
-    let cancelled = Recorded::Cancelled { message: "not an accepted kind of file".into() };
-    assert_eq!(
-        s.chunked().record_chunk(&id, &chunk(3, 1 << 20), now, LEASE, CLAIM).await.unwrap(),
-        cancelled
-    );
-    let Begun::Joined(again) = began(s, &id, &terms(3 << 20, 1 << 20, 1), now).await else { panic!() };
-    assert_eq!(again.stage, Stage::Cancelled { message: "not an accepted kind of file".into() });
+    // Refused (its type) or failed (its completion): each stays as it ended.
+    let endings = [
+        Cancellation::Refused("not an accepted kind of file".into()),
+        Cancellation::Failed("The photo no longer exists.".into()),
+    ];
+    for (n, why) in endings.iter().enumerate() {
+        let id = file_of(&token, &format!("ended-{n}"));
+        let Begun::Began(file) = began(s, &id, &terms(3 << 20, 1 << 20, 1), now).await else { panic!() };
+        s.chunked().record_chunk(&id, &chunk(2, 1 << 20), now, LEASE, CLAIM).await.unwrap();
+        assert!(s.chunked().is_live(&file.terms.object.key, now).await.unwrap());
+        s.chunked().cancel(&id, why, now, LEASE).await.unwrap();
+        assert!(!s.chunked().is_live(&file.terms.object.key, now).await.unwrap());
+        assert_eq!(s.token_status(&token, now).await.unwrap().unwrap().uploads_in_flight, 0);
+        assert_eq!(
+            s.chunked().record_chunk(&id, &chunk(3, 1 << 20), now, LEASE, CLAIM).await.unwrap(),
+            Recorded::Cancelled(why.clone())
+        );
+        let Begun::Joined(again) = began(s, &id, &terms(3 << 20, 1 << 20, 1), now).await else { panic!() };
+        assert_eq!(again.stage, Stage::Cancelled(why.clone()));
+        assert_eq!(
+            s.chunked().file(&id, 2, now).await.unwrap().unwrap().stage,
+            Stage::Cancelled(why.clone())
+        );
+    }
     // The slot is free for another file.
     assert!(matches!(began(s, &file_of(&token, "next"), &terms(10, 5, 1), now).await, Begun::Began(_)));
 }

@@ -120,6 +120,12 @@ pub async fn s3_object(bucket: &str, key: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// The Content-Type S3 serves `key` of `bucket` with.
+pub async fn s3_content_type(bucket: &str, key: &str) -> Option<String> {
+    let head = s3_client().await.head_object().bucket(bucket).key(key).send().await;
+    head.expect("the object is there").content_type().map(str::to_owned)
+}
+
 /// The keys of the multipart uploads open in `bucket`.
 pub async fn s3_open_uploads(bucket: &str) -> Vec<String> {
     s3_open_uploads_at(&s3_endpoint(), bucket).await

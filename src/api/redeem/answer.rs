@@ -5,7 +5,7 @@
 
 use http::{Response, StatusCode};
 
-use super::error::{RedeemError, Refusal, SiteReturn};
+use super::error::{Failure, RedeemError, Refusal, SiteReturn};
 use crate::callback::{self, CallbackError, Outcome, ReturnData};
 use crate::context::Context;
 use crate::http::{Body, text};
@@ -58,8 +58,8 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, Rede
                     return refusal.answer(kind);
                 }
                 RedeemError::Failed { site, cause } => {
-                    let client_gone = cause.client_gone();
-                    (site, Outcome::Failed { error_message: cause.error_message() }, client_gone, false)
+                    let (client_gone, told) = (cause.client_gone(), matches!(cause, Failure::Told(_)));
+                    (site, Outcome::Failed { error_message: cause.error_message() }, client_gone, told)
                 }
             }
         }

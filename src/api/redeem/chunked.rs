@@ -29,7 +29,7 @@ use crate::domain::{ReplaceToken, unix_now};
 use crate::storage::chunked::{ChunkReceipt, ChunkedObjects, Sizing, combine_crc64};
 use crate::storage::{ByteStream, StorageError};
 use crate::store::chunked::{
-    Begun, ChunkedFile, ChunkedTerms, FileId, ReadyFile, Recorded, Stage, StoredChunk,
+    Begun, Cancellation, ChunkedFile, ChunkedTerms, FileId, ReadyFile, Recorded, Stage, StoredChunk,
 };
 use crate::store::{CommitError, RecordedVersion, ReserveError, TokenGrant, TokenKind, VersionFile};
 use crate::upload::media::{self, UNRECOGNISED};
@@ -91,7 +91,8 @@ pub enum Tested {
     Missing,
     /// The file is complete: its outcome again.
     Completed(Box<Finished>),
-    Refused(Refusal),
+    /// Refused, or the file ended without a version.
+    Ended(ChunkError),
 }
 
 /// Answers a test `GET` of `chunk`. A chunk of a file whose every chunk is
@@ -103,13 +104,13 @@ pub async fn test(ctx: &Context, kind: TokenKind, token: &str, chunk: &Chunk) ->
     let file = match ctx.chunked.file(&id, chunk.number, unix_now()).await {
         Ok(Some(file)) if file.reservation.grant.kind() == kind => file,
         Ok(_) => return Tested::Missing,
-        Err(e) => return Tested::Refused(Refusal::Unavailable(e)),
+        Err(e) => return Tested::Ended(Refusal::Unavailable(e).into()),
     };
     match file.stage {
         Stage::Completed(recorded) => {
             Tested::Completed(Box::new(Finished { grant: file.reservation.grant, recorded, replayed: true }))
         }
-        Stage::Cancelled { message } => Tested::Refused(Refusal::FileCancelled(message)),
+        Stage::Cancelled(why) => Tested::Ended(cancelled(file.reservation.grant, why)),
         // Another file under the same identifier (a visitor chose a
         // different one): none of its chunks are these.
         Stage::Receiving if pinned(&file, chunk, &Sizing::BOTH).is_err() => Tested::Missing,
@@ -159,14 +160,14 @@ pub async fn receive(
     let file = match ctx.chunked.file(&id, chunk.number, now).await.map_err(Refusal::Unavailable)? {
         Some(file) if file.reservation.grant.kind() == request.kind => file,
         Some(_) => return Err(reserve_refusal(ctx, request.client, ReserveError::Unknown).await.into()),
-        None => begin(ctx, objects, request, &id, media_type.unwrap_or(UNRECOGNISED), now).await?,
+        None => begin(ctx, objects, request, &id, &object_type(ctx, chunk, media_type), now).await?,
     };
     let grant = file.reservation.grant.clone();
     match &file.stage {
         Stage::Completed(recorded) => {
             return Ok(finished(grant, recorded.clone(), true));
         }
-        Stage::Cancelled { message } => return Err(Refusal::FileCancelled(message.clone()).into()),
+        Stage::Cancelled(why) => return Err(cancelled(grant, why.clone())),
         Stage::Receiving => {}
     }
 
@@ -175,9 +176,9 @@ pub async fn receive(
     if let Some(kind) = media_type
         && !ctx.config.limits.allowed_media_types.allows(kind)
     {
-        let message = UploadError::MediaType(kind).to_string();
-        cancel(ctx, &id, &file, &message).await;
-        return Err(Refusal::FileCancelled(message).into());
+        let why = Cancellation::Refused(UploadError::MediaType(kind).to_string());
+        cancel(ctx, &id, &file, &why).await;
+        return Err(cancelled(grant, why));
     }
 
     // 3. The bytes, unless they are stored already (a chunk sent again:
@@ -191,7 +192,7 @@ pub async fn receive(
             Ok(receipt) => Some(receipt),
             // A file of one chunk has no other to wait for: its slot goes back.
             Err(Refusal::BadChunk(message)) if chunk.is_whole_file() => {
-                cancel(ctx, &id, &file, &message).await;
+                cancel(ctx, &id, &file, &Cancellation::Refused(message.clone())).await;
                 return Err(Refusal::BadChunk(message).into());
             }
             Err(refusal) => return Err(refusal.into()),
@@ -308,6 +309,17 @@ async fn begin(
     }
 }
 
+/// The content type a file's object begins with: chunk 1's, or before it
+/// arrives the browser's declared type when the site accepts that kind
+/// (the completion puts a wrong guess right).
+fn object_type(ctx: &Context, chunk: &Chunk, sniffed: Option<&str>) -> String {
+    let declared = chunk.declared_type.as_str();
+    let plausible = declared != UNRECOGNISED
+        && media::is_media_type(declared)
+        && ctx.config.limits.allowed_media_types.allows(declared);
+    sniffed.unwrap_or(if plausible { declared } else { UNRECOGNISED }).to_owned()
+}
+
 /// Aborts an assembly nobody records, on a clean-up task.
 fn abort_later(ctx: &Context, terms: ChunkedTerms) {
     let Some(objects) = ctx.chunked_objects.clone() else { return };
@@ -352,10 +364,18 @@ fn pinned(
     Ok(())
 }
 
-/// Cancels a refused file: its slot back, its staged bytes removed.
-async fn cancel(ctx: &Context, id: &FileId, file: &ChunkedFile, message: &str) {
+/// The answer of every chunk of a file that ended without a version.
+fn cancelled(grant: TokenGrant, why: Cancellation) -> ChunkError {
+    match why {
+        Cancellation::Refused(message) => Refusal::FileCancelled(message).into(),
+        Cancellation::Failed(message) => ChunkError::Failed { grant, cause: Failure::Told(message) },
+    }
+}
+
+/// Cancels a file: its slot back, its staged bytes removed.
+async fn cancel(ctx: &Context, id: &FileId, file: &ChunkedFile, why: &Cancellation) {
     let lease = ctx.config.limits.chunked_idle_timeout_secs;
-    match ctx.chunked.cancel(id, message, unix_now(), lease).await {
+    match ctx.chunked.cancel(id, why, unix_now(), lease).await {
         Ok(()) => {
             ctx.metrics.chunked_files.with_label_values(&["cancelled"]).inc();
             abort_later(ctx, file.terms.clone());
@@ -433,7 +453,7 @@ async fn settle(
                 ))
                 .into());
             }
-            Recorded::Cancelled { message } => return Err(Refusal::FileCancelled(message).into()),
+            Recorded::Cancelled(why) => return Err(cancelled(grant.clone(), why)),
             Recorded::Completed(recorded) => {
                 return Ok(finished(grant.clone(), recorded, true));
             }
@@ -459,7 +479,8 @@ async fn complete(
         let cause = format!("its chunks hold {size} bytes, not the announced {}", object.total_size);
         return Err(Refusal::BadChunk(cause).into());
     }
-    if let Err(e) = objects.complete(object, &ready.parts).await {
+    let content_type = ready.media_type.unwrap_or_else(|| UNRECOGNISED.to_owned());
+    if let Err(e) = objects.complete(object, &ready.parts, &content_type).await {
         release(ctx, id, None).await;
         return Err(storage_refusal(e).into());
     }
@@ -467,7 +488,7 @@ async fn complete(
     let version = VersionFile {
         object_key: object.key.clone(),
         size,
-        content_type: ready.media_type.unwrap_or_else(|| UNRECOGNISED.to_owned()),
+        content_type,
         sha256: String::new(),
         crc64nvme: Some(format!("{:016x}", combine_crc64(&ready.chunks))),
         original_filename: Some(file.terms.filename.clone()).filter(|name| !name.is_empty()),
@@ -495,7 +516,7 @@ async fn complete(
                 Err(e) => return Err(Refusal::Unavailable(e).into()),
             }
             let failure = Failure::Commit(error);
-            cancel(ctx, id, file, &failure.error_message()).await;
+            cancel(ctx, id, file, &Cancellation::Failed(failure.error_message())).await;
             if let Ok(key) = object.object_key() {
                 let _ = ctx.objects.delete(&key).await;
             }

@@ -77,6 +77,9 @@ pub enum Failure {
     NoFile,
     Upload(UploadError),
     Commit(CommitError),
+    /// A chunked file's completion failed before, and the site was told
+    /// this message: told again to the client, not to the site.
+    Told(String),
 }
 
 impl From<Refusal> for RedeemError {
@@ -215,6 +218,7 @@ impl Failure {
             Failure::Commit(CommitError::Store(_)) => {
                 "The service is temporarily unavailable; please try again.".into()
             }
+            Failure::Told(message) => message.clone(),
         }
     }
 

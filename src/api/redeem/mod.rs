@@ -82,7 +82,7 @@ async fn test_chunk(ctx: &Context, request: &Request<Incoming>, kind: TokenKind)
             let site = site_return(kind.field(), &file.grant, &query, &[], true);
             Ok(Received::File(Box::new(Redeemed { site, recorded: file.recorded, replayed: true })))
         }
-        Tested::Refused(refusal) => Err(refusal.into()),
+        Tested::Ended(error) => Err(chunk_error(kind.field(), error, &query, &[])),
     };
     answer::answer(ctx, kind, ended).await
 }
@@ -240,9 +240,22 @@ async fn receive_chunk(
             let site = site_return(field, &file.grant, query, fields, true);
             Ok(Received::File(Box::new(Redeemed { site, recorded: file.recorded, replayed: file.replayed })))
         }
-        Err(ChunkError::Refused(refusal)) => Err(refusal.into()),
-        Err(ChunkError::Failed { grant, cause }) => {
-            Err(RedeemError::after_slot(site_return(field, &grant, query, fields, true), cause))
+        Err(error) => Err(chunk_error(field, error, query, fields)),
+    }
+}
+
+/// How a chunk that did not end well is answered: a refusal, or the
+/// file's failure outcome.
+fn chunk_error(
+    field: &str,
+    error: ChunkError,
+    query: &[(String, String)],
+    fields: &[(String, String)],
+) -> RedeemError {
+    match error {
+        ChunkError::Refused(refusal) => refusal.into(),
+        ChunkError::Failed { grant, cause } => {
+            RedeemError::after_slot(site_return(field, &grant, query, fields, true), cause)
         }
     }
 }

@@ -23,7 +23,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier,
+};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::body::{Frame, SizeHint};
@@ -37,6 +39,8 @@ use crate::storage::{ByteStream, ObjectKey, StorageError};
 
 /// Where staged chunks live: outside `media/`, never served.
 const STAGING: &str = "staging/";
+/// The largest object one CopyObject copies.
+const MAX_COPY_BYTES: u64 = 5 << 30;
 
 /// The staged copy of chunk `number`, and the prefix of all of a file's.
 fn staged_key(file: &ChunkedObject, number: u64) -> String {
@@ -232,6 +236,86 @@ impl S3ObjectStore {
     fn upload_id<'a>(&self, file: &'a ChunkedObject) -> Result<&'a str, StorageError> {
         file.upload_id.as_deref().ok_or_else(|| backend("a chunked file without its multipart upload"))
     }
+
+    /// Completes the file's multipart upload, then deletes its staged
+    /// chunks. Completed already (by a request that did not live to answer)
+    /// is done.
+    async fn complete_upload(
+        &self,
+        file: &ChunkedObject,
+        upload_id: &str,
+        parts: &[PartReceipt],
+    ) -> Result<(), StorageError> {
+        let parts = parts
+            .iter()
+            .map(|p| {
+                Ok(CompletedPart::builder()
+                    .part_number(i32::try_from(p.number).map_err(backend)?)
+                    .set_e_tag(p.etag.clone())
+                    .build())
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&file.key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await;
+        match completed {
+            Ok(_) => {
+                if file.chunks_per_part > 1 {
+                    let staged = self.staged_under(&staged_prefix(&file.key)).await;
+                    let deleted = match staged {
+                        Ok(staged) => {
+                            self.delete_keys(staged.into_iter().map(|(key, _)| key).collect()).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = deleted {
+                        tracing::warn!(key = %file.key, error = %crate::causes::chain(&e), "staged chunks not deleted; the sweep will");
+                    }
+                }
+                Ok(())
+            }
+            // Completed already?
+            Err(e) if e.as_service_error().and_then(|e| e.code()) == Some("NoSuchUpload") => {
+                self.client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(&file.key)
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                Ok(())
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    /// Gives the assembled object `content_type` (its upload began with a
+    /// guess): a copy onto itself, which S3 makes within the server. Past
+    /// the 5 GiB a copy can take, the guess stays (the version records the
+    /// type either way).
+    async fn retype(&self, file: &ChunkedObject, content_type: &str) -> Result<(), StorageError> {
+        if file.total_size > MAX_COPY_BYTES {
+            tracing::warn!(key = %file.key, content_type, "a chunked file over 5 GiB keeps the content type it began with");
+            return Ok(());
+        }
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&file.key)
+            .copy_source(format!("{}/{}", self.bucket, file.key))
+            .metadata_directive(MetadataDirective::Replace)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -272,7 +356,7 @@ impl ChunkedObjects for S3ObjectStore {
             chunk_size,
             chunks_per_part: chunks_per_part(total_size, chunk_size, MIN_PART_BYTES),
             upload_id: Some(upload_id.to_owned()),
-            content_type: None,
+            content_type: Some(content_type.to_owned()),
         })
     }
 
@@ -338,55 +422,18 @@ impl ChunkedObjects for S3ObjectStore {
 
     /// Completes the multipart upload, then deletes the staged chunks (kept
     /// until now: a part whose record was lost is made again from them).
-    async fn complete(&self, file: &ChunkedObject, parts: &[PartReceipt]) -> Result<(), StorageError> {
+    async fn complete(
+        &self,
+        file: &ChunkedObject,
+        parts: &[PartReceipt],
+        content_type: &str,
+    ) -> Result<(), StorageError> {
         let Some(upload_id) = file.upload_id.as_deref() else { return Ok(()) };
-        let parts = parts
-            .iter()
-            .map(|p| {
-                Ok(CompletedPart::builder()
-                    .part_number(i32::try_from(p.number).map_err(backend)?)
-                    .set_e_tag(p.etag.clone())
-                    .build())
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
-        let completed = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&file.key)
-            .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-            .send()
-            .await;
-        match completed {
-            Ok(_) => {
-                if file.chunks_per_part > 1 {
-                    let staged = self.staged_under(&staged_prefix(&file.key)).await;
-                    let deleted = match staged {
-                        Ok(staged) => {
-                            self.delete_keys(staged.into_iter().map(|(key, _)| key).collect()).await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = deleted {
-                        tracing::warn!(key = %file.key, error = %crate::causes::chain(&e), "staged chunks not deleted; the sweep will");
-                    }
-                }
-                Ok(())
-            }
-            // Completed already, by a request that did not live to answer?
-            Err(e) if e.as_service_error().and_then(|e| e.code()) == Some("NoSuchUpload") => {
-                self.client
-                    .head_object()
-                    .bucket(&self.bucket)
-                    .key(&file.key)
-                    .send()
-                    .await
-                    .map_err(sdk_error)?;
-                Ok(())
-            }
-            Err(e) => Err(sdk_error(e)),
+        self.complete_upload(file, upload_id, parts).await?;
+        if file.content_type.as_deref() != Some(content_type) {
+            self.retype(file, content_type).await?;
         }
+        Ok(())
     }
 
     async fn abort(&self, file: &ChunkedObject) -> Result<(), StorageError> {

@@ -13,7 +13,7 @@ use super::tables::{
     CHUNKED_FILES, FILE_CHUNKS, LIVE_OBJECTS, decode, encode, get_token_state, store_error, update_token,
 };
 use crate::storage::chunked::{ChunkReceipt, PartReceipt, Sizing};
-use crate::store::chunked::{ChunkedFile, ChunkedTerms, FileId, ReadyFile, Recorded, Stage};
+use crate::store::chunked::{Cancellation, ChunkedFile, ChunkedTerms, FileId, ReadyFile, Recorded, Stage};
 use crate::store::{RecordedVersion, Reservation, StoreError};
 
 /// The claim on a file's completion, among the parts' claims.
@@ -43,8 +43,32 @@ pub struct FileRecord {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum StoredStage {
     Receiving,
-    Cancelled { message: String },
+    Cancelled {
+        message: String,
+    },
+    /// Its completion failed (see [`Cancellation::Failed`]).
+    Failed {
+        message: String,
+    },
     Completed(RecordedVersion),
+}
+
+impl StoredStage {
+    pub fn cancelled(why: &Cancellation) -> Self {
+        match why.clone() {
+            Cancellation::Refused(message) => StoredStage::Cancelled { message },
+            Cancellation::Failed(message) => StoredStage::Failed { message },
+        }
+    }
+
+    /// Why the file ended without a version, if it did.
+    fn cancellation(&self) -> Option<Cancellation> {
+        match self {
+            StoredStage::Cancelled { message } => Some(Cancellation::Refused(message.clone())),
+            StoredStage::Failed { message } => Some(Cancellation::Failed(message.clone())),
+            StoredStage::Receiving | StoredStage::Completed(_) => None,
+        }
+    }
 }
 
 impl FileRecord {
@@ -145,10 +169,10 @@ pub fn view(
     has_chunk: bool,
 ) -> Result<Option<ChunkedFile>, StoreError> {
     let Some(token) = get_token_state(tokens, &id.token)? else { return Ok(None) };
-    let stage = match &record.stage {
-        StoredStage::Receiving => Stage::Receiving,
-        StoredStage::Cancelled { message } => Stage::Cancelled { message: message.clone() },
-        StoredStage::Completed(recorded) => Stage::Completed(recorded.clone()),
+    let stage = match (&record.stage, record.stage.cancellation()) {
+        (_, Some(why)) => Stage::Cancelled(why),
+        (StoredStage::Completed(recorded), None) => Stage::Completed(recorded.clone()),
+        _ => Stage::Receiving,
     };
     Ok(Some(ChunkedFile {
         reservation: Reservation {
@@ -187,10 +211,10 @@ pub fn receiving(
 
 /// A finished file's answer to a chunk; `None` while it is receiving.
 fn settled(record: &FileRecord) -> Option<Recorded> {
-    match &record.stage {
-        StoredStage::Receiving => None,
-        StoredStage::Cancelled { message } => Some(Recorded::Cancelled { message: message.clone() }),
-        StoredStage::Completed(recorded) => Some(Recorded::Completed(recorded.clone())),
+    match (&record.stage, record.stage.cancellation()) {
+        (_, Some(why)) => Some(Recorded::Cancelled(why)),
+        (StoredStage::Completed(recorded), None) => Some(Recorded::Completed(recorded.clone())),
+        _ => None,
     }
 }
 

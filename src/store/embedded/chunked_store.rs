@@ -18,7 +18,9 @@ use super::tables::{
 };
 use crate::domain::random_bytes;
 use crate::storage::chunked::PartReceipt;
-use crate::store::chunked::{Begun, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, Recorded, StoredChunk};
+use crate::store::chunked::{
+    Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, Recorded, StoredChunk,
+};
 use crate::store::{
     CommitError, RecordedVersion, Reservation, ReserveError, StoreError, TokenKind, VersionFile,
 };
@@ -251,8 +253,14 @@ impl ChunkedFiles for EmbeddedStore {
         .await?
     }
 
-    async fn cancel(&self, id: &FileId, message: &str, now: u64, lease_secs: u64) -> Result<(), StoreError> {
-        let (id, message) = (id.clone(), message.to_owned());
+    async fn cancel(
+        &self,
+        id: &FileId,
+        why: &Cancellation,
+        now: u64,
+        lease_secs: u64,
+    ) -> Result<(), StoreError> {
+        let (id, stage) = (id.clone(), StoredStage::cancelled(why));
         self.write(move |txn| {
             let Some(mut record) = get_record(&txn.open_table(CHUNKED_FILES).map_err(store_error)?, &id)?
             else {
@@ -267,7 +275,7 @@ impl ChunkedFiles for EmbeddedStore {
                 state.reservations.retain(|r| r.id != reservation);
                 Ok(((), state.reservations.len() != before))
             })?;
-            record.stage = StoredStage::Cancelled { message };
+            record.stage = stage;
             record.deadline = now + lease_secs;
             keep_token(txn, &id, record.deadline)?;
             txn.open_table(LIVE_OBJECTS)

@@ -9,7 +9,8 @@ use super::{ChunkedCommit, RedisStore, decode, encode, store_error};
 use crate::domain::{random_bytes, unix_now};
 use crate::storage::chunked::{ChunkReceipt, PartReceipt, Sizing};
 use crate::store::chunked::{
-    Begun, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, ReadyFile, Recorded, Stage, StoredChunk,
+    Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, ReadyFile, Recorded, Stage,
+    StoredChunk,
 };
 use crate::store::{
     CommitError, EXPIRED_TOKEN_RETENTION_SECS, PhotoRecord, RecordedVersion, Reservation, ReserveError,
@@ -48,7 +49,8 @@ fn file_view(answer: &[String]) -> Result<ChunkedFile, StoreError> {
         |text: &str| text.parse::<u64>().map_err(|_| store_error(format!("not a number in redis: {text:?}")));
     let stage = match stage.as_str() {
         "receiving" => Stage::Receiving,
-        "cancelled" => Stage::Cancelled { message: message.clone() },
+        "cancelled" => Stage::Cancelled(Cancellation::Refused(message.clone())),
+        "failed" => Stage::Cancelled(Cancellation::Failed(message.clone())),
         "completed" => Stage::Completed(recorded(record, version)?),
         other => return Err(store_error(format!("unknown chunked file stage {other:?}"))),
     };
@@ -72,7 +74,8 @@ fn recorded_answer(answer: &[String]) -> Result<Recorded, StoreError> {
         (Some("busy"), []) => Recorded::Busy,
         (Some("gone"), []) => Recorded::Gone,
         (Some("sizing_conflict"), []) => Recorded::SizingConflict,
-        (Some("cancelled"), [message]) => Recorded::Cancelled { message: message.clone() },
+        (Some("cancelled"), [message]) => Recorded::Cancelled(Cancellation::Refused(message.clone())),
+        (Some("failed"), [message]) => Recorded::Cancelled(Cancellation::Failed(message.clone())),
         (Some("completed"), [record, version]) => Recorded::Completed(recorded(record, version)?),
         (Some("part_ready"), [part, members @ ..]) => {
             let part = part.parse().map_err(store_error)?;
@@ -215,9 +218,23 @@ impl ChunkedFiles for RedisStore {
         self.chunked_step(id, "release", unix_now(), &[work]).await.map(drop)
     }
 
-    async fn cancel(&self, id: &FileId, message: &str, now: u64, lease_secs: u64) -> Result<(), StoreError> {
-        let args =
-            [(now + lease_secs).to_string(), EXPIRED_TOKEN_RETENTION_SECS.to_string(), message.to_owned()];
+    async fn cancel(
+        &self,
+        id: &FileId,
+        why: &Cancellation,
+        now: u64,
+        lease_secs: u64,
+    ) -> Result<(), StoreError> {
+        let stage = match why {
+            Cancellation::Refused(_) => "cancelled",
+            Cancellation::Failed(_) => "failed",
+        };
+        let args = [
+            (now + lease_secs).to_string(),
+            EXPIRED_TOKEN_RETENTION_SECS.to_string(),
+            why.message().to_owned(),
+            stage.to_owned(),
+        ];
         self.chunked_step(id, "cancel", now, &args).await.map(drop)
     }
 

@@ -1,9 +1,10 @@
 -- Files sent in chunks: every step of one file, as one script, so the
 -- steps share their helpers. A file is one hash:
 --   terms (JSON), rid (its reservation id), okey (its object key), stage
---   ('receiving' | 'cancelled' | 'completed'), deadline (lease end, or end of
+--   ('receiving' | 'cancelled' (refused) | 'failed' (its completion) |
+--   'completed'), deadline (lease end, or end of
 --   keeping), sizing ('' | 'floor' | 'ceil'), media, n (chunks stored),
---   parts (parts of several chunks stored), message (cancelled), record and
+--   parts (parts of several chunks stored), message (cancelled, failed), record and
 --   version (completed), c:<n> chunk receipts, p:<k> part receipts,
 --   k:<k> claims on making part k (k:0: completing the file).
 -- and, while it is received, the key <prefix>ck:<object key>, expiring
@@ -79,8 +80,8 @@ end
 
 -- A finished file's answer to a chunk or part.
 local function settled(file)
-  if file.stage == 'cancelled' then
-    return {'cancelled', file.message}
+  if file.stage == 'cancelled' or file.stage == 'failed' then
+    return {file.stage, file.message}
   elseif file.stage == 'completed' then
     return {'completed', file.record, file.version}
   end
@@ -299,14 +300,15 @@ elseif step == 'release' then
   return {'ok'}
 
 elseif step == 'cancel' then
-  -- ARGV[4] keep until, ARGV[5] retention, ARGV[6] the message.
+  -- ARGV[4] keep until, ARGV[5] retention, ARGV[6] the message, ARGV[7]
+  -- the stage it ends in ('cancelled' or 'failed').
   local file = read_file()
   if not file or file.stage ~= 'receiving' then
     return {'ok'}
   end
   redis.call('ZREM', KEYS[3], file.rid)
   redis.call('DEL', prefix .. 'ck:' .. file.okey)
-  redis.call('HSET', KEYS[1], 'stage', 'cancelled', 'message', ARGV[6], 'deadline', ARGV[4])
+  redis.call('HSET', KEYS[1], 'stage', ARGV[7], 'message', ARGV[6], 'deadline', ARGV[4])
   redis.call('EXPIREAT', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[5]))
   return {'ok'}
 end
