@@ -130,6 +130,11 @@ pub enum Recorded {
     /// The chunk's size implies a sizing other than the one the file's
     /// earlier chunks pinned.
     SizingConflict,
+    /// Stored, and every chunk still missing is being received right now
+    /// (see [`ChunkedFiles::arriving`]): the file should complete shortly.
+    Arriving {
+        duplicate: bool,
+    },
     Cancelled(Cancellation),
     Completed(RecordedVersion),
     /// No such file any more: abandoned (or never begun).
@@ -207,6 +212,13 @@ pub trait ChunkedFiles: Send + Sync {
         now: u64,
         keep_secs: u64,
     ) -> Result<RecordedVersion, CommitError>;
+
+    /// Notes that a request brings chunk `number` until `until` (its claim
+    /// on nothing: only a hint). A chunk recorded while every other missing
+    /// chunk is arriving is answered [`Recorded::Arriving`], so that its
+    /// request can wait for the file's outcome: a library takes the answer
+    /// that reaches it last as the file's. Recording the chunk clears it.
+    async fn arriving(&self, id: &FileId, number: u64, until: u64) -> Result<(), StoreError>;
 
     /// Cancels a receiving file: its slot goes back, and it answers
     /// `why` from now on (for `lease_secs`).

@@ -2,6 +2,7 @@
 //! one chunk and in many, in any order, several at once, multipart and
 //! octet; test GETs, replays, refusals, abandonment; on both backends.
 
+use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use upload_receiver::config::MediaTypes;
 
@@ -120,6 +121,55 @@ async fn the_object_has_the_type_of_chunk_one_whichever_chunk_began_the_file() {
 }
 
 #[tokio::test]
+async fn a_chunk_stored_while_the_last_one_arrives_answers_with_the_files_outcome() {
+    let f = PhotoApp::new().await;
+    let token = f.token(&[("return_url", "http://www.example.com/done")]).await;
+    let bytes = content(3 * MIB);
+    assert_eq!(send_chunk(&f, &token, &bytes, 1, MIB).await.text().await.unwrap(), "ok");
+
+    // Chunk 3 arrives slowly: half of it, then the rest when released.
+    let third = piece(&bytes, 3, MIB);
+    let (head, tail) = (third[..MIB / 2].to_vec(), third[MIB / 2..].to_vec());
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(head)]).chain(futures_util::stream::once(
+        async move {
+            released.await.ok();
+            Ok(tail)
+        },
+    ));
+    let mut query = vec![("replace_token".to_owned(), token.clone())];
+    query.extend(resumable(3, third.len(), bytes.len(), MIB));
+    let url = url::Url::parse_with_params(&f.url(REDEEM), &query).unwrap();
+    let slow = f
+        .http
+        .post(url)
+        .header("content-type", "application/octet-stream")
+        .header("content-length", third.len())
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let slow = tokio::spawn(async move { slow.await.unwrap().text().await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // Chunk 2 is stored while 3 is on its way: its answer waits for the file.
+    let second = tokio::spawn({
+        let (f, token, bytes) = (TestApp::handle_of(&f), token.clone(), bytes.clone());
+        async move { send_chunk(&f, &token, &bytes, 2, MIB).await.text().await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "chunk 2 waits for the outcome rather than answer ok");
+    release.send(()).unwrap();
+    let (last, second) = (slow.await.unwrap(), second.await.unwrap());
+    let url = url::Url::parse(&last).expect("the completing chunk answers the redirect URL");
+    assert!(url.as_str().starts_with("http://www.example.com/done?"), "{url}");
+    assert_eq!(second, last, "chunk 2 answers the same outcome");
+    assert_eq!(f.photo().await.versions.len(), 2, "one version");
+    assert!(
+        f.object_bytes(&f.photo().await.current_version().file.object_key).await.as_deref()
+            == Some(&bytes[..])
+    );
+}
+
+#[tokio::test]
 async fn flow_js_octet_chunks_at_once_with_forced_chunk_size_make_one_photo() {
     let f = PhotoApp::new().await;
     let token = f.upload_token(&[("title", "Chunked"), ("return_url", "http://www.example.com/new")]).await;
@@ -146,8 +196,11 @@ async fn flow_js_octet_chunks_at_once_with_forced_chunk_size_make_one_photo() {
         }
     });
     let answers = futures_util::future::join_all(sends).await;
+    // One chunk completes the file; one stored while the rest were on
+    // their way waits for the outcome and answers it too.
     let completions: Vec<&String> = answers.iter().filter(|a| a.as_str() != "ok").collect();
-    assert_eq!(completions.len(), 1, "one chunk completes the file: {answers:?}");
+    assert!(!completions.is_empty(), "{answers:?}");
+    assert!(completions.iter().all(|a| a == &completions[0]), "one outcome: {answers:?}");
     let url = url::Url::parse(completions[0]).unwrap();
     let photo_id = url.query_pairs().find(|(n, _)| n == "photo_id").map(|(_, v)| v.into_owned()).unwrap();
     let photo = f.photo_of(&photo_id).await;
@@ -193,12 +246,8 @@ async fn a_refused_type_cancels_the_file_and_every_later_chunk_is_told_the_same(
     }
     let status = f.token_status(&token).await;
     assert_eq!((status.uploads_used, status.uploads_in_flight), (0, 0), "the slot is back");
-    // Its staged bytes go at once (S3 aborts on a clean-up task).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while f.stored_objects().await.len() != 1 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", f.stored_objects().await);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // Its staged bytes go at once (on a clean-up task).
+    f.wait_for_stored_objects(1).await;
 }
 
 #[tokio::test]
@@ -272,5 +321,5 @@ async fn chunks_that_cannot_be_are_refused_with_the_reason_and_give_the_slot_bac
     }
     let status = f.token_status(&token).await;
     assert_eq!((status.uploads_used, status.uploads_in_flight), (0, 0));
-    assert_eq!(f.stored_objects().await.len(), 1);
+    f.wait_for_stored_objects(1).await;
 }

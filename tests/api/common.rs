@@ -451,6 +451,16 @@ impl TestApp {
         }
     }
 
+    /// Waits (at most 10 s) until `count` objects are stored: a clean-up
+    /// task removes a cancelled file's bytes just after its answer.
+    pub async fn wait_for_stored_objects(&self, count: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.stored_objects().await.len() != count {
+            assert!(std::time::Instant::now() < deadline, "{:?}", self.stored_objects().await);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The bytes stored under `key`, read from the backend itself (the file
     /// under the data directory, or the object in the bucket).
     pub async fn object_bytes(&self, key: &str) -> Option<Vec<u8>> {

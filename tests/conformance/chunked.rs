@@ -110,6 +110,12 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn a_chunk_recorded_while_the_rest_arrive_is_told_so() {
+                let (s, _dir) = store().await;
+                a_chunk_recorded_while_the_rest_arrive_is_told_so_case(&s).await;
+            }
+
+            #[tokio::test]
             async fn a_chunk_of_the_other_sizing_is_refused() {
                 let (s, _dir) = store().await;
                 a_chunk_of_the_other_sizing_is_refused_case(&s).await;
@@ -334,6 +340,39 @@ async fn small_chunks_are_grouped_into_parts_case(s: &Store) {
     };
     assert_eq!(ready.parts, [part(1), part(2), part(3)]);
     assert_eq!(ready.chunks.len(), 7);
+}
+
+async fn a_chunk_recorded_while_the_rest_arrive_is_told_so_case(s: &Store) {
+    let now = unix_now();
+    let token = replace_token(s, 2).await;
+    let files = s.chunked();
+    // Four chunks; 3 and 4 are on their way when 1 and 2 are recorded.
+    let id = file_of(&token, "arriving");
+    began(s, &id, &terms(4 << 20, 1 << 20, 1), now).await;
+    for number in [1, 3, 4] {
+        files.arriving(&id, number, now + CLAIM).await.unwrap();
+    }
+    let stored = Recorded::Stored { duplicate: false };
+    assert_eq!(
+        files.record_chunk(&id, &chunk(1, 1 << 20), now, LEASE, CLAIM).await.unwrap(),
+        stored,
+        "2 is not arriving"
+    );
+    files.arriving(&id, 2, now + CLAIM).await.unwrap();
+    let arriving = Recorded::Arriving { duplicate: false };
+    assert_eq!(files.record_chunk(&id, &chunk(2, 1 << 20), now, LEASE, CLAIM).await.unwrap(), arriving);
+    assert_eq!(files.record_chunk(&id, &chunk(3, 1 << 20), now, LEASE, CLAIM).await.unwrap(), arriving);
+    assert!(matches!(
+        files.record_chunk(&id, &chunk(4, 1 << 20), now, LEASE, CLAIM).await.unwrap(),
+        Recorded::FileReady(_)
+    ));
+
+    // A hint that ran out counts for nothing.
+    let id = file_of(&token, "late");
+    began(s, &id, &terms(2 << 20, 1 << 20, 1), now).await;
+    files.arriving(&id, 2, now + 1).await.unwrap();
+    let later = now + 2;
+    assert_eq!(files.record_chunk(&id, &chunk(1, 1 << 20), later, LEASE, CLAIM).await.unwrap(), stored);
 }
 
 /// Records chunk `number` of the 7-chunk file, the last one pinning the sizing.

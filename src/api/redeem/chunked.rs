@@ -40,6 +40,8 @@ use crate::upload::{UploadError, clean_filename, storage_error};
 const BUSY_WAIT: Duration = Duration::from_secs(10);
 /// How often it asks meanwhile.
 const BUSY_POLL: Duration = Duration::from_millis(200);
+/// How often a chunk waiting for its file's outcome asks (see [`outcome_soon`]).
+const ARRIVAL_POLL: Duration = Duration::from_millis(50);
 
 /// One chunk's request.
 pub struct ChunkRequest {
@@ -184,6 +186,12 @@ pub async fn receive(
     // 3. The bytes, unless they are stored already (a chunk sent again:
     //    its request failed, or a test GET was skipped); then they are
     //    read and dropped, and the stored copy stands.
+    if !file.has_chunk {
+        let until = now + claim_secs(ctx);
+        if let Err(e) = ctx.chunked.arriving(&id, chunk.number, until).await {
+            tracing::debug!(error = %crate::causes::chain(&e), "a chunk's arrival was not noted");
+        }
+    }
     let receipt = if file.has_chunk {
         drain(exactly(body, size)).await?;
         None
@@ -207,8 +215,9 @@ pub async fn receive(
         media_type: media_type.map(str::to_owned),
     };
     let recorded = record(ctx, &id, &stored).await?;
-    let counted =
-        if matches!(recorded, Recorded::Stored { duplicate: true }) { "duplicate" } else { "stored" };
+    let duplicate =
+        matches!(recorded, Recorded::Stored { duplicate: true } | Recorded::Arriving { duplicate: true });
+    let counted = if duplicate { "duplicate" } else { "stored" };
     ctx.metrics.chunks.with_label_values(&[counted]).inc();
     settle(ctx, objects, &id, &file, &stored, recorded).await
 }
@@ -424,6 +433,7 @@ async fn settle(
     loop {
         recorded = match recorded {
             Recorded::Stored { .. } => return Ok(ChunkEnd::Stored),
+            Recorded::Arriving { .. } => return outcome_soon(ctx, id, grant, stored.number).await,
             Recorded::PartReady { part, chunks } => {
                 let receipt = match objects.put_part(&file.terms.object, part, &chunks).await {
                     Ok(receipt) => receipt,
@@ -462,6 +472,34 @@ async fn settle(
             }
         }
     }
+}
+
+/// A chunk stored while the file's other missing chunks are arriving: its
+/// answer waits (up to [`BUSY_WAIT`]) for the file's outcome, so that the
+/// last answer to reach the library, which it takes as the file's, is the
+/// outcome and not an `ok` overtaken on the way. A file that does not
+/// end meanwhile gets `ok`.
+async fn outcome_soon(
+    ctx: &Context,
+    id: &FileId,
+    grant: &TokenGrant,
+    number: u64,
+) -> Result<ChunkEnd, ChunkError> {
+    let waiting_since = Instant::now();
+    while waiting_since.elapsed() < BUSY_WAIT {
+        tokio::time::sleep(ARRIVAL_POLL).await;
+        match ctx.chunked.file(id, number, unix_now()).await {
+            Ok(Some(ChunkedFile { stage: Stage::Completed(recorded), .. })) => {
+                return Ok(finished(grant.clone(), recorded, true));
+            }
+            Ok(Some(ChunkedFile { stage: Stage::Cancelled(why), .. })) => {
+                return Err(cancelled(grant.clone(), why));
+            }
+            Ok(Some(ChunkedFile { stage: Stage::Receiving, .. })) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(ChunkEnd::Stored)
 }
 
 /// Step 5: the object assembled, then committed with the slot.

@@ -4,7 +4,8 @@
 //! of files being received, for the sweep; and the reads and writes the
 //! steps of `chunked_store` (each one write transaction) make of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -308,4 +309,64 @@ pub fn purge_files(txn: &WriteTransaction, now: u64, retention: u64) -> Result<u
         delete_record(txn, token, identifier)?;
     }
     Ok(stale.len() as u64)
+}
+
+/// The chunks requests are bringing right now, per file (see
+/// [`ChunkedFiles::arriving`]). Kept in memory: one process owns the
+/// embedded store, and a restart only loses hints.
+#[derive(Default)]
+pub struct Arrivals(Mutex<HashMap<(String, String), BTreeMap<u64, u64>>>);
+
+impl Arrivals {
+    pub fn mark(&self, id: &FileId, number: u64, until: u64) {
+        self.files().entry(owned_key(id)).or_default().insert(number, until);
+    }
+
+    /// Clears chunk `number` (recorded), then answers a chunk's `Stored`
+    /// as `Arriving` when every chunk `record` still misses is arriving at
+    /// `now` (`stored` tells whether a chunk is stored).
+    pub fn settle(
+        &self,
+        id: &FileId,
+        number: u64,
+        record: &FileRecord,
+        answer: Recorded,
+        now: u64,
+        stored: impl Fn(u64) -> Result<bool, StoreError>,
+    ) -> Result<Recorded, StoreError> {
+        let mut files = self.files();
+        let key = owned_key(id);
+        let coming = match files.get_mut(&key) {
+            Some(arriving) => {
+                arriving.remove(&number);
+                arriving.retain(|_, until| *until > now);
+                let mut coming = 0;
+                for n in arriving.keys() {
+                    coming += u64::from(!stored(*n)?);
+                }
+                if arriving.is_empty() {
+                    files.remove(&key);
+                }
+                coming
+            }
+            None => 0,
+        };
+        Ok(match answer {
+            Recorded::Stored { duplicate }
+                if coming > 0
+                    && record.chunk_count().is_some_and(|count| record.chunks_stored + coming >= count) =>
+            {
+                Recorded::Arriving { duplicate }
+            }
+            other => other,
+        })
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), BTreeMap<u64, u64>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn owned_key(id: &FileId) -> (String, String) {
+    (id.token.as_str().to_owned(), id.identifier.clone())
 }

@@ -3,6 +3,7 @@
 //! changes in the same transaction, on the rows of `chunked`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::ReadableTable;
@@ -124,7 +125,7 @@ impl ChunkedFiles for EmbeddedStore {
         lease_secs: u64,
         claim_secs: u64,
     ) -> Result<Recorded, StoreError> {
-        let (id, chunk) = (id.clone(), chunk.clone());
+        let (id, chunk, arrivals) = (id.clone(), chunk.clone(), Arc::clone(&self.arrivals));
         self.write(move |txn| {
             let mut record = match receiving(txn, &id, now)? {
                 Ok(record) => record,
@@ -186,7 +187,9 @@ impl ChunkedFiles for EmbeddedStore {
                 }
             };
             put_record(txn, &id, &record)?;
-            Ok(answer)
+            let chunks = txn.open_table(FILE_CHUNKS).map_err(store_error)?;
+            let stored = |n: u64| Ok(chunks.get((token, identifier, n)).map_err(store_error)?.is_some());
+            arrivals.settle(&id, chunk.number, &record, answer, now, stored)
         })
         .await
     }
@@ -251,6 +254,11 @@ impl ChunkedFiles for EmbeddedStore {
             Ok(Ok(recorded))
         })
         .await?
+    }
+
+    async fn arriving(&self, id: &FileId, number: u64, until: u64) -> Result<(), StoreError> {
+        self.arrivals.mark(id, number, until);
+        Ok(())
     }
 
     async fn cancel(

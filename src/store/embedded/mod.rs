@@ -59,6 +59,8 @@ pub struct EmbeddedStore {
     /// memory only (one process owns the data directory); a restart forgets
     /// them, which only gives a guesser a fresh minute.
     redeem_failures: std::sync::Mutex<std::collections::HashMap<(String, u64), u32>>,
+    /// Chunks being received right now (hints, in memory like the above).
+    arrivals: Arc<chunked::Arrivals>,
     writer: Writer,
 }
 
@@ -72,7 +74,7 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         create_tables(&db)?;
         let writer = Writer::start(Arc::clone(&db)).map_err(store_error)?;
-        Ok(EmbeddedStore { db, redeem_failures: Default::default(), writer })
+        Ok(EmbeddedStore { db, redeem_failures: Default::default(), arrivals: Default::default(), writer })
     }
 
     fn failure_counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, u64), u32>> {

@@ -71,6 +71,7 @@ fn recorded_answer(answer: &[String]) -> Result<Recorded, StoreError> {
     let status = answer.first().map(String::as_str);
     Ok(match (status, &answer[answer.len().min(1)..]) {
         (Some("stored"), [duplicate]) => Recorded::Stored { duplicate: duplicate == "1" },
+        (Some("arriving"), [duplicate]) => Recorded::Arriving { duplicate: duplicate == "1" },
         (Some("busy"), []) => Recorded::Busy,
         (Some("gone"), []) => Recorded::Gone,
         (Some("sizing_conflict"), []) => Recorded::SizingConflict,
@@ -216,6 +217,10 @@ impl ChunkedFiles for RedisStore {
     async fn release_claim(&self, id: &FileId, part: Option<u64>) -> Result<(), StoreError> {
         let work = part.unwrap_or(0).to_string();
         self.chunked_step(id, "release", unix_now(), &[work]).await.map(drop)
+    }
+
+    async fn arriving(&self, id: &FileId, number: u64, until: u64) -> Result<(), StoreError> {
+        self.chunked_step(id, "arrive", unix_now(), &[number.to_string(), until.to_string()]).await.map(drop)
     }
 
     async fn cancel(

@@ -8,7 +8,8 @@
 --   version (completed), c:<n> chunk receipts, p:<k> part receipts,
 --   k:<k> claims on making part k (k:0: completing the file).
 -- and, while it is received, the key <prefix>ck:<object key>, expiring
--- with its lease, for the sweep.
+-- with its lease, for the sweep, and <file hash>:a, the chunks requests
+-- are bringing (hints that expire).
 -- KEYS[1] the file hash, KEYS[2] the token hash, KEYS[3] its lease set.
 -- ARGV[1] the step, ARGV[2] now, ARGV[3] the key prefix; then the step's.
 -- Every step reads and checks before its first write.
@@ -130,6 +131,30 @@ local function claim(work, claim_until)
   return true
 end
 
+-- Chunks requests are bringing right now: chunk number -> until when.
+local ARRIVALS = KEYS[1] .. ':a'
+
+-- A stored chunk's answer: 'arriving' when every chunk still missing is
+-- being received right now (expired hints are dropped on the way).
+local function stored(file, duplicate, count)
+  local entries = redis.call('HGETALL', ARRIVALS)
+  if not count or #entries == 0 then
+    return {'stored', duplicate}
+  end
+  local coming = 0
+  for i = 1, #entries, 2 do
+    if tonumber(entries[i + 1]) <= now then
+      redis.call('HDEL', ARRIVALS, entries[i])
+    elseif redis.call('HEXISTS', KEYS[1], 'c:' .. entries[i]) == 0 then
+      coming = coming + 1
+    end
+  end
+  if coming > 0 and tonumber(redis.call('HGET', KEYS[1], 'n')) + coming >= count then
+    return {'arriving', duplicate}
+  end
+  return {'stored', duplicate}
+end
+
 -- After a chunk or a part: claims completing the file once every part is
 -- stored, answering every receipt (the caller orders them).
 local function file_progress(file, duplicate, claim_until)
@@ -144,7 +169,7 @@ local function file_progress(file, duplicate, claim_until)
     ready = tonumber(redis.call('HGET', KEYS[1], 'parts') or 0) == math.ceil(count / per_part)
   end
   if not ready then
-    return {'stored', duplicate}
+    return stored(file, duplicate, count)
   end
   if not claim(0, claim_until) then
     return {'busy'}
@@ -198,7 +223,7 @@ elseif step == 'begin' then
   -- The writes. An abandoned file's record goes first.
   if file then
     redis.call('DEL', prefix .. 'ck:' .. file.okey)
-    redis.call('DEL', KEYS[1])
+    redis.call('DEL', KEYS[1], ARRIVALS)
   end
   redis.call('ZADD', KEYS[3], lease_end, ARGV[5])
   local token_end = math.max(tonumber(token[1]), lease_end) + retention
@@ -248,6 +273,7 @@ elseif step == 'chunk' then
   if ARGV[8] ~= '' then
     redis.call('HSET', KEYS[1], 'c:' .. number, ARGV[8])
   end
+  redis.call('HDEL', ARRIVALS, number)
   local per_part, count, floor_count = layout(file)
   local part = math.floor((number - 1) / per_part) + 1
   if per_part == 1 or redis.call('HEXISTS', KEYS[1], 'p:' .. part) == 1 then
@@ -265,7 +291,7 @@ elseif step == 'chunk' then
   for n = first, last do
     local receipt = redis.call('HGET', KEYS[1], 'c:' .. n)
     if not receipt then
-      return {'stored', duplicate}
+      return stored(file, duplicate, count)
     end
     table.insert(members, tostring(n))
     table.insert(members, receipt)
@@ -293,6 +319,15 @@ elseif step == 'part' then
   end
   redis.call('HDEL', KEYS[1], 'k:' .. ARGV[7])
   return file_progress(file, duplicate, tonumber(ARGV[5]))
+
+elseif step == 'arrive' then
+  -- ARGV[4] the chunk's number, ARGV[5] until when it is expected.
+  local file = receiving()
+  if file then
+    redis.call('HSET', ARRIVALS, ARGV[4], ARGV[5])
+    keep_until(ARRIVALS, tonumber(ARGV[5]))
+  end
+  return {'ok'}
 
 elseif step == 'release' then
   -- ARGV[4] the work: a part's number, or 0 for the file's completion.
