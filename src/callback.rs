@@ -20,7 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use url::Url;
 
-use crate::domain::random_bytes;
+use crate::delivery::signature::{self, Signer};
+use crate::domain::{random_bytes, unix_now};
 use crate::envelope::xml_escape;
 
 /// A return URL with its parameters below this many characters is reached
@@ -238,13 +239,15 @@ pub struct BackgroundCaller {
     allowed_hosts: AllowedHosts,
     timeout: Duration,
     tls: tokio_rustls::TlsConnector,
+    signer: Signer,
 }
 
 /// How much of a callback's answer is read (it is only logged).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 impl BackgroundCaller {
-    pub fn new(allowed_hosts: &[String], timeout: Duration) -> Self {
+    /// Each request is signed by `signer` (when it has a secret).
+    pub fn new(allowed_hosts: &[String], timeout: Duration, signer: Signer) -> Self {
         let roots = tokio_rustls::rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
@@ -256,6 +259,7 @@ impl BackgroundCaller {
             allowed_hosts: AllowedHosts::new(allowed_hosts),
             timeout,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            signer,
         }
     }
 
@@ -268,11 +272,11 @@ impl BackgroundCaller {
     /// parameters is under [`GET_LIMIT`] characters, else POST.
     pub async fn call(&self, return_url: &Url, data: &ReturnData) -> CallbackReport {
         let (method, url, body) = match delivery(return_url, data) {
-            Delivery::Get(url) => (Method::GET, url, None),
+            Delivery::Get(url) => (Method::GET, as_requested(&url), None),
             Delivery::Post(params) => {
                 let form =
                     url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
-                (Method::POST, return_url.clone(), Some(form))
+                (Method::POST, as_requested(return_url), Some(form))
             }
         };
         let result = match tokio::time::timeout(self.timeout, self.request(&method, &url, body)).await {
@@ -292,14 +296,17 @@ impl BackgroundCaller {
         let tcp = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|e| CallbackError::Connect(format!("{address}: {e}")))?;
+        let body = body.unwrap_or_default();
+        let signature = self.signer.sign(unix_now(), method.as_str(), url.as_str(), body.as_bytes());
+        let request = Outgoing { method, url, body, signature };
         let host = url.host_str().unwrap_or_default();
         if url.scheme() == "https" {
             let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|e| CallbackError::Connect(e.to_string()))?;
             let tls = self.tls.connect(name, tcp).await.map_err(|e| CallbackError::Connect(e.to_string()))?;
-            exchange(tls, method, url, body).await
+            exchange(tls, request).await
         } else {
-            exchange(tcp, method, url, body).await
+            exchange(tcp, request).await
         }
     }
 
@@ -331,14 +338,29 @@ impl BackgroundCaller {
     }
 }
 
+/// The URL a request goes to, as it is requested and signed: without user
+/// information or a fragment (neither is sent).
+fn as_requested(url: &Url) -> Url {
+    let mut url = url.clone();
+    url.set_fragment(None);
+    // Only URLs that cannot have user information refuse; they have none.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url
+}
+
+/// One request of the receiver's: a form body (empty for a GET) and its
+/// signature header, if it is signed.
+struct Outgoing<'a> {
+    method: &'a Method,
+    url: &'a Url,
+    body: String,
+    signature: Option<String>,
+}
+
 /// Sends one HTTP/1.1 request on `io` and reads the status (and a capped
 /// amount of the answer, which is discarded).
-async fn exchange<IO>(
-    io: IO,
-    method: &Method,
-    url: &Url,
-    body: Option<String>,
-) -> Result<StatusCode, CallbackError>
+async fn exchange<IO>(io: IO, request: Outgoing<'_>) -> Result<StatusCode, CallbackError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -346,6 +368,7 @@ where
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(request_error)?;
     let driver = tokio::spawn(connection);
+    let Outgoing { method, url, body, signature } = request;
     let mut target = url.path().to_owned();
     if let Some(query) = url.query() {
         target.push('?');
@@ -360,12 +383,14 @@ where
         .uri(target)
         .header(header::HOST, authority)
         .header(header::USER_AGENT, concat!("upload-receiver/", env!("CARGO_PKG_VERSION")));
-    if body.is_some() {
+    if method == Method::POST {
         builder = builder.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
     }
-    let request = builder
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| CallbackError::Request(e.to_string()))?;
+    if let Some(signature) = signature {
+        builder = builder.header(signature::HEADER, signature);
+    }
+    let request =
+        builder.body(Full::new(Bytes::from(body))).map_err(|e| CallbackError::Request(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(request_error)?;
     let status = response.status();
     let mut body = response.into_body();

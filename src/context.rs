@@ -14,6 +14,7 @@ use crate::auth::Authenticator;
 use crate::callback::BackgroundCaller;
 use crate::config::Config;
 use crate::cors::AllowedOrigins;
+use crate::delivery::signature::Signer;
 use crate::metrics::Metrics;
 use crate::storage::ObjectStore;
 use crate::storage::chunked::ChunkedObjects;
@@ -61,9 +62,12 @@ impl Context {
     ) -> Self {
         let Backends { state, chunked, objects, chunked_objects } = backends;
         let cors = AllowedOrigins::new(&config.server.cors_allowed_origins);
+        let secrets: Vec<String> =
+            config.callback.signing_secrets.iter().map(|s| s.expose().to_owned()).collect();
         let callbacks = BackgroundCaller::new(
             &config.callback.allowed_hosts,
             Duration::from_secs(config.callback.timeout_secs),
+            Signer::new(&secrets),
         );
         let uploads = Arc::new(Semaphore::new(config.limits.max_concurrent_uploads));
         Context {

@@ -26,6 +26,8 @@
 //!   implementations (and an in-memory double for tests).
 //! - `upload`: the streaming multipart pipeline into an object store.
 //! - `callback`: return data, redirects, POST forms, background callbacks.
+//! - [`delivery`]: what the receiver sends sites on its own: the signature
+//!   of its requests.
 //! - `metrics`: Prometheus metrics and the decorators measuring the stores.
 //! - [`domain`]: newtypes parsed at the edge (photo ids, tokens, permissions).
 //! - [`tasks`]: the clean-up tasks an application owns; `causes`: error
@@ -41,6 +43,7 @@ mod causes;
 pub mod config;
 mod context;
 mod cors;
+pub mod delivery;
 pub mod domain;
 mod envelope;
 mod error;

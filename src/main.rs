@@ -80,6 +80,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         banner!("upload-receiver listening on http://{address}");
         let [state, files] = upload_receiver::app::backends(&config);
         banner!("  state: {state}; files: {files}");
+        if config.callback.signing_secrets.is_empty() {
+            banner!("  callbacks: unsigned (set callback.signing_secrets to sign them)");
+        }
         if let Some((credential, provenance)) = app.generated_credential() {
             print_generated_credential(credential, provenance, &config, address);
         }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::auth::credentials::Credential;
+use crate::auth::credentials::{Credential, Secret};
 pub use crate::upload::media::MediaTypes;
 
 /// A configuration problem, naming the key at fault.
@@ -180,13 +180,24 @@ pub struct CallbackConfig {
     pub timeout_secs: u64,
     /// Longest accepted `return_url`.
     pub max_return_url_bytes: usize,
+    /// The first signs background callbacks (and webhooks); every one is
+    /// accepted when verifying, for rotation. Empty: requests are unsigned.
+    pub signing_secrets: Vec<Secret>,
 }
 
 impl Default for CallbackConfig {
     fn default() -> Self {
-        CallbackConfig { allowed_hosts: Vec::new(), timeout_secs: 10, max_return_url_bytes: 2048 }
+        CallbackConfig {
+            allowed_hosts: Vec::new(),
+            timeout_secs: 10,
+            max_return_url_bytes: 2048,
+            signing_secrets: Vec::new(),
+        }
     }
 }
+
+/// The shortest signing secret accepted: a shorter one is a mistake.
+pub const MIN_SIGNING_SECRET_BYTES: usize = 16;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -484,6 +495,15 @@ impl Config {
                 return Err(ConfigError::key(
                     &format!("callback.allowed_hosts[{i}]"),
                     format!("{host:?} is not a host name or address"),
+                ));
+            }
+        }
+        for (i, secret) in self.callback.signing_secrets.iter().enumerate() {
+            let secret = secret.expose();
+            if secret.len() < MIN_SIGNING_SECRET_BYTES || secret.chars().any(char::is_control) {
+                return Err(ConfigError::key(
+                    &format!("callback.signing_secrets[{i}]"),
+                    format!("must be at least {MIN_SIGNING_SECRET_BYTES} bytes, without control characters"),
                 ));
             }
         }

@@ -86,6 +86,7 @@ fn validation_names_the_bad_key() {
         ("[storage]\npart_size = 1024\n", "storage.part_size"),
         ("[server]\nbody_idle_timeout_secs = 0\n", "server.body_idle_timeout_secs"),
         ("[callback]\nallowed_hosts = [\"a b\"]\n", "callback.allowed_hosts[0]"),
+        ("[callback]\nsigning_secrets = [\"0123456789abcdef\", \"short\"]\n", "callback.signing_secrets[1]"),
         (
             "[[credentials]]\nconsumer_key = \"\"\nconsumer_secret = \"s\"\naccess_token = \"t\"\naccess_token_secret = \"u\"\npermission = \"write\"\n",
             "credentials[0].consumer_key",

@@ -28,6 +28,7 @@ mod redeem;
 mod response_formats;
 mod restart;
 mod server;
+mod signatures;
 mod site;
 mod ssrf;
 mod upload_token;

@@ -21,6 +21,8 @@ pub struct Recorded {
     /// Path and query, as sent.
     pub target: String,
     pub body: String,
+    /// Every header, names lowercased, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Recorded {
@@ -36,6 +38,11 @@ impl Recorded {
 
     pub fn param(&self, name: &str) -> Option<String> {
         self.params().into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// The value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -106,6 +113,13 @@ async fn respond(
 ) -> Response<Full<Bytes>> {
     let method = request.method().to_string();
     let target = request.uri().to_string();
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned())
+        })
+        .collect();
     let path = request.uri().path().to_owned();
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if path == "/form" {
@@ -114,7 +128,7 @@ async fn respond(
         response.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().unwrap());
         return response;
     }
-    let recorded = Recorded { method, target, body: String::from_utf8_lossy(&body).into_owned() };
+    let recorded = Recorded { method, target, body: String::from_utf8_lossy(&body).into_owned(), headers };
     log.lock().unwrap().push(recorded.clone());
     if path == "/silent" {
         tokio::time::sleep(Duration::from_secs(3600)).await;
