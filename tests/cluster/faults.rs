@@ -195,7 +195,8 @@ async fn an_s3_server_paused_mid_part_times_out_gives_the_slot_back_and_leaves_n
     assert_eq!(response.status(), 303);
     let message = redirect_error(&response).expect("an error outcome for the site");
     assert!(message.contains("could not be stored"), "{message}");
-    assert!(waited < Duration::from_secs(15), "the per-call timeout (2 s) fired: {waited:?}");
+    // storage.timeout_secs (2 s) bounds the call, the SDK's retries included.
+    assert!(waited < Duration::from_secs(4), "the outcome came {waited:?} after S3 stopped");
     assert_eq!(counts(&app, &token).await, (0, 1), "the slot is back, no version");
 
     // The abort sent while the server was paused may have failed; the sweep

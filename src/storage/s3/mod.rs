@@ -63,9 +63,12 @@ impl S3ObjectStore {
     pub async fn new(config: &StorageConfig, cleanup: Cleanup) -> Result<Self, StorageError> {
         let bucket = config.bucket.clone().ok_or_else(|| backend("storage.bucket is not set"))?;
         let timeout = Duration::from_secs(config.timeout_secs);
+        // `timeout_secs` bounds a whole call, the SDK's retries included:
+        // an upload fails within about that long after S3 stops answering.
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .operation_attempt_timeout(timeout)
+            .operation_timeout(timeout)
             .build();
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(config.region.clone()))
