@@ -206,10 +206,11 @@ impl StateStore for MeasuredState {
         &self,
         token: &ReplaceToken,
         kind: TokenKind,
+        id: &str,
         now: u64,
         lease_secs: u64,
     ) -> Result<Reservation, ReserveError> {
-        let call = self.inner.reserve_slot(token, kind, now, lease_secs);
+        let call = self.inner.reserve_slot(token, kind, id, now, lease_secs);
         let result = self.timed("reserve_slot", call, |e| matches!(e, ReserveError::Store(_))).await;
         self.slot(
             "reserve",
@@ -222,6 +223,15 @@ impl StateStore for MeasuredState {
             },
         );
         result
+    }
+
+    async fn withdraw_reservation(
+        &self,
+        token: &ReplaceToken,
+        id: &str,
+        until: u64,
+    ) -> Result<(), StoreError> {
+        self.timed("withdraw_reservation", self.inner.withdraw_reservation(token, id, until), any_error).await
     }
 
     async fn renew_reservation(

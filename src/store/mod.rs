@@ -356,6 +356,11 @@ pub enum ReserveError {
     Store(#[from] StoreError),
 }
 
+/// A fresh reservation id.
+pub fn new_reservation_id() -> String {
+    hex::encode(crate::domain::random_bytes::<16>())
+}
+
 /// Why a reservation could not be committed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -417,18 +422,33 @@ pub trait StateStore: Send + Sync + 'static {
     async fn token_status(&self, token: &ReplaceToken, now: u64) -> Result<Option<TokenStatus>, StoreError>;
 
     /// Reserves one upload slot of `token` at time `now`, leased until
-    /// `now + lease_secs`. Refuses an unknown token or one of another kind
-    /// (`Unknown`), one whose `valid_until <= now` (`Expired`), and one
-    /// whose committed uploads plus live reservations already reach
-    /// `max_uploads` (`UsedUp`). Expired leases of other reservations count
-    /// as free slots.
+    /// `now + lease_secs`, as reservation `id` (the caller's, so that it can
+    /// withdraw a reservation whose answer it never got). Refuses an unknown
+    /// token or one of another kind (`Unknown`), one whose
+    /// `valid_until <= now` (`Expired`), and one whose committed uploads
+    /// plus live reservations already reach `max_uploads` (`UsedUp`).
+    /// Expired leases of other reservations count as free slots. Reserving
+    /// a live `id` again answers that reservation; a withdrawn `id` is
+    /// refused (`Store`).
     async fn reserve_slot(
         &self,
         token: &ReplaceToken,
         kind: TokenKind,
+        id: &str,
         now: u64,
         lease_secs: u64,
     ) -> Result<Reservation, ReserveError>;
+
+    /// Withdraws reservation `id` of `token`, whose reserve failed as far as
+    /// the caller knows (a timeout: the store may apply it later): its slot
+    /// goes back if it was made, and it is never made afterwards (until
+    /// `until`, when its lease would have run out anyway).
+    async fn withdraw_reservation(
+        &self,
+        token: &ReplaceToken,
+        id: &str,
+        until: u64,
+    ) -> Result<(), StoreError>;
 
     /// Extends a live reservation's lease to `now + lease_secs`. Returns
     /// `false` when the reservation is no longer live (its lease ran out, or

@@ -8,7 +8,7 @@ use upload_receiver::store::embedded::EmbeddedStore;
 use upload_receiver::store::redis::RedisStore;
 use upload_receiver::store::{
     CommitError, MetadataUpdate, NewPhoto, NonceKey, PhotoMetadata, ReserveError, StateStore, TokenGrant,
-    TokenKind, TokenPurpose, TokenUpdate, UploadTerms, VersionFile,
+    TokenKind, TokenPurpose, TokenUpdate, UploadTerms, VersionFile, new_reservation_id,
 };
 
 use crate::servers;
@@ -69,6 +69,12 @@ macro_rules! conformance {
             async fn photos_get_increasing_ids_and_keep_their_versions() {
                 let (s, _dir) = store().await;
                 photos_get_increasing_ids_and_keep_their_versions_case(&*s).await;
+            }
+
+            #[tokio::test]
+            async fn a_reservation_made_again_or_withdrawn_takes_no_second_slot() {
+                let (s, _dir) = store().await;
+                a_reservation_made_again_or_withdrawn_takes_no_second_slot_case(&*s).await;
             }
 
             #[tokio::test]
@@ -199,10 +205,10 @@ async fn tokens_are_stored_with_their_terms_case(s: &dyn StateStore) {
     assert!(s.token_status(&ReplaceToken::generate(), now).await.unwrap().is_none());
 
     // Live leases are in flight; committed ones are used; run-out ones neither.
-    let committed = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
+    let committed = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
     s.commit_version(&committed, version("media/used"), now, None).await.unwrap();
-    let _live = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
-    let _short = s.reserve_slot(&token, TokenKind::Replace, now, 10).await.unwrap();
+    let _live = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
+    let _short = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 10).await.unwrap();
     let status = s.token_status(&token, now).await.unwrap().unwrap();
     assert_eq!((status.uploads_used, status.uploads_in_flight), (1, 2));
     let later = s.token_status(&token, now + 11).await.unwrap().unwrap();
@@ -215,31 +221,74 @@ async fn tokens_are_stored_with_their_terms_case(s: &dyn StateStore) {
     assert!(s.token_status(&orphan.token, now).await.unwrap().is_none(), "nothing stored");
 }
 
+async fn in_flight(s: &dyn StateStore, token: &ReplaceToken, now: u64) -> u32 {
+    s.token_status(token, now).await.unwrap().unwrap().uploads_in_flight
+}
+
+async fn a_reservation_made_again_or_withdrawn_takes_no_second_slot_case(s: &dyn StateStore) {
+    let now = unix_now();
+    let photo = new_photo(s).await;
+    let token = new_token(s, photo, 2, now + 600).await;
+
+    // A reserve sent again (its answer was lost) is the same reservation.
+    let id = new_reservation_id();
+    let first = s.reserve_slot(&token, TokenKind::Replace, &id, now, 60).await.unwrap();
+    let again = s.reserve_slot(&token, TokenKind::Replace, &id, now + 1, 60).await.unwrap();
+    assert_eq!((again.id.as_str(), again.lease_until), (first.id.as_str(), first.lease_until));
+    assert_eq!(in_flight(s, &token, now).await, 1);
+    // Withdrawn: its slot is back, and it is never made again.
+    s.withdraw_reservation(&token, &id, now + 60).await.unwrap();
+    assert_eq!(in_flight(s, &token, now).await, 0);
+    assert!(matches!(
+        s.reserve_slot(&token, TokenKind::Replace, &id, now, 60).await,
+        Err(ReserveError::Store(_))
+    ));
+    // Withdrawn before its reserve arrives (the store took them out of order).
+    let late = new_reservation_id();
+    s.withdraw_reservation(&token, &late, now + 60).await.unwrap();
+    assert!(matches!(
+        s.reserve_slot(&token, TokenKind::Replace, &late, now, 60).await,
+        Err(ReserveError::Store(_))
+    ));
+    assert_eq!(in_flight(s, &token, now).await, 0);
+    // Both slots are free for others.
+    for _ in 0..2 {
+        s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
+    }
+    assert_eq!(in_flight(s, &token, now).await, 2);
+}
+
 async fn reservations_refuse_unknown_expired_and_used_up_tokens_case(s: &dyn StateStore) {
     let now = unix_now();
     let photo = new_photo(s).await;
     assert!(matches!(
-        s.reserve_slot(&ReplaceToken::generate(), TokenKind::Replace, now, 60).await,
+        s.reserve_slot(&ReplaceToken::generate(), TokenKind::Replace, &new_reservation_id(), now, 60).await,
         Err(ReserveError::Unknown)
     ));
     let expired = new_token(s, photo, 1, now - 1).await;
     assert!(matches!(
-        s.reserve_slot(&expired, TokenKind::Replace, now, 60).await,
+        s.reserve_slot(&expired, TokenKind::Replace, &new_reservation_id(), now, 60).await,
         Err(ReserveError::Expired)
     ));
     let token = new_token(s, photo, 2, now + 600).await;
-    let a = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
-    let b = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
+    let a = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
+    let b = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
     assert_ne!(a.id, b.id);
     assert_eq!(a.grant.photo_id(), Some(photo));
     assert!(
-        matches!(s.reserve_slot(&token, TokenKind::Replace, now, 60).await, Err(ReserveError::UsedUp)),
+        matches!(
+            s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await,
+            Err(ReserveError::UsedUp)
+        ),
         "live leases count"
     );
     let photo_after = s.commit_version(&a, version("media/a"), now, None).await.unwrap();
     assert_eq!(photo_after.version.number, 2);
     s.commit_version(&b, version("media/b"), now, None).await.unwrap();
-    assert!(matches!(s.reserve_slot(&token, TokenKind::Replace, now, 60).await, Err(ReserveError::UsedUp)));
+    assert!(matches!(
+        s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await,
+        Err(ReserveError::UsedUp)
+    ));
     assert_eq!(s.token_status(&token, now).await.unwrap().unwrap().uploads_used, 2);
     let versions: Vec<String> =
         s.photo(photo).await.unwrap().unwrap().versions.iter().map(|v| v.file.object_key.clone()).collect();
@@ -254,12 +303,15 @@ async fn a_refund_frees_one_slot_once_case(s: &dyn StateStore) {
     let now = unix_now();
     let photo = new_photo(s).await;
     let token = new_token(s, photo, 1, now + 600).await;
-    let a = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
+    let a = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
     s.refund_slot(&a).await.unwrap();
-    let b = s.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
+    let b = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
     s.refund_slot(&a).await.unwrap();
     assert!(
-        matches!(s.reserve_slot(&token, TokenKind::Replace, now, 60).await, Err(ReserveError::UsedUp)),
+        matches!(
+            s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await,
+            Err(ReserveError::UsedUp)
+        ),
         "a second refund frees nothing"
     );
     assert!(matches!(s.commit_version(&a, version("media/a"), now, None).await, Err(CommitError::LeaseLost)));
@@ -271,9 +323,9 @@ async fn leases_that_ran_out_free_their_slot_and_cannot_commit_case(s: &dyn Stat
     let now = unix_now();
     let photo = new_photo(s).await;
     let token = new_token(s, photo, 1, now + 600).await;
-    let stale = s.reserve_slot(&token, TokenKind::Replace, now, 10).await.unwrap();
+    let stale = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 10).await.unwrap();
     let later = now + 11;
-    let fresh = s.reserve_slot(&token, TokenKind::Replace, later, 10).await.unwrap();
+    let fresh = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), later, 10).await.unwrap();
     assert!(matches!(
         s.commit_version(&stale, version("media/stale"), later, None).await,
         Err(CommitError::LeaseLost)
@@ -289,10 +341,14 @@ async fn a_renewed_lease_outlives_its_first_end_case(s: &dyn StateStore) {
     let now = unix_now();
     let photo = new_photo(s).await;
     let token = new_token(s, photo, 1, now + 600).await;
-    let reservation = s.reserve_slot(&token, TokenKind::Replace, now, 10).await.unwrap();
+    let reservation =
+        s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 10).await.unwrap();
     assert!(s.renew_reservation(&reservation, now + 5, 10).await.unwrap());
     assert!(
-        matches!(s.reserve_slot(&token, TokenKind::Replace, now + 12, 10).await, Err(ReserveError::UsedUp)),
+        matches!(
+            s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now + 12, 10).await,
+            Err(ReserveError::UsedUp)
+        ),
         "still held"
     );
     s.commit_version(&reservation, version("media/renewed"), now + 12, None).await.unwrap();
@@ -304,7 +360,9 @@ async fn concurrent_reservations_never_exceed_max_uploads_case(s: Arc<dyn StateS
     let token = new_token(&*s, photo, 3, now + 600).await;
     let attempts = (0..64).map(|_| {
         let (s, token) = (Arc::clone(&s), token.clone());
-        tokio::spawn(async move { s.reserve_slot(&token, TokenKind::Replace, now, 60).await })
+        tokio::spawn(async move {
+            s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await
+        })
     });
     let results = futures_util::future::join_all(attempts).await;
     let granted: Vec<_> = results.into_iter().filter_map(|r| r.unwrap().ok()).collect();
@@ -369,14 +427,21 @@ async fn upload_tokens_create_photos_with_their_metadata_case(s: &dyn StateStore
     let now = unix_now();
     let token = new_upload_token(s, 2, now + 600).await;
     assert!(
-        matches!(s.reserve_slot(&token, TokenKind::Replace, now, 60).await, Err(ReserveError::Unknown)),
+        matches!(
+            s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await,
+            Err(ReserveError::Unknown)
+        ),
         "an upload token is not a replace token"
     );
     let photo = new_photo(s).await;
     let replace = new_token(s, photo, 1, now + 600).await;
-    assert!(matches!(s.reserve_slot(&replace, TokenKind::Upload, now, 60).await, Err(ReserveError::Unknown)));
+    assert!(matches!(
+        s.reserve_slot(&replace, TokenKind::Upload, &new_reservation_id(), now, 60).await,
+        Err(ReserveError::Unknown)
+    ));
 
-    let reservation = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.unwrap();
+    let reservation =
+        s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await.unwrap();
     assert_eq!(reservation.grant.photo_id(), None);
     let recorded = s.commit_version(&reservation, version("media/new"), now, None).await.unwrap();
     assert!(recorded.photo_id > photo, "a new photo with the next id");
@@ -394,18 +459,22 @@ async fn upload_tokens_create_photos_with_their_metadata_case(s: &dyn StateStore
         s.commit_version(&reservation, version("media/again"), now, None).await,
         Err(CommitError::LeaseLost)
     ));
-    let second = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.unwrap();
+    let second = s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await.unwrap();
     let other = s.commit_version(&second, version("media/other"), now, None).await.unwrap();
     assert_ne!(other.photo_id, recorded.photo_id);
     assert_ne!(other.token, recorded.token, "each photo has its own secret");
-    assert!(matches!(s.reserve_slot(&token, TokenKind::Upload, now, 60).await, Err(ReserveError::UsedUp)));
+    assert!(matches!(
+        s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await,
+        Err(ReserveError::UsedUp)
+    ));
 }
 
 async fn updates_reach_the_photos_made_and_the_files_to_come_case(s: &dyn StateStore) {
     let now = unix_now();
     let token = new_upload_token(s, 5, now + 600).await;
     let commit = async |file: Option<&str>| {
-        let reservation = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.unwrap();
+        let reservation =
+            s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await.unwrap();
         s.commit_version(&reservation, version("media/u"), now, file).await.unwrap().photo_id
     };
     let meta = async |id| s.photo(id).await.unwrap().unwrap().record.metadata;
@@ -468,7 +537,8 @@ async fn the_latest_change_wins_and_reaches_every_photo_of_a_file_case(s: &dyn S
     let now = unix_now();
     let token = new_upload_token(s, 3, now + 600).await;
     let commit = async |file: &str| {
-        let reservation = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.unwrap();
+        let reservation =
+            s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await.unwrap();
         s.commit_version(&reservation, version("media/l"), now, Some(file)).await.unwrap().photo_id
     };
     let meta = async |id| s.photo(id).await.unwrap().unwrap().record.metadata;
@@ -500,7 +570,8 @@ async fn concurrent_upload_commits_make_distinct_photos_case(s: Arc<dyn StateSto
     let attempts = (0..12).map(|i| {
         let (s, token) = (Arc::clone(&s), token.clone());
         tokio::spawn(async move {
-            let reservation = s.reserve_slot(&token, TokenKind::Upload, now, 60).await.ok()?;
+            let reservation =
+                s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await.ok()?;
             Some(
                 s.commit_version(&reservation, version(&format!("media/p{i}")), now, None)
                     .await
@@ -560,7 +631,8 @@ mod redis_specific {
         let token = new_token(&store, photo, 2, now + 600).await;
         let _: () =
             ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw_connection().await).await.unwrap();
-        let reservation = store.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
+        let reservation =
+            store.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
         store.commit_version(&reservation, version("media/after-flush"), now, None).await.unwrap();
         assert_eq!(store.token_status(&token, now).await.unwrap().unwrap().uploads_used, 1);
         assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);
@@ -660,7 +732,8 @@ async fn a_redis_redeem_costs_one_call_to_reserve_and_one_to_commit() {
         }
         commands
     };
-    let reservation = store.reserve_slot(&token, TokenKind::Replace, now, 60).await.unwrap();
+    let reservation =
+        store.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
     assert_eq!(calls(), ["EVALSHA"], "one script call reserves the slot");
     store.commit_version(&reservation, version("media/one-call"), now, None).await.unwrap();
     assert_eq!(calls(), ["EVALSHA"], "one script call commits slot and version together");

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::domain::{ReplaceToken, unix_now};
 use crate::store::{
     CommitError, RecordedVersion, Reservation, ReserveError, StateStore, TokenGrant, TokenKind, VersionFile,
+    new_reservation_id,
 };
 use crate::tasks::Cleanup;
 
@@ -45,7 +46,18 @@ impl SlotLease {
         kind: TokenKind,
         lease_secs: u64,
     ) -> Result<SlotLease, ReserveError> {
-        let reservation = state.reserve_slot(token, kind, unix_now(), lease_secs).await?;
+        let id = new_reservation_id();
+        let reservation = match state.reserve_slot(token, kind, &id, unix_now(), lease_secs).await {
+            Ok(reservation) => reservation,
+            Err(ReserveError::Store(e)) => {
+                // The store may apply it yet (a timeout): withdraw it, so a
+                // refused redeem never holds a slot.
+                let (state, token) = (Arc::clone(state), token.clone());
+                cleanup.spawn(async move { withdraw(&*state, &token, &id, lease_secs).await });
+                return Err(ReserveError::Store(e));
+            }
+            Err(refused) => return Err(refused),
+        };
         tracing::info!(token = ?reservation.grant.token, reservation = %reservation.id, "upload slot reserved");
         let renewal = tokio::spawn(renew(Arc::clone(state), reservation.clone(), lease_secs));
         Ok(SlotLease {
@@ -111,6 +123,31 @@ impl Drop for SlotLease {
         if !self.settled {
             let (state, reservation) = (Arc::clone(&self.state), self.reservation.clone());
             self.cleanup.spawn(async move { refund(&*state, &reservation).await });
+        }
+    }
+}
+
+/// How often a withdrawal is tried until the store takes it.
+const WITHDRAW_RETRY: Duration = Duration::from_secs(1);
+
+/// Withdraws reservation `id` of `token`, trying until the store takes it
+/// or until its lease would have run out anyway.
+async fn withdraw(state: &dyn StateStore, token: &ReplaceToken, id: &str, lease_secs: u64) {
+    let until = unix_now() + lease_secs;
+    loop {
+        match state.withdraw_reservation(token, id, until).await {
+            Ok(()) => {
+                tracing::info!(reservation = %id, "a reservation whose answer was lost is withdrawn");
+                return;
+            }
+            Err(e) if unix_now() + WITHDRAW_RETRY.as_secs() < until => {
+                tracing::debug!(error = %crate::causes::chain(&e), "withdrawing a reservation failed; trying again");
+                tokio::time::sleep(WITHDRAW_RETRY).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::causes::chain(&e), "a reservation could not be withdrawn; its lease runs out");
+                return;
+            }
         }
     }
 }

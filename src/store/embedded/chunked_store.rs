@@ -17,11 +17,11 @@ use super::tables::{
     CHUNKED_FILES, FILE_CHUNKS, LIVE_OBJECTS, LiveReservation, TOKENS, TokenState, commit_reserved, decode,
     encode, store_error, update_token,
 };
-use crate::domain::random_bytes;
 use crate::storage::chunked::PartReceipt;
 use crate::store::chunked::{
     Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, Recorded, StoredChunk,
 };
+use crate::store::new_reservation_id;
 use crate::store::{
     CommitError, RecordedVersion, Reservation, ReserveError, StoreError, TokenKind, VersionFile,
 };
@@ -71,7 +71,7 @@ impl ChunkedFiles for EmbeddedStore {
                     .ok_or(ReserveError::Unknown));
             }
             delete_record(txn, id.token.as_str(), &id.identifier)?;
-            let reservation = hex::encode(random_bytes::<16>());
+            let reservation = new_reservation_id();
             let deadline = now + lease_secs;
             let reserved =
                 update_token(txn, &id.token, Err(ReserveError::Unknown), |state: &mut TokenState| {

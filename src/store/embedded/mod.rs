@@ -44,7 +44,7 @@ use super::{
     RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenKind, TokenStatus,
     TokenUpdate, VersionFile,
 };
-use crate::domain::{PhotoId, ReplaceToken, random_bytes};
+use crate::domain::{PhotoId, ReplaceToken, unix_now};
 use tables::{
     LiveReservation, META, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version, commit_reserved,
     create_photo, create_tables, delete_files, encode, get_file, get_token_state, put_file, read_photo,
@@ -165,10 +165,11 @@ impl StateStore for EmbeddedStore {
         &self,
         token: &ReplaceToken,
         kind: TokenKind,
+        id: &str,
         now: u64,
         lease_secs: u64,
     ) -> Result<Reservation, ReserveError> {
-        let token = token.clone();
+        let (token, id) = (token.clone(), id.to_owned());
         self.write(move |txn| {
             update_token(txn, &token, Err(ReserveError::Unknown), |state| {
                 if state.grant.kind() != kind {
@@ -177,17 +178,46 @@ impl StateStore for EmbeddedStore {
                 if state.grant.valid_until <= now {
                     return Ok((Err(ReserveError::Expired), false));
                 }
+                if state.withdrawn.iter().any(|w| w.id == id && w.lease_until > now) {
+                    return Ok((
+                        Err(ReserveError::Store(StoreError::new("the reservation was withdrawn"))),
+                        false,
+                    ));
+                }
                 state.reservations.retain(|r| r.lease_until > now);
+                if let Some(live) = state.reservations.iter().find(|r| r.id == id) {
+                    let reservation =
+                        Reservation { grant: state.grant.clone(), id, lease_until: live.lease_until };
+                    return Ok((Ok(reservation), false));
+                }
                 if state.committed as usize + state.reservations.len() >= state.grant.max_uploads as usize {
                     return Ok((Err(ReserveError::UsedUp), false));
                 }
-                let id = hex::encode(random_bytes::<16>());
                 let lease_until = now + lease_secs;
                 state.reservations.push(LiveReservation { id: id.clone(), lease_until });
                 Ok((Ok(Reservation { grant: state.grant.clone(), id, lease_until }), true))
             })
         })
         .await?
+    }
+
+    async fn withdraw_reservation(
+        &self,
+        token: &ReplaceToken,
+        id: &str,
+        until: u64,
+    ) -> Result<(), StoreError> {
+        let (token, id) = (token.clone(), id.to_owned());
+        self.write(move |txn| {
+            update_token(txn, &token, (), |state| {
+                let now = unix_now();
+                state.reservations.retain(|r| r.id != id);
+                state.withdrawn.retain(|w| w.lease_until > now && w.id != id);
+                state.withdrawn.push(LiveReservation { id, lease_until: until });
+                Ok(((), true))
+            })
+        })
+        .await
     }
 
     async fn renew_reservation(

@@ -52,6 +52,9 @@ pub struct TokenState {
     /// (or its cancellation) to chunks sent again until then.
     #[serde(default)]
     pub keep_until: u64,
+    /// Reservation ids withdrawn, with when that stops mattering.
+    #[serde(default)]
+    pub withdrawn: Vec<LiveReservation>,
 }
 
 /// What an upload token has created, and its metadata as changed since.
@@ -127,7 +130,14 @@ impl TokenState {
                 Some(UploadState { metadata: upload.metadata.clone(), photos: Vec::new() })
             }
         };
-        TokenState { grant, committed: 0, reservations: Vec::new(), upload, keep_until: 0 }
+        TokenState {
+            grant,
+            committed: 0,
+            reservations: Vec::new(),
+            upload,
+            keep_until: 0,
+            withdrawn: Vec::new(),
+        }
     }
 }
 

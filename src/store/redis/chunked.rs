@@ -5,8 +5,8 @@
 
 use async_trait::async_trait;
 
-use super::{ChunkedCommit, RedisStore, decode, encode, store_error};
-use crate::domain::{random_bytes, unix_now};
+use super::{ChunkedCommit, RedisStore, Resend, decode, encode, store_error};
+use crate::domain::unix_now;
 use crate::storage::chunked::{ChunkReceipt, PartReceipt, Sizing};
 use crate::store::chunked::{
     Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, ReadyFile, Recorded, Stage,
@@ -14,7 +14,7 @@ use crate::store::chunked::{
 };
 use crate::store::{
     CommitError, EXPIRED_TOKEN_RETENTION_SECS, PhotoRecord, RecordedVersion, Reservation, ReserveError,
-    StoreError, TokenKind, VersionFile,
+    StoreError, TokenKind, VersionFile, new_reservation_id,
 };
 
 impl RedisStore {
@@ -140,9 +140,10 @@ impl ChunkedFiles for RedisStore {
         now: u64,
         lease_secs: u64,
     ) -> Result<Begun, ReserveError> {
+        let reservation = new_reservation_id();
         let args = [
             (now + lease_secs).to_string(),
-            hex::encode(random_bytes::<16>()),
+            reservation.clone(),
             EXPIRED_TOKEN_RETENTION_SECS.to_string(),
             kind.as_str().to_owned(),
             encode(terms),
@@ -152,7 +153,15 @@ impl ChunkedFiles for RedisStore {
         let answer = self.chunked_step(id, "begin", now, &args).await?;
         match answer.first().map(String::as_str) {
             Some("began") => Ok(Begun::Began(file_view(&answer)?)),
-            Some("joined") => Ok(Begun::Joined(file_view(&answer)?)),
+            Some("joined") => {
+                let file = file_view(&answer)?;
+                // Begun by this very call, sent again after its connection dropped.
+                if file.reservation.id == reservation {
+                    Ok(Begun::Began(file))
+                } else {
+                    Ok(Begun::Joined(file))
+                }
+            }
             Some("abandoned") => Ok(Begun::Abandoned),
             Some("unknown" | "none") => Err(ReserveError::Unknown),
             Some("expired") => Err(ReserveError::Expired),
@@ -244,9 +253,8 @@ impl ChunkedFiles for RedisStore {
     }
 
     async fn is_live(&self, object_key: &str, _now: u64) -> Result<bool, StoreError> {
-        let mut connection = self.connection().await?;
         let exists: bool = self
-            .bounded(redis::AsyncCommands::exists(&mut connection, self.keys.live_object(object_key)))
+            .bounded(Resend::IfDropped, redis::cmd("EXISTS").arg(self.keys.live_object(object_key)))
             .await?;
         Ok(exists)
     }

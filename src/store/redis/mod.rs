@@ -24,8 +24,8 @@ mod chunked;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::Script;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -34,14 +34,58 @@ use super::{
     PhotoVersion, Purged, RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant,
     TokenKind, TokenPurpose, TokenStatus, TokenUpdate, VersionFile,
 };
-use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, random_bytes};
+use crate::domain::{PhotoId, PhotoSecret, ReplaceToken};
 
 /// The scripts, compiled once (their SHA-1 is computed here).
+/// Whether a call may be sent again (see [`RedisStore::bounded`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// When its connection was dropped before it could be answered.
+    IfDropped,
+    Never,
+}
+
+/// One Redis call: a command, a pipeline or a script.
+trait Call: Sync {
+    fn send<T: redis::FromRedisValue + Send>(
+        &self,
+        connection: &mut ConnectionManager,
+    ) -> impl std::future::Future<Output = redis::RedisResult<T>> + Send;
+}
+
+impl Call for redis::Cmd {
+    async fn send<T: redis::FromRedisValue + Send>(
+        &self,
+        connection: &mut ConnectionManager,
+    ) -> redis::RedisResult<T> {
+        self.query_async(connection).await
+    }
+}
+
+impl Call for redis::Pipeline {
+    async fn send<T: redis::FromRedisValue + Send>(
+        &self,
+        connection: &mut ConnectionManager,
+    ) -> redis::RedisResult<T> {
+        self.query_async(connection).await
+    }
+}
+
+impl Call for redis::ScriptInvocation<'_> {
+    async fn send<T: redis::FromRedisValue + Send>(
+        &self,
+        connection: &mut ConnectionManager,
+    ) -> redis::RedisResult<T> {
+        self.invoke_async(connection).await
+    }
+}
+
 struct Scripts {
     issue_token: Script,
     reserve_slot: Script,
     renew_reservation: Script,
     refund_slot: Script,
+    withdraw_slot: Script,
     append_version: Script,
     create_photo: Script,
     create_from_token: Script,
@@ -56,6 +100,7 @@ impl Scripts {
             reserve_slot: Script::new(include_str!("lua/reserve_slot.lua")),
             renew_reservation: Script::new(include_str!("lua/renew_reservation.lua")),
             refund_slot: Script::new(include_str!("lua/refund_slot.lua")),
+            withdraw_slot: Script::new(include_str!("lua/withdraw_slot.lua")),
             append_version: Script::new(include_str!("lua/append_version.lua")),
             create_photo: Script::new(include_str!("lua/create_photo.lua")),
             create_from_token: Script::new(include_str!("lua/create_from_token.lua")),
@@ -94,6 +139,11 @@ impl Keys {
     /// Exists while the chunked file gathering under `object_key` is received.
     fn live_object(&self, object_key: &str) -> String {
         format!("{}ck:{object_key}", self.prefix)
+    }
+
+    /// Exists while reservation `id` is withdrawn (see `withdraw_slot.lua`).
+    fn withdrawn(&self, id: &str) -> String {
+        format!("{}rw:{id}", self.prefix)
     }
 
     fn photo_sequence(&self) -> String {
@@ -167,27 +217,61 @@ impl RedisStore {
         Ok(connection.clone())
     }
 
-    /// Awaits one Redis call within the timeout. A call that times out is
-    /// reported, never sent again (a resend could apply it twice).
-    async fn bounded<T>(
+    /// Makes one Redis call within the timeout. A call that times out is
+    /// reported, never sent again (a resend could apply it twice). A call
+    /// `resend` allows is made once more, within the same time, when it
+    /// failed because its connection had been dropped (Redis restarted or
+    /// failed over since the last call): the connection manager has begun
+    /// a new connection, which the second call waits for.
+    async fn bounded<T: redis::FromRedisValue + Send>(
         &self,
-        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+        resend: Resend,
+        call: &impl Call,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| store_error("timed out"))?
-            .map_err(store_error)
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let attempt = || async {
+            let mut connection = self.connection().await?;
+            tokio::time::timeout_at(deadline, call.send(&mut connection))
+                .await
+                .map_err(|_| store_error("timed out"))
+        };
+        match attempt().await? {
+            Err(e) if resend == Resend::IfDropped && e.is_connection_dropped() => {
+                tracing::info!(error = %e, "the Redis connection was dropped; the call is made on a new one");
+                attempt().await?.map_err(store_error)
+            }
+            result => result.map_err(store_error),
+        }
     }
 
-    /// Runs a script; the whole call, reload included, is bounded by the
-    /// timeout, and never retried after it.
-    async fn run<T: redis::FromRedisValue>(
+    /// Runs a script (its load included) as [`Self::bounded`] does.
+    async fn run<T: redis::FromRedisValue + Send>(
         &self,
         script: &Script,
         keys: &[String],
         args: &[String],
     ) -> Result<T, StoreError> {
-        let mut connection = self.connection().await?;
+        self.run_with(Resend::IfDropped, script, keys, args).await
+    }
+
+    /// [`Self::run`] for a script that must never run twice (a commit:
+    /// whether it was applied is found out otherwise).
+    async fn run_once<T: redis::FromRedisValue + Send>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, StoreError> {
+        self.run_with(Resend::Never, script, keys, args).await
+    }
+
+    async fn run_with<T: redis::FromRedisValue + Send>(
+        &self,
+        resend: Resend,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, StoreError> {
         let mut invocation = script.prepare_invoke();
         for key in keys {
             invocation.key(key);
@@ -195,7 +279,7 @@ impl RedisStore {
         for arg in args {
             invocation.arg(arg);
         }
-        self.bounded(invocation.invoke_async(&mut connection)).await
+        self.bounded(resend, &invocation).await
     }
 
     fn photo_from_parts(meta: &str, versions: &[String]) -> Result<Photo, StoreError> {
@@ -238,7 +322,7 @@ impl RedisStore {
             keys.push(chunked.file_key.clone());
             args.extend([chunked.keep_until.to_string(), EXPIRED_TOKEN_RETENTION_SECS.to_string()]);
         }
-        let answer: Vec<String> = self.run(&self.scripts.create_from_token, &keys, &args).await?;
+        let answer: Vec<String> = self.run_once(&self.scripts.create_from_token, &keys, &args).await?;
         match answer.as_slice() {
             [status, record, version] if status == "ok" => {
                 Ok(decode::<PhotoRecord>(record)?.recorded(decode(version)?))
@@ -274,7 +358,7 @@ impl RedisStore {
                 self.keys.prefix.clone(),
             ]);
         }
-        let answer: Vec<String> = self.run(&self.scripts.append_version, &keys, &args).await?;
+        let answer: Vec<String> = self.run_once(&self.scripts.append_version, &keys, &args).await?;
         match answer.split_first() {
             Some((status, rest)) if status == "ok" => {
                 let [record, version] = rest else {
@@ -320,9 +404,9 @@ impl RedisStore {
 #[async_trait]
 impl StateStore for RedisStore {
     async fn create_photo(&self, new: NewPhoto) -> Result<Photo, StoreError> {
-        let mut connection = self.connection().await?;
         // A crash between taking the id and storing the photo only skips an id.
-        let id: u64 = self.bounded(connection.incr(self.keys.photo_sequence(), 1)).await?;
+        let id: u64 =
+            self.bounded(Resend::IfDropped, redis::cmd("INCR").arg(self.keys.photo_sequence())).await?;
         let meta = PhotoRecord {
             photo_id: PhotoId(id),
             tree_id: new.tree_id,
@@ -331,17 +415,16 @@ impl StateStore for RedisStore {
             created_at: new.first_version.created_at,
         };
         let args = [encode(&meta), encode(&new.first_version)];
-        let _: i64 = self.run(&self.scripts.create_photo, &self.keys.photo(meta.photo_id), &args).await?;
+        let _: i64 =
+            self.run_once(&self.scripts.create_photo, &self.keys.photo(meta.photo_id), &args).await?;
         Ok(meta.with_versions(vec![PhotoVersion { number: 1, file: new.first_version }]))
     }
 
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
-        let mut connection = self.connection().await?;
         let [meta, versions] = self.keys.photo(id);
         // One MULTI block: the meta and the versions of one snapshot.
-        let (meta, versions): (Option<String>, Vec<String>) = self
-            .bounded(redis::pipe().atomic().get(meta).lrange(versions, 0, -1).query_async(&mut connection))
-            .await?;
+        let (meta, versions): (Option<String>, Vec<String>) =
+            self.bounded(Resend::IfDropped, redis::pipe().atomic().get(meta).lrange(versions, 0, -1)).await?;
         meta.map(|meta| Self::photo_from_parts(&meta, &versions)).transpose()
     }
 
@@ -366,19 +449,16 @@ impl StateStore for RedisStore {
     }
 
     async fn token_status(&self, token: &ReplaceToken, now: u64) -> Result<Option<TokenStatus>, StoreError> {
-        let mut connection = self.connection().await?;
         let [key, leases] = self.keys.token(token);
         // One MULTI block: the terms, the count and the leases of one moment.
         let ((grant, committed), in_flight): ((Option<String>, Option<u32>), u32) = self
             .bounded(
-                redis::pipe()
-                    .atomic()
-                    .cmd("HMGET")
-                    .arg(&key)
-                    .arg("grant")
-                    .arg("committed")
-                    .zcount(&leases, format!("({now}"), "+inf")
-                    .query_async(&mut connection),
+                Resend::IfDropped,
+                redis::pipe().atomic().cmd("HMGET").arg(&key).arg("grant").arg("committed").zcount(
+                    &leases,
+                    format!("({now}"),
+                    "+inf",
+                ),
             )
             .await?;
         match grant {
@@ -395,31 +475,47 @@ impl StateStore for RedisStore {
         &self,
         token: &ReplaceToken,
         kind: TokenKind,
+        id: &str,
         now: u64,
         lease_secs: u64,
     ) -> Result<Reservation, ReserveError> {
-        let id = hex::encode(random_bytes::<16>());
-        let lease_until = now + lease_secs;
         let args = [
             now.to_string(),
-            lease_until.to_string(),
-            id.clone(),
+            (now + lease_secs).to_string(),
+            id.to_owned(),
             EXPIRED_TOKEN_RETENTION_SECS.to_string(),
             kind.as_str().to_owned(),
         ];
-        let answer: Vec<String> =
-            self.run(&self.scripts.reserve_slot, &self.keys.token(token), &args).await?;
-        match answer.first().map(String::as_str) {
-            Some("ok") => {
-                let grant =
-                    decode(answer.get(1).ok_or_else(|| store_error("reserve answered without a grant"))?)?;
-                Ok(Reservation { grant, id, lease_until })
+        let [hash, leases] = self.keys.token(token);
+        let keys = [hash, leases, self.keys.withdrawn(id)];
+        let answer: Vec<String> = self.run(&self.scripts.reserve_slot, &keys, &args).await?;
+        match answer.as_slice() {
+            [ok, grant, lease_until] if ok == "ok" => {
+                let lease_until =
+                    lease_until.parse().map_err(|_| store_error("reserve answered no lease end"))?;
+                Ok(Reservation { grant: decode(grant)?, id: id.to_owned(), lease_until })
             }
-            Some("unknown") => Err(ReserveError::Unknown),
-            Some("expired") => Err(ReserveError::Expired),
-            Some("used_up") => Err(ReserveError::UsedUp),
+            [withdrawn] if withdrawn == "withdrawn" => {
+                Err(store_error("the reservation was withdrawn").into())
+            }
+            [refused] if refused == "unknown" => Err(ReserveError::Unknown),
+            [refused] if refused == "expired" => Err(ReserveError::Expired),
+            [refused] if refused == "used_up" => Err(ReserveError::UsedUp),
             other => Err(store_error(format!("unexpected reserve answer {other:?}")).into()),
         }
+    }
+
+    async fn withdraw_reservation(
+        &self,
+        token: &ReplaceToken,
+        id: &str,
+        until: u64,
+    ) -> Result<(), StoreError> {
+        let [_, leases] = self.keys.token(token);
+        let keys = [leases, self.keys.withdrawn(id)];
+        let _: i64 =
+            self.run(&self.scripts.withdraw_slot, &keys, &[id.to_owned(), until.to_string()]).await?;
+        Ok(())
     }
 
     async fn renew_reservation(
@@ -489,42 +585,36 @@ impl StateStore for RedisStore {
     }
 
     async fn first_use_of_nonce(&self, key: &NonceKey, expires_at: u64) -> Result<bool, StoreError> {
-        let mut connection = self.connection().await?;
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::EXAT(expires_at));
-        let set: Option<String> =
-            self.bounded(connection.set_options(self.keys.nonce(key), 1, options)).await?;
+        let set: Option<String> = self
+            .bounded(Resend::IfDropped, redis::cmd("SET").arg(self.keys.nonce(key)).arg(1).arg(options))
+            .await?;
         Ok(set.is_some())
     }
 
     async fn redeem_failures(&self, client: &str, window: u64) -> Result<u32, StoreError> {
-        let mut connection = self.connection().await?;
-        let count: Option<u32> =
-            self.bounded(connection.get(self.keys.redeem_failures(client, window))).await?;
+        let count: Option<u32> = self
+            .bounded(Resend::IfDropped, redis::cmd("GET").arg(self.keys.redeem_failures(client, window)))
+            .await?;
         Ok(count.unwrap_or(0))
     }
 
     async fn count_redeem_failure(&self, client: &str, window: u64) -> Result<u32, StoreError> {
-        let mut connection = self.connection().await?;
         let key = self.keys.redeem_failures(client, window);
         // Kept one minute past the window's end, for clock differences.
         let (count,): (u32,) = self
             .bounded(
-                redis::pipe()
-                    .atomic()
-                    .incr(&key, 1)
-                    .expire_at(&key, ((window + 2) * 60) as i64)
-                    .ignore()
-                    .query_async(&mut connection),
+                Resend::IfDropped,
+                redis::pipe().atomic().incr(&key, 1).expire_at(&key, ((window + 2) * 60) as i64).ignore(),
             )
             .await?;
         Ok(count)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection().await?;
-        let _: String = self.bounded(redis::cmd("PING").query_async(&mut connection)).await?;
+        let _: String = self.bounded(Resend::IfDropped, &redis::cmd("PING")).await?;
         Ok(())
     }
 
