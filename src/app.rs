@@ -16,6 +16,7 @@ use crate::auth::credentials::{self, Credential, Provenance};
 use crate::auth::{Authenticator, Credentials};
 use crate::config::Config;
 use crate::context::{Backends, Context};
+use crate::delivery::queue::DeliveryQueue;
 use crate::domain::{PhotoId, ReplaceToken, unix_now};
 use crate::metrics::{MeasuredObjects, MeasuredState, Metrics};
 use crate::storage::chunked::{ChunkedObjects, LiveFiles};
@@ -57,17 +58,18 @@ impl App {
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let metrics = Arc::new(Metrics::new());
         let cleanup = Cleanup::default();
-        let (state, chunked): (Arc<dyn StateStore>, Arc<dyn ChunkedFiles>) = match &config.state.redis_url {
+        type Stores = (Arc<dyn StateStore>, Arc<dyn ChunkedFiles>, Arc<dyn DeliveryQueue>);
+        let (state, chunked, deliveries): Stores = match &config.state.redis_url {
             Some(url) => {
                 let timeout = Duration::from_secs(config.state.redis_timeout_secs);
                 let store = Arc::new(
                     RedisStore::new(url, &config.state.key_prefix, timeout).map_err(StartError::State)?,
                 );
-                (store.clone(), store)
+                (store.clone(), store.clone(), store)
             }
             None => {
                 let store = Arc::new(EmbeddedStore::open(&config.data_dir).map_err(StartError::State)?);
-                (store.clone(), store)
+                (store.clone(), store.clone(), store)
             }
         };
         let state: Arc<dyn StateStore> = Arc::new(MeasuredState::new(state, Arc::clone(&metrics)));
@@ -110,7 +112,8 @@ impl App {
         let listener = bind(&config.server.listen, backlog)
             .await
             .map_err(|source| StartError::Listen { address: config.server.listen.clone(), source })?;
-        let backends = Backends { state, chunked, objects, chunked_objects: Some(chunked_objects) };
+        let backends =
+            Backends { state, chunked, deliveries, objects, chunked_objects: Some(chunked_objects) };
         let ctx = Arc::new(Context::new(config, auth, backends, metrics, cleanup));
         Ok(App { ctx, listener, generated })
     }
@@ -128,6 +131,7 @@ impl App {
     /// Serves until `shutdown` completes, then drains (see [`crate::server`]).
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send) {
         let upkeep = tokio::spawn(upkeep(Arc::clone(&self.ctx)));
+        let deliveries = tokio::spawn(crate::delivery::worker::run(Arc::clone(&self.ctx)));
         let server = &self.ctx.config.server;
         let settings = crate::server::Settings {
             max_connections: server.max_connections,
@@ -154,9 +158,13 @@ impl App {
                 "clean-up tasks still running at exit; leases and the sweep will finish them"
             );
         }
+        // Deliveries cut here stay pending: another instance, or this one
+        // started again, makes them when their lease runs out.
         upkeep.abort();
-        // Awaiting the aborted task drops its handle on the stores now.
+        deliveries.abort();
+        // Awaiting the aborted tasks drops their handles on the stores now.
         let _ = upkeep.await;
+        let _ = deliveries.await;
     }
 
     /// Serves in a background task; for tests and embedding.

@@ -34,18 +34,19 @@ pub const RESERVED: [&str; 7] =
     ["domain", "replace_token", "upload_token", "photo_id", "tree_id", "token", "error_message"];
 
 /// How the redeem ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Stored { photo_id: String, tree_id: String, token: String },
     Failed { error_message: String },
 }
 
 /// Everything the site is told.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReturnData {
     pub domain: String,
     /// `replace_token` or `upload_token`, and the token.
-    pub token: (&'static str, String),
+    pub token: (String, String),
     pub outcome: Outcome,
     /// The request's other parameters, repeated to the site.
     pub extras: Vec<(String, String)>,
@@ -61,7 +62,7 @@ impl ReturnData {
     /// then the extras that do not collide with those.
     pub fn params(&self) -> Vec<(String, String)> {
         let mut params =
-            vec![("domain".to_owned(), self.domain.clone()), (self.token.0.to_owned(), self.token.1.clone())];
+            vec![("domain".to_owned(), self.domain.clone()), (self.token.0.clone(), self.token.1.clone())];
         match &self.outcome {
             Outcome::Stored { photo_id, tree_id, token } => params.extend([
                 ("photo_id".to_owned(), photo_id.clone()),
@@ -105,8 +106,8 @@ fn delivery(return_url: &Url, data: &ReturnData) -> Delivery {
 /// The URL a background callback of `data` requests (see [`BackgroundCaller::call`]).
 pub fn callback_url(return_url: &Url, data: &ReturnData) -> String {
     match delivery(return_url, data) {
-        Delivery::Get(url) => url.to_string(),
-        Delivery::Post(_) => return_url.to_string(),
+        Delivery::Get(url) => as_requested(&url).to_string(),
+        Delivery::Post(_) => as_requested(return_url).to_string(),
     }
 }
 
@@ -461,7 +462,7 @@ mod tests {
     fn data(outcome: Outcome, extras: &[(&str, &str)]) -> ReturnData {
         ReturnData {
             domain: "videos.example.com".into(),
-            token: ("replace_token", "t".repeat(40)),
+            token: ("replace_token".to_owned(), "t".repeat(40)),
             outcome,
             extras: extras.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }

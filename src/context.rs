@@ -14,6 +14,7 @@ use crate::auth::Authenticator;
 use crate::callback::BackgroundCaller;
 use crate::config::Config;
 use crate::cors::AllowedOrigins;
+use crate::delivery::queue::DeliveryQueue;
 use crate::delivery::signature::Signer;
 use crate::metrics::Metrics;
 use crate::storage::ObjectStore;
@@ -30,6 +31,8 @@ pub struct Context {
     pub state: Arc<dyn StateStore>,
     /// The state store's files sent in chunks (the same store).
     pub chunked: Arc<dyn ChunkedFiles>,
+    /// The state store's queue of deliveries to sites (the same store).
+    pub deliveries: Arc<dyn DeliveryQueue>,
     pub objects: Arc<dyn ObjectStore>,
     /// The object store's files sent in chunks, if it takes them.
     pub chunked_objects: Option<Arc<dyn ChunkedObjects>>,
@@ -48,6 +51,7 @@ pub struct Context {
 pub struct Backends {
     pub state: Arc<dyn StateStore>,
     pub chunked: Arc<dyn ChunkedFiles>,
+    pub deliveries: Arc<dyn DeliveryQueue>,
     pub objects: Arc<dyn ObjectStore>,
     pub chunked_objects: Option<Arc<dyn ChunkedObjects>>,
 }
@@ -60,7 +64,7 @@ impl Context {
         metrics: Arc<Metrics>,
         cleanup: Cleanup,
     ) -> Self {
-        let Backends { state, chunked, objects, chunked_objects } = backends;
+        let Backends { state, chunked, deliveries, objects, chunked_objects } = backends;
         let cors = AllowedOrigins::new(&config.server.cors_allowed_origins);
         let secrets: Vec<String> =
             config.callback.signing_secrets.iter().map(|s| s.expose().to_owned()).collect();
@@ -75,6 +79,7 @@ impl Context {
             auth,
             state,
             chunked,
+            deliveries,
             objects,
             chunked_objects,
             callbacks,

@@ -25,7 +25,7 @@
 //! - [`storage`]: the [`storage::ObjectStore`] seam, its local-files and S3
 //!   implementations (and an in-memory double for tests).
 //! - `upload`: the streaming multipart pipeline into an object store.
-//! - `callback`: return data, redirects, POST forms, background callbacks.
+//! - [`callback`]: return data, redirects, POST forms, background callbacks.
 //! - [`delivery`]: what the receiver sends sites on its own: the signature
 //!   of its requests.
 //! - `metrics`: Prometheus metrics and the decorators measuring the stores.
@@ -33,12 +33,13 @@
 //! - [`tasks`]: the clean-up tasks an application owns; `causes`: error
 //!   causes kept for the logs.
 //!
-//! The `testing` feature makes `upload`, `callback` and the in-memory
-//! object store public, for the fuzz targets.
+//! The `testing` feature makes `upload` and the in-memory object store
+//! public, for the fuzz targets.
 
 mod api;
 pub mod app;
 pub mod auth;
+pub mod callback;
 mod causes;
 pub mod config;
 mod context;
@@ -54,10 +55,6 @@ pub mod storage;
 pub mod store;
 pub mod tasks;
 
-#[cfg(feature = "testing")]
-pub mod callback;
-#[cfg(not(feature = "testing"))]
-mod callback;
 #[cfg(feature = "testing")]
 pub mod upload;
 #[cfg(not(feature = "testing"))]

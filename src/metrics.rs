@@ -41,6 +41,13 @@ pub struct Metrics {
     /// Files sent in chunks by how they ended (`completed`, `cancelled`,
     /// `abandoned`: found by the sweep).
     pub chunked_files: IntCounterVec,
+    /// Attempts at deliveries to sites, by channel and result (`delivered`,
+    /// `retry`, `dead`).
+    pub deliveries: IntCounterVec,
+    /// The delivery queue, as the state store holds it (all instances').
+    pub deliveries_pending: IntGauge,
+    pub deliveries_oldest_pending_seconds: IntGauge,
+    pub deliveries_dead: IntGauge,
 }
 
 const NAMESPACE: &str = "upload_receiver";
@@ -101,11 +108,24 @@ impl Metrics {
             single("bytes_received_total", "File bytes received and passed to the object store.");
         let chunk_bytes =
             single("chunk_bytes_staged_total", "Bytes of chunks stored before their file was complete.");
-        let uploads_in_flight = IntGauge::with_opts(
-            Opts::new("uploads_in_flight", "Files being written to the object store.").namespace(NAMESPACE),
-        )
-        .expect("metric definitions are valid");
-        registry.register(Box::new(uploads_in_flight.clone())).expect("metric names are unique");
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE))
+                .expect("metric definitions are valid");
+            registry.register(Box::new(metric.clone())).expect("metric names are unique");
+            metric
+        };
+        let uploads_in_flight = gauge("uploads_in_flight", "Files being written to the object store.");
+        let deliveries = counter(
+            "deliveries_total",
+            "Attempts at deliveries to sites (background callbacks), by channel and result.",
+            &["channel", "result"],
+        );
+        let deliveries_pending =
+            gauge("deliveries_pending", "Deliveries to sites waiting to be made or retried.");
+        let deliveries_oldest_pending_seconds =
+            gauge("deliveries_oldest_pending_seconds", "Age of the oldest pending delivery to a site.");
+        let deliveries_dead =
+            gauge("deliveries_dead", "Deliveries to sites given up (kept as long as expired tokens).");
         Metrics {
             registry,
             requests,
@@ -119,6 +139,10 @@ impl Metrics {
             chunks,
             chunk_bytes,
             chunked_files,
+            deliveries,
+            deliveries_pending,
+            deliveries_oldest_pending_seconds,
+            deliveries_dead,
         }
     }
 

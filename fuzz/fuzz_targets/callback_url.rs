@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
 
     let data = ReturnData {
         domain: "videos.example.com".into(),
-        token: ("replace_token", "0".repeat(40)),
+        token: ("replace_token".to_owned(), "0".repeat(40)),
         outcome: Outcome::Failed { error_message: params.first().map(|p| p.1.clone()).unwrap_or_default() },
         extras: params,
     };

@@ -183,6 +183,12 @@ pub struct CallbackConfig {
     /// The first signs background callbacks (and webhooks); every one is
     /// accepted when verifying, for rotation. Empty: requests are unsigned.
     pub signing_secrets: Vec<Secret>,
+    /// A background callback that fails for a passing reason is retried,
+    /// with growing delays, for this long after its first attempt.
+    pub retry_for_secs: u64,
+    /// The delay after the first failed attempt, doubled after each one
+    /// (up to an hour).
+    pub retry_initial_delay_secs: u64,
 }
 
 impl Default for CallbackConfig {
@@ -192,6 +198,8 @@ impl Default for CallbackConfig {
             timeout_secs: 10,
             max_return_url_bytes: 2048,
             signing_secrets: Vec::new(),
+            retry_for_secs: 86_400,
+            retry_initial_delay_secs: 10,
         }
     }
 }
@@ -426,6 +434,7 @@ impl Config {
             ("server.body_idle_timeout_secs", self.server.body_idle_timeout_secs),
             ("auth.timestamp_window_secs", self.auth.timestamp_window_secs),
             ("callback.timeout_secs", self.callback.timeout_secs),
+            ("callback.retry_initial_delay_secs", self.callback.retry_initial_delay_secs),
             ("state.redis_timeout_secs", self.state.redis_timeout_secs),
             ("storage.timeout_secs", self.storage.timeout_secs),
             ("limits.max_upload_bytes", self.limits.max_upload_bytes),

@@ -1,4 +1,8 @@
 //! Telling a site about outcomes by requests of the receiver's own:
-//! signed so the site can tell them from forgeries ([`signature`]).
+//! signed so the site can tell them from forgeries ([`signature`]), kept
+//! in the state store until the site answers ([`queue`]), made and retried
+//! with growing delays ([`worker`]).
 
+pub mod queue;
 pub mod signature;
+pub mod worker;

@@ -537,6 +537,8 @@ pub struct TokenStatus {
 pub struct Purged {
     pub nonces: u64,
     pub tokens: u64,
+    /// Deliveries settled longer ago than an expired token is kept.
+    pub deliveries: u64,
 }
 
 #[cfg(test)]

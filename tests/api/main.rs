@@ -16,6 +16,7 @@ mod browser;
 mod browser_chunked;
 mod chunks;
 mod cors;
+mod deliveries;
 mod get_replace_token;
 mod hardening;
 mod independent_clients;

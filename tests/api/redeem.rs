@@ -357,9 +357,14 @@ async fn background_callbacks_to_loopback_are_refused_without_an_allow_list() {
     let site = Site::start().await;
     let f = PhotoApp::new().await;
     let token = background_token(&f, &site, &[]).await;
+    // The upload is told ok; the callback is refused by the rules, not retried.
     let answer = f.redeem(&token, b"abc", &[]).await.text().await.unwrap();
-    assert!(answer.starts_with("error "), "{answer}");
-    assert!(answer.contains("not allowed"), "{answer}");
+    assert!(answer.starts_with("ok "), "{answer}");
+    assert_eq!(f.metric(r#"upload_receiver_callbacks_total{result="forbidden"}"#).await, Some(1.0));
+    assert_eq!(
+        f.metric(r#"upload_receiver_deliveries_total{channel="callback",result="dead"}"#).await,
+        Some(1.0)
+    );
     assert!(site.requests().is_empty(), "no connection reached the site");
 }
 

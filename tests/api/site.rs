@@ -68,10 +68,16 @@ impl Drop for Site {
 
 impl Site {
     /// Starts the site on a free loopback port. `/form` serves the
-    /// configured page; `/silent` accepts and never answers; any other path
-    /// answers `200` with a small page echoing the parameters.
+    /// configured page; `/silent` accepts and never answers; `/fail-twice`
+    /// answers its first two requests `503`; any other path answers `200`
+    /// with a small page echoing the parameters.
     pub async fn start() -> Site {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Site::start_on(0).await
+    }
+
+    /// [`Site::start`] on `port` (0: a free one).
+    pub async fn start_on(port: u16) -> Site {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let address = listener.local_addr().unwrap();
         let recorded = Arc::new(Mutex::new(Vec::new()));
         let pages = Arc::new(Mutex::new(Pages::default()));
@@ -129,9 +135,19 @@ async fn respond(
         return response;
     }
     let recorded = Recorded { method, target, body: String::from_utf8_lossy(&body).into_owned(), headers };
-    log.lock().unwrap().push(recorded.clone());
+    let earlier = {
+        let mut log = log.lock().unwrap();
+        let earlier = log.iter().filter(|r| r.target.split('?').next() == Some(path.as_str())).count();
+        log.push(recorded.clone());
+        earlier
+    };
     if path == "/silent" {
         tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    if path == "/fail-twice" && earlier < 2 {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"not now")));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return response;
     }
     let mut page = String::from("<!DOCTYPE html><html><body><h1>Returned</h1><dl id=\"params\">");
     for (name, value) in recorded.params() {

@@ -87,15 +87,16 @@ async fn callbacks_to_internal_addresses_are_refused_before_connecting() {
         format!("http://[fe80::1]:{port}/cb"),
         format!("http://[64:ff9b::a9fe:a9fe]:{port}/cb"),
     ];
-    for target in &targets {
+    for (refused, target) in targets.iter().enumerate() {
         let answer = background_redeem(&app, &photo_id, target).await;
-        assert!(answer.starts_with("error "), "{target}: {answer}");
-        assert!(
-            answer.contains("not allowed"),
-            "{target} is refused by the rules, not by the network: {answer}"
-        );
+        assert!(answer.starts_with("ok "), "the upload is committed: {target}: {answer}");
+        // Refused by the rules, not by the network: counted so, at once.
+        let forbidden = app.metric(r#"upload_receiver_callbacks_total{result="forbidden"}"#).await;
+        assert_eq!(forbidden, Some(refused as f64 + 1.0), "{target}");
         assert_eq!(trap.connections(), 0, "{target} reached the listener");
     }
+    let dead = app.metric(r#"upload_receiver_deliveries_total{channel="callback",result="dead"}"#).await;
+    assert_eq!(dead, Some(targets.len() as f64), "none is retried");
 }
 
 #[tokio::test]
@@ -111,8 +112,13 @@ async fn a_permitted_site_that_redirects_inward_is_not_followed() {
     let answer =
         background_redeem(&app, &photo_id, &format!("http://127.0.0.1:{}/cb", redirector.port)).await;
     assert_eq!(redirector.connections(), 1, "the permitted site was called");
-    assert!(answer.starts_with("error "), "a redirect is not a successful callback: {answer}");
-    assert!(answer.contains("302"), "{answer}");
+    assert!(answer.starts_with("ok "), "the upload is committed: {answer}");
+    // A redirect is not a successful callback, nor one worth repeating.
+    assert_eq!(app.metric(r#"upload_receiver_callbacks_total{result="bad_status"}"#).await, Some(1.0));
+    assert_eq!(
+        app.metric(r#"upload_receiver_deliveries_total{channel="callback",result="dead"}"#).await,
+        Some(1.0)
+    );
     assert_eq!(trap.connections(), 0, "the redirect was not followed");
 }
 
@@ -129,8 +135,9 @@ async fn a_callback_server_that_never_answers_times_out_and_the_upload_stays() {
     let answer = background_redeem(&app, &photo_id, &site.url("/silent")).await;
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "answered within the callback timeout: {took:?}");
-    assert!(answer.starts_with("error "), "{answer}");
-    assert!(answer.contains("The file was stored") && answer.contains("timed out"), "{answer}");
+    assert!(answer.starts_with("ok "), "the upload is committed, whatever the callback did: {answer}");
+    let retried = app.metric(r#"upload_receiver_deliveries_total{channel="callback",result="retry"}"#).await;
+    assert_eq!(retried, Some(1.0), "the callback is kept for a retry");
     let photo = app.photo(&photo_id).await;
     assert_eq!(photo.versions.len(), 2, "the upload stays committed");
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();

@@ -9,5 +9,6 @@ mod files;
 mod servers;
 
 mod chunked;
+mod deliveries;
 mod objects;
 mod state;

@@ -6,8 +6,11 @@
 use http::{Response, StatusCode};
 
 use super::error::{Failure, RedeemError, Refusal, SiteReturn};
-use crate::callback::{self, CallbackError, Outcome, ReturnData};
+use crate::callback::{self, Outcome, ReturnData};
 use crate::context::Context;
+use crate::delivery::queue::{Channel, Delivery, Payload};
+use crate::delivery::worker::{self, new_delivery_id};
+use crate::domain::unix_now;
 use crate::http::{Body, text};
 use crate::store::{RecordedVersion, TokenGrant, TokenKind};
 
@@ -67,7 +70,7 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, Rede
     let SiteReturn { grant, extras, by_script } = site;
     let data = ReturnData {
         domain: ctx.config.site.domain.clone(),
-        token: (kind.field(), grant.token.to_string()),
+        token: (kind.field().to_owned(), grant.token.to_string()),
         outcome,
         extras,
     };
@@ -101,43 +104,31 @@ async fn deliver(
         }
         return callback::browser_answer(&return_url, data);
     }
+    let callback_url = callback::callback_url(&return_url, data);
     if replayed {
-        return text(
-            StatusCode::OK,
-            callback::background_answer(data, &callback::callback_url(&return_url, data)),
-        );
+        return text(StatusCode::OK, callback::background_answer(data, &callback_url));
     }
     if client_gone {
         // Nobody is waiting for this answer: do not call the site about an
         // upload that was abandoned.
         return text(StatusCode::BAD_REQUEST, callback::background_answer(data, ""));
     }
-    let report = ctx.callbacks.call(&return_url, data).await;
-    let result = match &report.result {
-        Ok(_) => "ok",
-        Err(CallbackError::Forbidden(_)) => "forbidden",
-        Err(CallbackError::Timeout) => "timeout",
-        Err(CallbackError::Status(_)) => "bad_status",
-        Err(_) => "failed",
+    // The site is told by a delivery kept until it answers; the client is
+    // told the outcome whatever the first attempt did.
+    let now = unix_now();
+    let delivery = Delivery {
+        id: new_delivery_id(),
+        channel: Channel::Callback,
+        token: grant.token.clone(),
+        payload: Payload::Callback { return_url: return_url.to_string(), data: data.clone() },
+        created_at: now,
+        retry_until: now + ctx.config.callback.retry_for_secs,
+        attempts: 0,
+        last_error: None,
     };
-    ctx.metrics.callbacks.with_label_values(&[result]).inc();
-    match &report.result {
-        Ok(status) => {
-            tracing::info!(method = %report.method, status = status.as_u16(), "background callback made");
-            text(StatusCode::OK, callback::background_answer(data, &report.url))
-        }
-        Err(e) => {
-            tracing::warn!(method = %report.method, error = %e, "background callback failed");
-            let error_message = match &data.outcome {
-                Outcome::Stored { .. } => {
-                    format!("The file was stored, but the callback to return_url failed: {e}")
-                }
-                Outcome::Failed { error_message } => format!(
-                    "{}; the callback to return_url failed too: {e}",
-                    error_message.trim_end_matches('.')
-                ),
-            };
-            text(StatusCode::OK, callback::background_answer(&data.failed(error_message), &report.url))
-        }
+    let attempted = worker::first_attempt(ctx, delivery).await;
+    if let Err(e) = &attempted.result {
+        tracing::info!(url = %attempted.url, error = %e, "the outcome is told to the client; its callback is kept for retries");
     }
+    text(StatusCode::OK, callback::background_answer(data, &callback_url))
 }

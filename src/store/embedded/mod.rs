@@ -30,6 +30,7 @@
 
 mod chunked;
 mod chunked_store;
+mod deliveries;
 mod tables;
 mod writer;
 
@@ -384,7 +385,9 @@ impl StateStore for EmbeddedStore {
                 delete_files(txn, token)?;
             }
             chunked::purge_files(txn, now, EXPIRED_TOKEN_RETENTION_SECS)?;
-            Ok(Purged { nonces: nonces_purged, tokens: purged_tokens.len() as u64 })
+            let deliveries =
+                deliveries::purge_settled(txn, now.saturating_sub(EXPIRED_TOKEN_RETENTION_SECS))?;
+            Ok(Purged { nonces: nonces_purged, tokens: purged_tokens.len() as u64, deliveries })
         })
         .await
     }

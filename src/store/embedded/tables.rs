@@ -37,6 +37,16 @@ pub const NONCES: TableDefinition<&str, u64> = TableDefinition::new("nonces");
 /// (expiry, nonce identity) → (), so expired nonces are purged by range.
 pub const NONCE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("nonce_expiry");
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Deliveries to sites (see `deliveries.rs`): id → record, and its indexes.
+pub const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries");
+/// (due, id) of pending deliveries.
+pub const DELIVERIES_DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("deliveries_due");
+/// (created at, id) of pending deliveries.
+pub const DELIVERIES_PENDING: TableDefinition<(u64, &str), ()> = TableDefinition::new("deliveries_pending");
+/// (token, created at, id) of every delivery kept.
+pub const TOKEN_DELIVERIES: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("token_deliveries");
+/// (settled at, id) of delivered and dead deliveries, for the purge.
+pub const DELIVERIES_SETTLED: TableDefinition<(u64, &str), ()> = TableDefinition::new("deliveries_settled");
 pub const NEXT_PHOTO_ID: &str = "next_photo_id";
 
 /// A token with its usage, as stored.
@@ -185,6 +195,11 @@ pub fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(CHUNKED_FILES).map_err(store_error)?;
     txn.open_table(FILE_CHUNKS).map_err(store_error)?;
     txn.open_table(LIVE_OBJECTS).map_err(store_error)?;
+    txn.open_table(DELIVERIES).map_err(store_error)?;
+    txn.open_table(DELIVERIES_DUE).map_err(store_error)?;
+    txn.open_table(DELIVERIES_PENDING).map_err(store_error)?;
+    txn.open_table(TOKEN_DELIVERIES).map_err(store_error)?;
+    txn.open_table(DELIVERIES_SETTLED).map_err(store_error)?;
     txn.commit().map_err(store_error)
 }
 

@@ -20,6 +20,7 @@
 //! resend could apply it twice.
 
 mod chunked;
+mod deliveries;
 
 use std::time::Duration;
 
@@ -91,6 +92,7 @@ struct Scripts {
     create_from_token: Script,
     update_upload_token: Script,
     chunked: Script,
+    deliveries: Script,
 }
 
 impl Scripts {
@@ -106,6 +108,7 @@ impl Scripts {
             create_from_token: Script::new(include_str!("lua/create_from_token.lua")),
             update_upload_token: Script::new(include_str!("lua/update_upload_token.lua")),
             chunked: Script::new(include_str!("lua/chunked.lua")),
+            deliveries: Script::new(include_str!("lua/deliveries.lua")),
         }
     }
 }

@@ -1,0 +1,118 @@
+//! The [`DeliveryQueue`] seam: requests to sites (background callbacks)
+//! kept in the state store until a site answers them, so that they survive
+//! a failed attempt, a restart and the death of the instance making them.
+//!
+//! A delivery is *pending* until it is delivered (a `2xx`) or dead (a
+//! permanent refusal, or retried for `callback.retry_for_secs` in vain).
+//! A pending delivery is due at a time; taking it ([`DeliveryQueue::take_due`])
+//! leases it to one instance by moving that time past its attempt, so no
+//! other instance makes it meanwhile, and an instance that dies mid-attempt
+//! only delays it until the lease runs out: delivered at least once, usually
+//! once. Settled deliveries are kept for the token's status for as long as
+//! an expired token is kept.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::callback::ReturnData;
+use crate::domain::ReplaceToken;
+use crate::store::StoreError;
+
+/// How a site is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// The 23-compatible background callback to `return_url`.
+    Callback,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Callback => "callback",
+        }
+    }
+}
+
+/// What a delivery sends; the request is made from it at each attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Payload {
+    Callback { return_url: String, data: ReturnData },
+}
+
+/// One message to a site about one outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Random, unique.
+    pub id: String,
+    pub channel: Channel,
+    /// The token whose redeem it tells of (its status lists it).
+    pub token: ReplaceToken,
+    pub payload: Payload,
+    pub created_at: u64,
+    /// Retried until then (`created_at + callback.retry_for_secs`), then dead.
+    pub retry_until: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// Where a delivery stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending { due: u64 },
+    Delivered { at: u64, status: u16 },
+    Dead { at: u64 },
+}
+
+/// How an attempt ended, for [`DeliveryQueue::settle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Delivered {
+        status: u16,
+    },
+    /// Failed; made again at `due`.
+    Retry {
+        error: String,
+        due: u64,
+    },
+    /// Failed for good.
+    Dead {
+        error: String,
+    },
+}
+
+/// The queue's figures, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub pending: u64,
+    /// When the oldest pending delivery was created.
+    pub oldest_pending: Option<u64>,
+    pub dead: u64,
+}
+
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync {
+    /// Keeps `delivery` pending, due at `due`. Its first attempt is usually
+    /// made at once by the request that queued it, which holds it until
+    /// `due` so no other instance makes it meanwhile.
+    async fn enqueue(&self, delivery: &Delivery, due: u64) -> Result<(), StoreError>;
+
+    /// Leases up to `max` deliveries due at `now` (oldest due first) until
+    /// `now + lease_secs`, and returns them.
+    async fn take_due(&self, now: u64, lease_secs: u64, max: usize) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Records how an attempt at `delivery` (as taken, its `attempts`
+    /// counting this one) ended at `now`. A delivery no longer pending is
+    /// left as it is.
+    async fn settle(&self, delivery: &Delivery, settled: &Settled, now: u64) -> Result<(), StoreError>;
+
+    /// The deliveries about `token`'s redeems, oldest first, with their state.
+    async fn deliveries_of(&self, token: &ReplaceToken)
+    -> Result<Vec<(Delivery, DeliveryState)>, StoreError>;
+
+    async fn stats(&self) -> Result<QueueStats, StoreError>;
+}

@@ -1,0 +1,205 @@
+//! The embedded store's [`DeliveryQueue`]: one record per delivery and
+//! indexes by due time, by age (pending ones), by token and by settling
+//! time (for the purge), all changed in one transaction per step.
+
+use async_trait::async_trait;
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::EmbeddedStore;
+use super::tables::{
+    DELIVERIES, DELIVERIES_DUE, DELIVERIES_PENDING, DELIVERIES_SETTLED, META, TOKEN_DELIVERIES, decode,
+    encode, store_error,
+};
+use crate::delivery::queue::{Delivery, DeliveryQueue, DeliveryState, QueueStats, Settled};
+use crate::domain::ReplaceToken;
+use crate::store::StoreError;
+
+/// The `META` counter of dead deliveries kept.
+const DEAD: &str = "deliveries_dead";
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    delivery: Delivery,
+    state: DeliveryState,
+}
+
+fn get(txn: &WriteTransaction, id: &str) -> Result<Option<Record>, StoreError> {
+    let table = txn.open_table(DELIVERIES).map_err(store_error)?;
+    let bytes = table.get(id).map_err(store_error)?;
+    bytes.map(|b| decode(b.value())).transpose()
+}
+
+fn put(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> {
+    let mut table = txn.open_table(DELIVERIES).map_err(store_error)?;
+    table.insert(record.delivery.id.as_str(), encode(record).as_slice()).map_err(store_error)?;
+    Ok(())
+}
+
+/// Moves a pending delivery's due time.
+fn set_due(txn: &WriteTransaction, id: &str, from: Option<u64>, to: u64) -> Result<(), StoreError> {
+    let mut due = txn.open_table(DELIVERIES_DUE).map_err(store_error)?;
+    if let Some(from) = from {
+        due.remove((from, id)).map_err(store_error)?;
+    }
+    due.insert((to, id), ()).map_err(store_error)?;
+    Ok(())
+}
+
+#[async_trait]
+impl DeliveryQueue for EmbeddedStore {
+    async fn enqueue(&self, delivery: &Delivery, due: u64) -> Result<(), StoreError> {
+        let delivery = delivery.clone();
+        self.write(move |txn| {
+            if get(txn, &delivery.id)?.is_some() {
+                return Ok(());
+            }
+            let (id, created) = (delivery.id.as_str(), delivery.created_at);
+            set_due(txn, id, None, due)?;
+            txn.open_table(DELIVERIES_PENDING)
+                .map_err(store_error)?
+                .insert((created, id), ())
+                .map_err(store_error)?;
+            txn.open_table(TOKEN_DELIVERIES)
+                .map_err(store_error)?
+                .insert((delivery.token.as_str(), created, id), ())
+                .map_err(store_error)?;
+            put(txn, &Record { state: DeliveryState::Pending { due }, delivery: delivery.clone() })
+        })
+        .await
+    }
+
+    async fn take_due(&self, now: u64, lease_secs: u64, max: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.write(move |txn| {
+            let due: Vec<(u64, String)> = {
+                let table = txn.open_table(DELIVERIES_DUE).map_err(store_error)?;
+                let range = table.range((0u64, "")..(now + 1, "")).map_err(store_error)?;
+                range
+                    .take(max)
+                    .map(|entry| entry.map(|(key, _)| (key.value().0, key.value().1.to_owned())))
+                    .collect::<Result<_, _>>()
+                    .map_err(store_error)?
+            };
+            let mut taken = Vec::new();
+            for (at, id) in due {
+                let Some(mut record) = get(txn, &id)? else { continue };
+                let until = now + lease_secs;
+                set_due(txn, &id, Some(at), until)?;
+                record.state = DeliveryState::Pending { due: until };
+                put(txn, &record)?;
+                taken.push(record.delivery);
+            }
+            Ok(taken)
+        })
+        .await
+    }
+
+    async fn settle(&self, delivery: &Delivery, settled: &Settled, now: u64) -> Result<(), StoreError> {
+        let (delivery, settled) = (delivery.clone(), settled.clone());
+        self.write(move |txn| {
+            let Some(record) = get(txn, &delivery.id)? else { return Ok(()) };
+            let DeliveryState::Pending { due } = record.state else { return Ok(()) };
+            let id = delivery.id.as_str();
+            let mut delivery = delivery.clone();
+            let state = match &settled {
+                Settled::Delivered { status } => {
+                    delivery.last_error = None;
+                    DeliveryState::Delivered { at: now, status: *status }
+                }
+                Settled::Retry { error, due: next } => {
+                    delivery.last_error = Some(error.clone());
+                    set_due(txn, id, Some(due), *next)?;
+                    return put(txn, &Record { delivery, state: DeliveryState::Pending { due: *next } });
+                }
+                Settled::Dead { error } => {
+                    delivery.last_error = Some(error.clone());
+                    let mut meta = txn.open_table(META).map_err(store_error)?;
+                    let dead = meta.get(DEAD).map_err(store_error)?.map_or(0, |v| v.value());
+                    meta.insert(DEAD, dead + 1).map_err(store_error)?;
+                    DeliveryState::Dead { at: now }
+                }
+            };
+            txn.open_table(DELIVERIES_DUE).map_err(store_error)?.remove((due, id)).map_err(store_error)?;
+            txn.open_table(DELIVERIES_PENDING)
+                .map_err(store_error)?
+                .remove((delivery.created_at, id))
+                .map_err(store_error)?;
+            txn.open_table(DELIVERIES_SETTLED)
+                .map_err(store_error)?
+                .insert((now, id), ())
+                .map_err(store_error)?;
+            put(txn, &Record { delivery: delivery.clone(), state })
+        })
+        .await
+    }
+
+    async fn deliveries_of(
+        &self,
+        token: &ReplaceToken,
+    ) -> Result<Vec<(Delivery, DeliveryState)>, StoreError> {
+        let token = token.clone();
+        self.read(move |txn| {
+            let index = txn.open_table(TOKEN_DELIVERIES).map_err(store_error)?;
+            let records = txn.open_table(DELIVERIES).map_err(store_error)?;
+            let mut found = Vec::new();
+            let range = (token.as_str(), 0u64, "")..=(token.as_str(), u64::MAX, "\u{10ffff}");
+            for entry in index.range(range).map_err(store_error)? {
+                let (key, _) = entry.map_err(store_error)?;
+                if let Some(bytes) = records.get(key.value().2).map_err(store_error)? {
+                    let record: Record = decode(bytes.value())?;
+                    found.push((record.delivery, record.state));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        self.read(|txn| {
+            let pending = txn.open_table(DELIVERIES_PENDING).map_err(store_error)?;
+            let oldest = pending.first().map_err(store_error)?.map(|(key, _)| key.value().0);
+            let dead = txn
+                .open_table(META)
+                .map_err(store_error)?
+                .get(DEAD)
+                .map_err(store_error)?
+                .map_or(0, |v| v.value());
+            Ok(QueueStats { pending: pending.len().map_err(store_error)?, oldest_pending: oldest, dead })
+        })
+        .await
+    }
+}
+
+/// Removes deliveries settled before `before`; returns how many.
+pub fn purge_settled(txn: &WriteTransaction, before: u64) -> Result<u64, StoreError> {
+    let settled: Vec<(u64, String)> = {
+        let index = txn.open_table(DELIVERIES_SETTLED).map_err(store_error)?;
+        index
+            .range((0u64, "")..(before, ""))
+            .map_err(store_error)?
+            .map(|entry| entry.map(|(key, _)| (key.value().0, key.value().1.to_owned())))
+            .collect::<Result<_, _>>()
+            .map_err(store_error)?
+    };
+    for (at, id) in &settled {
+        if let Some(record) = get(txn, id)? {
+            let Delivery { token, created_at, .. } = &record.delivery;
+            txn.open_table(TOKEN_DELIVERIES)
+                .map_err(store_error)?
+                .remove((token.as_str(), *created_at, id.as_str()))
+                .map_err(store_error)?;
+            if matches!(record.state, DeliveryState::Dead { .. }) {
+                let mut meta = txn.open_table(META).map_err(store_error)?;
+                let dead = meta.get(DEAD).map_err(store_error)?.map_or(0, |v| v.value());
+                meta.insert(DEAD, dead.saturating_sub(1)).map_err(store_error)?;
+            }
+            txn.open_table(DELIVERIES).map_err(store_error)?.remove(id.as_str()).map_err(store_error)?;
+        }
+        txn.open_table(DELIVERIES_SETTLED)
+            .map_err(store_error)?
+            .remove((*at, id.as_str()))
+            .map_err(store_error)?;
+    }
+    Ok(settled.len() as u64)
+}

@@ -1,0 +1,168 @@
+//! The `DeliveryQueue` contract, on the embedded store and on Redis: due
+//! deliveries are leased to one taker at a time, retried when they are due
+//! again, settled once, listed per token and counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use upload_receiver::callback::{Outcome, ReturnData};
+use upload_receiver::delivery::queue::{
+    Channel, Delivery, DeliveryQueue, DeliveryState, Payload, QueueStats, Settled,
+};
+use upload_receiver::domain::ReplaceToken;
+use upload_receiver::store::embedded::EmbeddedStore;
+use upload_receiver::store::redis::RedisStore;
+
+use crate::servers;
+
+const NOW: u64 = 1_900_000_000;
+const LEASE: u64 = 15;
+
+fn delivery(token: &ReplaceToken, n: u64) -> Delivery {
+    let data = ReturnData {
+        domain: "videos.example.com".into(),
+        token: ("replace_token".into(), token.as_str().to_owned()),
+        outcome: Outcome::Stored { photo_id: n.to_string(), tree_id: "1".into(), token: "secret".into() },
+        extras: vec![("session".into(), "abc".into())],
+    };
+    Delivery {
+        id: format!("delivery-{n}-{}", ReplaceToken::generate().as_str()),
+        channel: Channel::Callback,
+        token: token.clone(),
+        payload: Payload::Callback { return_url: "https://www.example.com/cb".into(), data },
+        created_at: NOW + n,
+        retry_until: NOW + 86_400,
+        attempts: 0,
+        last_error: None,
+    }
+}
+
+/// The delivery as an attempt leaves it.
+fn attempted(delivery: &Delivery) -> Delivery {
+    Delivery { attempts: delivery.attempts + 1, ..delivery.clone() }
+}
+
+macro_rules! conformance {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            async fn store() -> (Arc<dyn DeliveryQueue>, Option<tempfile::TempDir>) {
+                $make
+            }
+
+            #[tokio::test]
+            async fn a_due_delivery_is_leased_to_one_taker_then_retried_then_settled_once() {
+                let (q, _dir) = store().await;
+                a_due_delivery_is_leased_to_one_taker_then_retried_then_settled_once_case(&*q).await;
+            }
+
+            #[tokio::test]
+            async fn deliveries_are_listed_per_token_and_counted() {
+                let (q, _dir) = store().await;
+                deliveries_are_listed_per_token_and_counted_case(&*q).await;
+            }
+
+            #[tokio::test]
+            async fn concurrent_takers_never_take_one_delivery_twice() {
+                let (q, _dir) = store().await;
+                concurrent_takers_never_take_one_delivery_twice_case(q).await;
+            }
+        }
+    };
+}
+
+conformance!(embedded, {
+    let dir = tempfile::tempdir().unwrap();
+    (Arc::new(EmbeddedStore::open(dir.path()).unwrap()), Some(dir))
+});
+
+conformance!(redis, {
+    let store =
+        RedisStore::new(&servers::redis_url(), &servers::unique_prefix(), Duration::from_secs(2)).unwrap();
+    (Arc::new(store), None)
+});
+
+async fn a_due_delivery_is_leased_to_one_taker_then_retried_then_settled_once_case(q: &dyn DeliveryQueue) {
+    let token = ReplaceToken::generate();
+    let d = delivery(&token, 1);
+    // Held by the request making its first attempt until NOW + 10.
+    q.enqueue(&d, NOW + 10).await.unwrap();
+    q.enqueue(&d, NOW).await.unwrap();
+    assert!(q.take_due(NOW + 9, LEASE, 10).await.unwrap().is_empty(), "held, and queued once");
+    let taken = q.take_due(NOW + 10, LEASE, 10).await.unwrap();
+    assert_eq!(taken, std::slice::from_ref(&d));
+    assert!(q.take_due(NOW + 10 + LEASE - 1, LEASE, 10).await.unwrap().is_empty(), "leased");
+    // The taker died: the lease runs out and another takes it.
+    assert_eq!(q.take_due(NOW + 10 + LEASE, LEASE, 10).await.unwrap(), std::slice::from_ref(&d));
+
+    // A failed attempt: due again later, with its count and error.
+    let once = attempted(&d);
+    let retry = Settled::Retry { error: "the callback was answered 503".into(), due: NOW + 100 };
+    q.settle(&once, &retry, NOW + 30).await.unwrap();
+    assert!(q.take_due(NOW + 99, LEASE, 10).await.unwrap().is_empty());
+    let again = q.take_due(NOW + 100, LEASE, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].attempts, again[0].last_error.as_deref()),
+        (1, Some("the callback was answered 503"))
+    );
+
+    // Delivered: never taken again, and a late settle changes nothing.
+    let twice = attempted(&again[0]);
+    q.settle(&twice, &Settled::Delivered { status: 200 }, NOW + 101).await.unwrap();
+    q.settle(&twice, &Settled::Dead { error: "late".into() }, NOW + 102).await.unwrap();
+    assert!(q.take_due(NOW + 100_000, LEASE, 10).await.unwrap().is_empty());
+    let listed = q.deliveries_of(&token).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].1, DeliveryState::Delivered { at: NOW + 101, status: 200 });
+    assert_eq!((listed[0].0.attempts, listed[0].0.last_error.as_deref()), (2, None));
+    assert_eq!(q.stats().await.unwrap(), QueueStats { pending: 0, oldest_pending: None, dead: 0 });
+}
+
+async fn deliveries_are_listed_per_token_and_counted_case(q: &dyn DeliveryQueue) {
+    let (token, other) = (ReplaceToken::generate(), ReplaceToken::generate());
+    let [a, b, c] = [delivery(&token, 1), delivery(&token, 2), delivery(&other, 3)];
+    for d in [&a, &b, &c] {
+        q.enqueue(d, NOW).await.unwrap();
+    }
+    assert_eq!(q.stats().await.unwrap(), QueueStats { pending: 3, oldest_pending: Some(NOW + 1), dead: 0 });
+    q.settle(
+        &attempted(&a),
+        &Settled::Dead { error: "the callback host is not allowed: 10.0.0.1".into() },
+        NOW + 5,
+    )
+    .await
+    .unwrap();
+    let listed = q.deliveries_of(&token).await.unwrap();
+    let states: Vec<_> = listed.iter().map(|(d, state)| (d.id.clone(), state.clone())).collect();
+    assert_eq!(
+        states,
+        [
+            (a.id.clone(), DeliveryState::Dead { at: NOW + 5 }),
+            (b.id.clone(), DeliveryState::Pending { due: NOW })
+        ]
+    );
+    assert_eq!(listed[0].0.last_error.as_deref(), Some("the callback host is not allowed: 10.0.0.1"));
+    assert_eq!(q.deliveries_of(&other).await.unwrap().len(), 1);
+    assert_eq!(q.stats().await.unwrap(), QueueStats { pending: 2, oldest_pending: Some(NOW + 2), dead: 1 });
+}
+
+async fn concurrent_takers_never_take_one_delivery_twice_case(q: Arc<dyn DeliveryQueue>) {
+    let token = ReplaceToken::generate();
+    for n in 0..40 {
+        q.enqueue(&delivery(&token, n), NOW).await.unwrap();
+    }
+    let takers = (0..8).map(|_| {
+        let q = Arc::clone(&q);
+        tokio::spawn(async move { q.take_due(NOW, LEASE, 7).await.unwrap() })
+    });
+    let mut ids: Vec<String> = Vec::new();
+    for taker in takers {
+        ids.extend(taker.await.unwrap().into_iter().map(|d| d.id));
+    }
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((count, ids.len()), (40, 40), "every delivery taken, each once");
+}
