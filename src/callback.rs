@@ -241,14 +241,16 @@ pub struct BackgroundCaller {
     timeout: Duration,
     tls: tokio_rustls::TlsConnector,
     signer: Signer,
+    webhook_signer: Signer,
 }
 
 /// How much of a callback's answer is read (it is only logged).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 impl BackgroundCaller {
-    /// Each request is signed by `signer` (when it has a secret).
-    pub fn new(allowed_hosts: &[String], timeout: Duration, signer: Signer) -> Self {
+    /// Each callback is signed by `signer` (when it has a secret), each
+    /// webhook request by `webhook_signer`.
+    pub fn new(allowed_hosts: &[String], timeout: Duration, signer: Signer, webhook_signer: Signer) -> Self {
         let roots = tokio_rustls::rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
@@ -261,6 +263,7 @@ impl BackgroundCaller {
             timeout,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             signer,
+            webhook_signer,
         }
     }
 
@@ -277,29 +280,41 @@ impl BackgroundCaller {
             Delivery::Post(params) => {
                 let form =
                     url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
-                (Method::POST, as_requested(return_url), Some(form))
+                (Method::POST, as_requested(return_url), Some((FORM, form.into_bytes())))
             }
         };
-        let result = match tokio::time::timeout(self.timeout, self.request(&method, &url, body)).await {
+        self.send(&self.signer, method, url, body).await
+    }
+
+    /// POSTs `json` to the webhook `url`, with the same rules.
+    pub async fn post_json(&self, url: &Url, json: Vec<u8>) -> CallbackReport {
+        self.send(&self.webhook_signer, Method::POST, as_requested(url), Some((JSON, json))).await
+    }
+
+    /// Makes one request signed by `signer`, within the timeout.
+    async fn send(
+        &self,
+        signer: &Signer,
+        method: Method,
+        url: Url,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> CallbackReport {
+        let (content_type, body) = body.map_or((None, Vec::new()), |(kind, bytes)| (Some(kind), bytes));
+        let signature = signer.sign(unix_now(), method.as_str(), url.as_str(), &body);
+        let request = Outgoing { method: &method, url: &url, content_type, body, signature };
+        let result = match tokio::time::timeout(self.timeout, self.request(request)).await {
             Ok(result) => result,
             Err(_) => Err(CallbackError::Timeout),
         };
         CallbackReport { method, url: url.to_string(), result }
     }
 
-    async fn request(
-        &self,
-        method: &Method,
-        url: &Url,
-        body: Option<String>,
-    ) -> Result<StatusCode, CallbackError> {
+    async fn request(&self, request: Outgoing<'_>) -> Result<StatusCode, CallbackError> {
+        let url = request.url;
         let address = self.resolve(url).await?;
         let tcp = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|e| CallbackError::Connect(format!("{address}: {e}")))?;
-        let body = body.unwrap_or_default();
-        let signature = self.signer.sign(unix_now(), method.as_str(), url.as_str(), body.as_bytes());
-        let request = Outgoing { method, url, body, signature };
         let host = url.host_str().unwrap_or_default();
         if url.scheme() == "https" {
             let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
@@ -350,12 +365,17 @@ fn as_requested(url: &Url) -> Url {
     url
 }
 
-/// One request of the receiver's: a form body (empty for a GET) and its
+/// The content types of the receiver's request bodies.
+const FORM: &str = "application/x-www-form-urlencoded";
+const JSON: &str = "application/json";
+
+/// One request of the receiver's: its body (empty for a GET) and its
 /// signature header, if it is signed.
 struct Outgoing<'a> {
     method: &'a Method,
     url: &'a Url,
-    body: String,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
     signature: Option<String>,
 }
 
@@ -369,7 +389,7 @@ where
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(request_error)?;
     let driver = tokio::spawn(connection);
-    let Outgoing { method, url, body, signature } = request;
+    let Outgoing { method, url, content_type, body, signature } = request;
     let mut target = url.path().to_owned();
     if let Some(query) = url.query() {
         target.push('?');
@@ -384,8 +404,8 @@ where
         .uri(target)
         .header(header::HOST, authority)
         .header(header::USER_AGENT, concat!("upload-receiver/", env!("CARGO_PKG_VERSION")));
-    if method == Method::POST {
-        builder = builder.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(content_type) = content_type {
+        builder = builder.header(header::CONTENT_TYPE, content_type);
     }
     if let Some(signature) = signature {
         builder = builder.header(signature::HEADER, signature);

@@ -68,10 +68,13 @@ impl Context {
         let cors = AllowedOrigins::new(&config.server.cors_allowed_origins);
         let secrets: Vec<String> =
             config.callback.signing_secrets.iter().map(|s| s.expose().to_owned()).collect();
+        let webhook_secret: Vec<String> =
+            config.webhook_secret().map(|s| s.expose().to_owned()).into_iter().collect();
         let callbacks = BackgroundCaller::new(
             &config.callback.allowed_hosts,
             Duration::from_secs(config.callback.timeout_secs),
             Signer::new(&secrets),
+            Signer::new(&webhook_secret),
         );
         let uploads = Arc::new(Semaphore::new(config.limits.max_concurrent_uploads));
         Context {

@@ -47,6 +47,7 @@ pub struct Config {
     pub site: SiteConfig,
     pub auth: AuthConfig,
     pub callback: CallbackConfig,
+    pub webhook: WebhookConfig,
     pub state: StateConfig,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
@@ -62,6 +63,7 @@ impl Default for Config {
             site: SiteConfig::default(),
             auth: AuthConfig::default(),
             callback: CallbackConfig::default(),
+            webhook: WebhookConfig::default(),
             state: StateConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
@@ -206,6 +208,17 @@ impl Default for CallbackConfig {
 
 /// The shortest signing secret accepted: a shorter one is a mistake.
 pub const MIN_SIGNING_SECRET_BYTES: usize = 16;
+
+/// `[webhook]`: every redeem's outcome POSTed as signed JSON.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Absent: no webhook.
+    pub url: Option<String>,
+    /// Signs the webhook's requests; absent: the first of
+    /// `callback.signing_secrets`.
+    pub secret: Option<Secret>,
+}
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -420,6 +433,12 @@ impl Config {
     }
 
     /// Checks what the types alone cannot: ranges, formats, uniqueness.
+    /// The secret that signs webhook requests: `webhook.secret`, else the
+    /// first of `callback.signing_secrets`.
+    pub fn webhook_secret(&self) -> Option<&Secret> {
+        self.webhook.secret.as_ref().or(self.callback.signing_secrets.first())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::key("data_dir", "must not be empty"));
@@ -515,6 +534,26 @@ impl Config {
                     format!("must be at least {MIN_SIGNING_SECRET_BYTES} bytes, without control characters"),
                 ));
             }
+        }
+        if let Some(url) = &self.webhook.url {
+            let parsed = url::Url::parse(url).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
+            if parsed.is_none_or(|u| u.host().is_none()) {
+                return Err(ConfigError::key("webhook.url", "must be an absolute http or https URL"));
+            }
+            if self.webhook_secret().is_none() {
+                return Err(ConfigError::key(
+                    "webhook.url",
+                    "needs webhook.secret or callback.signing_secrets: webhooks are always signed",
+                ));
+            }
+        }
+        if let Some(secret) = &self.webhook.secret
+            && secret.expose().len() < MIN_SIGNING_SECRET_BYTES
+        {
+            return Err(ConfigError::key(
+                "webhook.secret",
+                format!("must be at least {MIN_SIGNING_SECRET_BYTES} bytes"),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, c) in self.credentials.iter().enumerate() {

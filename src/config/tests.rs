@@ -86,6 +86,9 @@ fn validation_names_the_bad_key() {
         ("[storage]\npart_size = 1024\n", "storage.part_size"),
         ("[server]\nbody_idle_timeout_secs = 0\n", "server.body_idle_timeout_secs"),
         ("[callback]\nallowed_hosts = [\"a b\"]\n", "callback.allowed_hosts[0]"),
+        ("[webhook]\nurl = \"https://hooks.example.com/upload\"\n", "webhook.url"),
+        ("[webhook]\nurl = \"ftp://hooks.example.com/\"\nsecret = \"0123456789abcdef\"\n", "webhook.url"),
+        ("[webhook]\nsecret = \"short\"\n", "webhook.secret"),
         ("[callback]\nsigning_secrets = [\"0123456789abcdef\", \"short\"]\n", "callback.signing_secrets[1]"),
         (
             "[[credentials]]\nconsumer_key = \"\"\nconsumer_secret = \"s\"\naccess_token = \"t\"\naccess_token_secret = \"u\"\npermission = \"write\"\n",

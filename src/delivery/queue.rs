@@ -1,5 +1,5 @@
-//! The [`DeliveryQueue`] seam: requests to sites (background callbacks)
-//! kept in the state store until a site answers them, so that they survive
+//! The [`DeliveryQueue`] seam: requests to sites (background callbacks,
+//! webhook events) kept in the state store until a site answers them, so that they survive
 //! a failed attempt, a restart and the death of the instance making them.
 //!
 //! A delivery is *pending* until it is delivered (a `2xx`) or dead (a
@@ -14,6 +14,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::event::Event;
 use crate::callback::ReturnData;
 use crate::domain::ReplaceToken;
 use crate::store::StoreError;
@@ -24,12 +25,15 @@ use crate::store::StoreError;
 pub enum Channel {
     /// The 23-compatible background callback to `return_url`.
     Callback,
+    /// The JSON event POSTed to `webhook.url`.
+    Webhook,
 }
 
 impl Channel {
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Callback => "callback",
+            Channel::Webhook => "webhook",
         }
     }
 }
@@ -39,6 +43,7 @@ impl Channel {
 #[serde(rename_all = "snake_case")]
 pub enum Payload {
     Callback { return_url: String, data: ReturnData },
+    Webhook { url: String, event: Event },
 }
 
 /// One message to a site about one outcome.

@@ -15,10 +15,11 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use http::StatusCode;
 
-use super::queue::{Delivery, Payload, Settled};
+use super::event::Event;
+use super::queue::{Channel, Delivery, Payload, Settled};
 use crate::callback::CallbackError;
 use crate::context::Context;
-use crate::domain::{random_bytes, unix_now};
+use crate::domain::{ReplaceToken, random_bytes, unix_now};
 
 /// How often the queue is asked for due deliveries.
 const POLL: Duration = Duration::from_secs(1);
@@ -35,6 +36,27 @@ pub fn new_delivery_id() -> String {
 /// How long a taken delivery is held: its attempt, and a margin.
 fn lease_secs(ctx: &Context) -> u64 {
     ctx.config.callback.timeout_secs + 5
+}
+
+/// Queues `event` for the webhook, if one is configured, due at once (an
+/// instance's worker takes it within a second). Nothing is awaited but the
+/// queue; a queue that cannot be reached loses the event (logged).
+pub async fn queue_event(ctx: &Context, token: &ReplaceToken, event: Event) {
+    let Some(url) = ctx.config.webhook.url.clone() else { return };
+    let now = unix_now();
+    let delivery = Delivery {
+        id: new_delivery_id(),
+        channel: Channel::Webhook,
+        token: token.clone(),
+        payload: Payload::Webhook { url, event },
+        created_at: now,
+        retry_until: now + ctx.config.callback.retry_for_secs,
+        attempts: 0,
+        last_error: None,
+    };
+    if let Err(e) = ctx.deliveries.enqueue(&delivery, now).await {
+        tracing::warn!(error = %crate::causes::chain(&e), delivery = %delivery.id, "a webhook event could not be queued");
+    }
 }
 
 /// What one attempt did.
@@ -70,13 +92,20 @@ async fn attempt(ctx: &Context, mut delivery: Delivery) -> ((Delivery, Attempted
                 let report = ctx.callbacks.call(&url, data).await;
                 Attempted { url: report.url, result: report.result }
             }
-            Err(e) => Attempted {
-                url: return_url.clone(),
-                result: Err(CallbackError::Forbidden(format!("{return_url:?} is not a URL: {e}"))),
-            },
+            Err(e) => not_a_url(return_url, e),
+        },
+        Payload::Webhook { url, event } => match url::Url::parse(url) {
+            Ok(parsed) => {
+                let json = serde_json::to_vec(event).expect("events always serialize");
+                let report = ctx.callbacks.post_json(&parsed, json).await;
+                Attempted { url: report.url, result: report.result }
+            }
+            Err(e) => not_a_url(url, e),
         },
     };
-    count_callback(ctx, &attempted.result);
+    if delivery.channel == Channel::Callback {
+        count_callback(ctx, &attempted.result);
+    }
     let now = unix_now();
     let settled = match &attempted.result {
         Ok(status) => Settled::Delivered { status: status.as_u16() },
@@ -109,6 +138,14 @@ async fn attempt(ctx: &Context, mut delivery: Delivery) -> ((Delivery, Attempted
         }
     }
     ((delivery, attempted), settled)
+}
+
+/// A stored URL that does not parse (it did when it was stored).
+fn not_a_url(url: &str, error: url::ParseError) -> Attempted {
+    Attempted {
+        url: url.to_owned(),
+        result: Err(CallbackError::Forbidden(format!("{url:?} is not a URL: {error}"))),
+    }
 }
 
 /// The older per-result count of background callbacks.

@@ -5,8 +5,15 @@
 
 use std::time::{Duration, Instant};
 
+use upload_receiver::auth::credentials::Secret;
+use upload_receiver::config::MediaTypes;
+use upload_receiver::delivery::signature::{HEADER, Signer};
+use upload_receiver::domain::unix_now;
+
 use crate::common::*;
 use crate::site::{Recorded, Site};
+
+const WEBHOOK_SECRET: &str = "webhook-secret-0123456789";
 
 /// A receiver whose callbacks may reach loopback sites and are retried
 /// after about a second.
@@ -103,4 +110,79 @@ async fn a_callback_the_rules_refuse_is_not_retried_but_the_upload_is_told_ok() 
         f.metric(r#"upload_receiver_deliveries_total{channel="callback",result="retry"}"#).await,
         None
     );
+}
+
+/// A receiver that posts every outcome to `site`'s `path`, accepting
+/// images only.
+async fn webhook_app(site: &Site, path: &str) -> PhotoApp {
+    let app = spawn_app_with(|c| {
+        c.callback.allowed_hosts = vec!["127.0.0.1".into()];
+        c.callback.retry_initial_delay_secs = 1;
+        c.webhook.url = Some(site.url(path));
+        c.webhook.secret = Some(Secret::new(WEBHOOK_SECRET));
+        c.limits.allowed_media_types = MediaTypes::parse(&["image/*".to_owned()]).unwrap();
+    })
+    .await;
+    PhotoApp::with_first_version(app, [JPEG_SIGNATURE, b"the first version"].concat()).await
+}
+
+/// The JSON of a webhook request, once its signature is checked.
+fn signed_event(site: &Site, call: &Recorded) -> serde_json::Value {
+    assert_eq!((call.method.as_str(), call.header("content-type")), ("POST", Some("application/json")));
+    let url = format!("http://{}{}", site.address, call.target);
+    let header = call.header(HEADER).expect("signed");
+    let verifier = Signer::new(&[WEBHOOK_SECRET.to_owned()]);
+    assert_eq!(verifier.verify(header, ("POST", &url, call.body.as_bytes()), unix_now(), 300), Ok(()));
+    serde_json::from_str(&call.body).unwrap()
+}
+
+#[tokio::test]
+async fn every_outcome_in_every_mode_is_posted_to_the_webhook_as_signed_json() {
+    let site = Site::start().await;
+    let f = webhook_app(&site, "/hook").await;
+    // Browser mode, a success; no return_url, a failure (not an image).
+    let token = f.token(&[("return_url", &site.url("/done"))]).await;
+    let picture = [JPEG_SIGNATURE, b"a new picture"].concat();
+    assert_eq!(f.redeem(&token, &picture, &[]).await.status(), 303);
+    let plain = f.token(&[]).await;
+    assert_eq!(f.redeem(&plain, b"not a picture", &[]).await.status(), 400);
+
+    let calls = requests_reach(&site, 2, 10).await;
+    let hooks = calls.iter().filter(|c| c.target == "/hook");
+    let mut events: Vec<serde_json::Value> = hooks.map(|c| signed_event(&site, c)).collect();
+    assert_eq!(events.len(), 2, "{calls:?}");
+    events.sort_by_key(|e| e["type"].as_str().unwrap().to_owned());
+    let (failed, succeeded) = (&events[0], &events[1]);
+    let photo = f.photo().await;
+    let version = photo.current_version();
+    assert_eq!(succeeded["type"], "upload.succeeded");
+    assert_eq!(succeeded["token_kind"], "replace");
+    assert_eq!(succeeded["token"], token.as_str());
+    assert_eq!(succeeded["photo_id"], f.photo_id.as_str());
+    assert_eq!(succeeded["tree_id"], "1");
+    assert_eq!(succeeded["version"]["number"], version.number);
+    assert_eq!(succeeded["version"]["object_key"], version.file.object_key.as_str());
+    assert_eq!(succeeded["version"]["size"], picture.len());
+    assert_eq!(succeeded["version"]["content_type"], "image/jpeg");
+    assert_eq!(succeeded["version"]["checksum"], version.file.checksum().as_str());
+    assert!(succeeded.get("error_message").is_none(), "{succeeded}");
+    assert!(succeeded["occurred_at"].as_u64().unwrap().abs_diff(unix_now()) < 10);
+    assert_eq!(failed["type"], "upload.failed");
+    assert_eq!(failed["token"], plain.as_str());
+    assert!(failed["error_message"].as_str().unwrap().contains("not an accepted kind of file"), "{failed}");
+    assert!(failed.get("version").is_none(), "{failed}");
+    assert_ne!(failed["event_id"], succeeded["event_id"]);
+    assert!(succeeded["event_id"].as_str().unwrap().starts_with("evt_"));
+}
+
+#[tokio::test]
+async fn a_webhook_that_fails_is_retried_with_the_same_event() {
+    let site = Site::start().await;
+    let f = webhook_app(&site, "/fail-twice").await;
+    let token = f.token(&[]).await;
+    assert_eq!(f.redeem(&token, &[JPEG_SIGNATURE, b"again"].concat(), &[]).await.status(), 200);
+    let calls = requests_reach(&site, 3, 15).await;
+    let events: Vec<serde_json::Value> = calls.iter().map(|c| signed_event(&site, c)).collect();
+    assert!(events.iter().all(|e| e["event_id"] == events[0]["event_id"]), "one event, sent three times");
+    f.wait_for_metric(r#"upload_receiver_deliveries_total{channel="webhook",result="delivered"}"#, 1.0).await;
 }

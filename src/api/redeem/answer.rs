@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 use super::error::{Failure, RedeemError, Refusal, SiteReturn};
 use crate::callback::{self, Outcome, ReturnData};
 use crate::context::Context;
+use crate::delivery::event::Event;
 use crate::delivery::queue::{Channel, Delivery, Payload};
 use crate::delivery::worker::{self, new_delivery_id};
 use crate::domain::unix_now;
@@ -42,6 +43,10 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, Rede
                 (false, TokenKind::Replace) => "photo replaced",
             };
             tracing::info!(photo_id = %recorded.photo_id, version = recorded.version.number, size = recorded.version.file.size, "{done}");
+            if !replayed {
+                let event = Event::succeeded(&site.grant, &recorded, unix_now());
+                worker::queue_event(ctx, &site.grant.token, event).await;
+            }
             let outcome = Outcome::Stored {
                 photo_id: recorded.photo_id.to_string(),
                 tree_id: recorded.tree_id,
@@ -62,7 +67,12 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, Rede
                 }
                 RedeemError::Failed { site, cause } => {
                     let (client_gone, told) = (cause.client_gone(), matches!(cause, Failure::Told(_)));
-                    (site, Outcome::Failed { error_message: cause.error_message() }, client_gone, told)
+                    let error_message = cause.error_message();
+                    if !told {
+                        let event = Event::failed(&site.grant, &error_message, unix_now());
+                        worker::queue_event(ctx, &site.grant.token, event).await;
+                    }
+                    (site, Outcome::Failed { error_message }, client_gone, told)
                 }
             }
         }

@@ -25,6 +25,8 @@ use super::budget::reserve_refusal;
 use super::chunk::Chunk;
 use super::error::{Failure, Refusal};
 use crate::context::Context;
+use crate::delivery::event::Event;
+use crate::delivery::worker;
 use crate::domain::{ReplaceToken, unix_now};
 use crate::storage::chunked::{ChunkReceipt, ChunkedObjects, Sizing, combine_crc64};
 use crate::storage::{ByteStream, StorageError};
@@ -388,6 +390,11 @@ async fn cancel(ctx: &Context, id: &FileId, file: &ChunkedFile, why: &Cancellati
         Ok(()) => {
             ctx.metrics.chunked_files.with_label_values(&["cancelled"]).inc();
             abort_later(ctx, file.terms.clone());
+            // A failed completion's event goes with its answer.
+            if let Cancellation::Refused(message) = why {
+                let event = Event::failed(&file.reservation.grant, message, unix_now());
+                worker::queue_event(ctx, &id.token, event).await;
+            }
         }
         // Its chunks keep being taken meanwhile: the assembly stays for
         // them, and goes with the sweep once the lease runs out.
