@@ -94,6 +94,9 @@ pub struct Success {
     /// For a method that answers a list (photo/list) instead of fields: in
     /// JSON the array under `object_name`, in XML one element per item.
     pub list: Option<List>,
+    /// Lists inside the object, after its fields: in JSON arrays under
+    /// their `json_key`, in XML one element per item.
+    pub lists: Vec<List>,
 }
 
 /// Objects of one kind: one `<element>` each in XML, an array in JSON.
@@ -177,7 +180,9 @@ pub fn render_success(format: &Format, ctx: &Context<'_>, success: &Success) -> 
                     ("cached", "0"),
                 ],
             );
-            let empty = success.fields.is_empty() && success.list.as_ref().is_none_or(|l| l.items.is_empty());
+            let empty = success.fields.is_empty()
+                && success.list.as_ref().is_none_or(|l| l.items.is_empty())
+                && success.lists.iter().all(|l| l.items.is_empty());
             if empty {
                 // Nothing inside: `<response .../>`, as 23's examples show.
                 out.push_str("/>\n");
@@ -188,13 +193,22 @@ pub fn render_success(format: &Format, ctx: &Context<'_>, success: &Success) -> 
             if let Some(list) = &success.list {
                 write_xml_list(&mut out, 1, list);
             }
+            for list in &success.lists {
+                write_xml_list(&mut out, 1, list);
+            }
             out.push_str("</response>\n");
             out
         }
         _ => {
             let object = match &success.list {
                 Some(list) => json_list(list),
-                None => Value::Object(json_object(&success.fields)),
+                None => {
+                    let mut object = json_object(&success.fields);
+                    for list in &success.lists {
+                        object.insert(list.json_key.into(), json_list(list));
+                    }
+                    Value::Object(object)
+                }
             };
             let mut body = Map::new();
             body.insert("status".into(), "ok".into());
@@ -338,6 +352,7 @@ mod tests {
             object_name: "photos",
             fields: Vec::new(),
             list: Some(List { element: "photo", json_key: "photos", items: vec![photo] }),
+            lists: Vec::new(),
         };
         let site = SiteConfig::default();
         let ctx = Context { permission: Permission::Read, site: &site, endpoint: "/api/photo/list" };

@@ -33,6 +33,7 @@ pub async fn list(ctx: &Context, request: &mut ApiRequest) -> Result<Success, Ap
         object_name: "photos",
         fields: Vec::new(),
         list: Some(List { element: "photo", json_key: "photos", items }),
+        lists: Vec::new(),
     })
 }
 

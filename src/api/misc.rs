@@ -22,7 +22,7 @@ pub async fn echo(_: &Context, request: &mut ApiRequest) -> Result<Success, ApiE
         .filter(|(name, _)| !name.starts_with("oauth_"))
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
-    Ok(Success { message: "Echo".to_owned(), object_name: "echo", fields, list: None })
+    Ok(Success { message: "Echo".to_owned(), object_name: "echo", fields, list: None, lists: Vec::new() })
 }
 
 /// How long `/readyz` waits for each backend.

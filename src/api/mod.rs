@@ -11,6 +11,7 @@ mod misc;
 mod params;
 mod photo;
 mod redeem;
+mod token_status;
 mod upload_token;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ enum Endpoint {
     PhotoGetUploadToken,
     PhotoRedeemUploadToken,
     PhotoUpdateUploadToken,
+    PhotoGetTokenStatus,
     PhotoList,
     CrossdomainRoot,
     CrossdomainApi,
@@ -57,6 +59,7 @@ impl Endpoint {
             "/api/photo/get-upload-token" => Endpoint::PhotoGetUploadToken,
             "/api/photo/redeem-upload-token" => Endpoint::PhotoRedeemUploadToken,
             "/api/photo/update-upload-token" => Endpoint::PhotoUpdateUploadToken,
+            "/api/photo/get-token-status" => Endpoint::PhotoGetTokenStatus,
             "/api/photo/list" => Endpoint::PhotoList,
             "/crossdomain.xml" => Endpoint::CrossdomainRoot,
             "/api/crossdomain.xml" => Endpoint::CrossdomainApi,
@@ -78,6 +81,7 @@ impl Endpoint {
             Endpoint::PhotoGetUploadToken => "get_upload_token",
             Endpoint::PhotoRedeemUploadToken => "redeem_upload",
             Endpoint::PhotoUpdateUploadToken => "update_upload_token",
+            Endpoint::PhotoGetTokenStatus => "get_token_status",
             Endpoint::PhotoList => "photo_list",
             Endpoint::CrossdomainRoot | Endpoint::CrossdomainApi => "crossdomain",
             Endpoint::Healthz => "healthz",
@@ -101,7 +105,7 @@ impl Endpoint {
     fn required_permission(self) -> Option<Permission> {
         match self {
             Endpoint::Echo | Endpoint::PhotoUpdateUploadToken => Some(Permission::None),
-            Endpoint::PhotoList => Some(Permission::Read),
+            Endpoint::PhotoList | Endpoint::PhotoGetTokenStatus => Some(Permission::Read),
             Endpoint::PhotoGetReplaceToken
             | Endpoint::PhotoGetUploadToken
             | Endpoint::PhotoUpload
@@ -212,6 +216,9 @@ async fn route(ctx: &Context, request: Request<Incoming>, peer: SocketAddr) -> R
             api_call(ctx, endpoint, request, peer, upload_token::update_upload_token).await
         }
         Endpoint::PhotoList => api_call(ctx, endpoint, request, peer, list::list).await,
+        Endpoint::PhotoGetTokenStatus => {
+            api_call(ctx, endpoint, request, peer, token_status::get_token_status).await
+        }
         Endpoint::PhotoRedeemReplaceToken | Endpoint::PhotoRedeemUploadToken => {
             unreachable!("the redeems are routed above")
         }

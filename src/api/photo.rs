@@ -35,6 +35,7 @@ pub async fn get_replace_token(ctx: &Context, request: &mut ApiRequest) -> Resul
         object_name: "replacetoken",
         fields,
         list: None,
+        lists: Vec::new(),
     })
 }
 
@@ -108,6 +109,7 @@ pub async fn upload(ctx: &Context, request: &mut ApiRequest) -> Result<Success, 
         object_name: "upload",
         fields: photo_fields(photo.photo_id, &photo.tree_id, &photo.token),
         list: None,
+        lists: Vec::new(),
     })
 }
 
@@ -147,5 +149,6 @@ pub async fn replace(ctx: &Context, request: &mut ApiRequest) -> Result<Success,
         object_name: "photo",
         fields: photo_fields(recorded.photo_id, &recorded.tree_id, &recorded.token),
         list: None,
+        lists: Vec::new(),
     })
 }

@@ -95,6 +95,7 @@ pub async fn get_upload_token(ctx: &Context, request: &mut ApiRequest) -> Result
         object_name: "uploadtoken",
         fields,
         list: None,
+        lists: Vec::new(),
     })
 }
 
@@ -126,5 +127,6 @@ pub async fn update_upload_token(ctx: &Context, request: &mut ApiRequest) -> Res
         object_name: "photo",
         fields: vec![],
         list: None,
+        lists: Vec::new(),
     })
 }

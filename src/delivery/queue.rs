@@ -54,6 +54,9 @@ pub struct Delivery {
     pub channel: Channel,
     /// The token whose redeem it tells of (its status lists it).
     pub token: ReplaceToken,
+    /// The outcome's event (see [`DeliveryQueue::record_event`]).
+    #[serde(default)]
+    pub event_id: Option<String>,
     pub payload: Payload,
     pub created_at: u64,
     /// Retried until then (`created_at + callback.retry_for_secs`), then dead.
@@ -120,4 +123,15 @@ pub trait DeliveryQueue: Send + Sync {
     -> Result<Vec<(Delivery, DeliveryState)>, StoreError>;
 
     async fn stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// Keeps `event`, an outcome of a redeem of `token`, for the token's
+    /// status (the latest [`EVENTS_KEPT`] per token, as long as the token).
+    async fn record_event(&self, token: &ReplaceToken, event: &Event) -> Result<(), StoreError>;
+
+    /// The outcomes kept of `token`'s redeems, oldest first.
+    async fn events_of(&self, token: &ReplaceToken) -> Result<Vec<Event>, StoreError>;
 }
+
+/// How many outcomes are kept per token: its uploads, and its failures up
+/// to this many in all.
+pub const EVENTS_KEPT: usize = 1000;

@@ -38,16 +38,23 @@ fn lease_secs(ctx: &Context) -> u64 {
     ctx.config.callback.timeout_secs + 5
 }
 
-/// Queues `event` for the webhook, if one is configured, due at once (an
-/// instance's worker takes it within a second). Nothing is awaited but the
-/// queue; a queue that cannot be reached loses the event (logged).
-pub async fn queue_event(ctx: &Context, token: &ReplaceToken, event: Event) {
-    let Some(url) = ctx.config.webhook.url.clone() else { return };
+/// Keeps `event`, an outcome of `token`'s redeem, for the token's status,
+/// and queues it for the webhook, if one is configured, due at once (an
+/// instance's worker takes it within a second); returns its id. A store
+/// that cannot be reached loses it (logged): the outcome is answered
+/// anyway.
+pub async fn record_outcome(ctx: &Context, token: &ReplaceToken, event: Event) -> String {
+    let event_id = event.event_id.clone();
+    if let Err(e) = ctx.deliveries.record_event(token, &event).await {
+        tracing::warn!(error = %crate::causes::chain(&e), event = %event_id, "an outcome could not be kept for the token's status");
+    }
+    let Some(url) = ctx.config.webhook.url.clone() else { return event_id };
     let now = unix_now();
     let delivery = Delivery {
         id: new_delivery_id(),
         channel: Channel::Webhook,
         token: token.clone(),
+        event_id: Some(event_id.clone()),
         payload: Payload::Webhook { url, event },
         created_at: now,
         retry_until: now + ctx.config.callback.retry_for_secs,
@@ -57,6 +64,7 @@ pub async fn queue_event(ctx: &Context, token: &ReplaceToken, event: Event) {
     if let Err(e) = ctx.deliveries.enqueue(&delivery, now).await {
         tracing::warn!(error = %crate::causes::chain(&e), delivery = %delivery.id, "a webhook event could not be queued");
     }
+    event_id
 }
 
 /// What one attempt did.

@@ -83,6 +83,17 @@ impl Cancellation {
     }
 }
 
+/// How far a file being received has come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileProgress {
+    pub identifier: String,
+    pub chunks_received: u64,
+    /// Known once a chunk pinned the file's sizing.
+    pub total_chunks: Option<u64>,
+    pub bytes_received: u64,
+    pub total_size: u64,
+}
+
 /// What [`ChunkedFiles::begin`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Begun {
@@ -229,6 +240,10 @@ pub trait ChunkedFiles: Send + Sync {
         now: u64,
         lease_secs: u64,
     ) -> Result<(), StoreError>;
+
+    /// The files of `token` being received at `now` (not abandoned), for
+    /// its status.
+    async fn files_of(&self, token: &ReplaceToken, now: u64) -> Result<Vec<FileProgress>, StoreError>;
 
     /// Whether a file being received (not abandoned at `now`) gathers its
     /// bytes under `object_key`.

@@ -32,5 +32,6 @@ mod server;
 mod signatures;
 mod site;
 mod ssrf;
+mod token_status;
 mod upload_token;
 mod uploads;

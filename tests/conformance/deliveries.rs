@@ -1,13 +1,15 @@
 //! The `DeliveryQueue` contract, on the embedded store and on Redis: due
 //! deliveries are leased to one taker at a time, retried when they are due
-//! again, settled once, listed per token and counted.
+//! again, settled once, listed per token and counted; a token's outcomes
+//! are kept in order, the latest of them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use upload_receiver::callback::{Outcome, ReturnData};
+use upload_receiver::delivery::event::{Event, EventType};
 use upload_receiver::delivery::queue::{
-    Channel, Delivery, DeliveryQueue, DeliveryState, Payload, QueueStats, Settled,
+    Channel, Delivery, DeliveryQueue, DeliveryState, EVENTS_KEPT, Payload, QueueStats, Settled,
 };
 use upload_receiver::domain::ReplaceToken;
 use upload_receiver::store::embedded::EmbeddedStore;
@@ -29,6 +31,7 @@ fn delivery(token: &ReplaceToken, n: u64) -> Delivery {
         id: format!("delivery-{n}-{}", ReplaceToken::generate().as_str()),
         channel: Channel::Callback,
         token: token.clone(),
+        event_id: Some(format!("evt_{n}")),
         payload: Payload::Callback { return_url: "https://www.example.com/cb".into(), data },
         created_at: NOW + n,
         retry_until: NOW + 86_400,
@@ -61,6 +64,12 @@ macro_rules! conformance {
             async fn deliveries_are_listed_per_token_and_counted() {
                 let (q, _dir) = store().await;
                 deliveries_are_listed_per_token_and_counted_case(&*q).await;
+            }
+
+            #[tokio::test]
+            async fn outcomes_are_kept_per_token_in_order_up_to_the_cap() {
+                let (q, _dir) = store().await;
+                outcomes_are_kept_per_token_in_order_up_to_the_cap_case(&*q).await;
             }
 
             #[tokio::test]
@@ -165,4 +174,37 @@ async fn concurrent_takers_never_take_one_delivery_twice_case(q: Arc<dyn Deliver
     ids.sort();
     ids.dedup();
     assert_eq!((count, ids.len()), (40, 40), "every delivery taken, each once");
+}
+
+fn event(token: &ReplaceToken, n: u64) -> Event {
+    Event {
+        event_id: format!("evt_{n:06}"),
+        kind: if n % 2 == 0 { EventType::Succeeded } else { EventType::Failed },
+        occurred_at: NOW + n,
+        token_kind: "replace".into(),
+        token: token.as_str().to_owned(),
+        photo_id: Some("7".into()),
+        tree_id: None,
+        version: None,
+        error_message: (n % 2 == 1).then(|| format!("failure {n}")),
+    }
+}
+
+async fn outcomes_are_kept_per_token_in_order_up_to_the_cap_case(q: &dyn DeliveryQueue) {
+    let (token, other) = (ReplaceToken::generate(), ReplaceToken::generate());
+    for n in [2, 0, 1] {
+        q.record_event(&token, &event(&token, n)).await.unwrap();
+    }
+    q.record_event(&other, &event(&other, 5)).await.unwrap();
+    let kept = q.events_of(&token).await.unwrap();
+    assert_eq!(kept, [event(&token, 2), event(&token, 0), event(&token, 1)], "in the order recorded, whole");
+    assert_eq!(q.events_of(&other).await.unwrap().len(), 1);
+    // Past the cap, the oldest go.
+    let many = ReplaceToken::generate();
+    for n in 0..(EVENTS_KEPT as u64 + 5) {
+        q.record_event(&many, &event(&many, n)).await.unwrap();
+    }
+    let kept = q.events_of(&many).await.unwrap();
+    assert_eq!(kept.len(), EVENTS_KEPT);
+    assert_eq!(kept[0], event(&many, 5));
 }

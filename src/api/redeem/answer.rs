@@ -33,7 +33,8 @@ pub enum Received {
 
 /// Logs how the redeem ended and answers it.
 pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, RedeemError>) -> Response<Body> {
-    let (site, outcome, client_gone, replayed) = match ended {
+    // `event`: the outcome's, for a redeem that ended now (not told again).
+    let (site, outcome, client_gone, event) = match ended {
         Ok(Received::ChunkStored) => return text(StatusCode::OK, "ok".into()),
         Ok(Received::File(redeemed)) => {
             let Redeemed { site, recorded, replayed } = *redeemed;
@@ -43,16 +44,13 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, Rede
                 (false, TokenKind::Replace) => "photo replaced",
             };
             tracing::info!(photo_id = %recorded.photo_id, version = recorded.version.number, size = recorded.version.file.size, "{done}");
-            if !replayed {
-                let event = Event::succeeded(&site.grant, &recorded, unix_now());
-                worker::queue_event(ctx, &site.grant.token, event).await;
-            }
+            let event = (!replayed).then(|| Event::succeeded(&site.grant, &recorded, unix_now()));
             let outcome = Outcome::Stored {
                 photo_id: recorded.photo_id.to_string(),
                 tree_id: recorded.tree_id,
                 token: recorded.token.as_str().to_owned(),
             };
-            (site, outcome, false, replayed)
+            (site, outcome, false, event)
         }
         Err(error) => {
             error.log();
@@ -68,11 +66,8 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, Rede
                 RedeemError::Failed { site, cause } => {
                     let (client_gone, told) = (cause.client_gone(), matches!(cause, Failure::Told(_)));
                     let error_message = cause.error_message();
-                    if !told {
-                        let event = Event::failed(&site.grant, &error_message, unix_now());
-                        worker::queue_event(ctx, &site.grant.token, event).await;
-                    }
-                    (site, Outcome::Failed { error_message }, client_gone, told)
+                    let event = (!told).then(|| Event::failed(&site.grant, &error_message, unix_now()));
+                    (site, Outcome::Failed { error_message }, client_gone, event)
                 }
             }
         }
@@ -84,18 +79,23 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, Rede
         outcome,
         extras,
     };
-    deliver(ctx, &grant, by_script, &data, client_gone, replayed).await
+    let event_id = match event {
+        Some(event) => Some(worker::record_outcome(ctx, &grant.token, event).await),
+        None => None,
+    };
+    deliver(ctx, &grant, by_script, &data, client_gone, event_id).await
 }
 
 /// Tells the site and the client how it went; `by_script`: see
-/// [`SiteReturn`]; `replayed`: the site was told already.
+/// [`SiteReturn`]; `event_id`: the outcome's, `None` when the site was
+/// told already.
 async fn deliver(
     ctx: &Context,
     grant: &TokenGrant,
     by_script: bool,
     data: &ReturnData,
     client_gone: bool,
-    replayed: bool,
+    event_id: Option<String>,
 ) -> Response<Body> {
     let return_url = grant.return_url.as_deref().and_then(|u| url::Url::parse(u).ok());
     let Some(return_url) = return_url else {
@@ -115,9 +115,9 @@ async fn deliver(
         return callback::browser_answer(&return_url, data);
     }
     let callback_url = callback::callback_url(&return_url, data);
-    if replayed {
+    let Some(event_id) = event_id else {
         return text(StatusCode::OK, callback::background_answer(data, &callback_url));
-    }
+    };
     if client_gone {
         // Nobody is waiting for this answer: do not call the site about an
         // upload that was abandoned.
@@ -130,6 +130,7 @@ async fn deliver(
         id: new_delivery_id(),
         channel: Channel::Callback,
         token: grant.token.clone(),
+        event_id: Some(event_id),
         payload: Payload::Callback { return_url: return_url.to_string(), data: data.clone() },
         created_at: now,
         retry_until: now + ctx.config.callback.retry_for_secs,

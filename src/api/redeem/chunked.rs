@@ -393,7 +393,7 @@ async fn cancel(ctx: &Context, id: &FileId, file: &ChunkedFile, why: &Cancellati
             // A failed completion's event goes with its answer.
             if let Cancellation::Refused(message) = why {
                 let event = Event::failed(&file.reservation.grant, message, unix_now());
-                worker::queue_event(ctx, &id.token, event).await;
+                worker::record_outcome(ctx, &id.token, event).await;
             }
         }
         // Its chunks keep being taken meanwhile: the assembly stays for

@@ -17,9 +17,10 @@ use super::tables::{
     CHUNKED_FILES, FILE_CHUNKS, LIVE_OBJECTS, LiveReservation, TOKENS, TokenState, commit_reserved, decode,
     encode, store_error, update_token,
 };
-use crate::storage::chunked::PartReceipt;
+use crate::domain::ReplaceToken;
+use crate::storage::chunked::{ChunkReceipt, PartReceipt};
 use crate::store::chunked::{
-    Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, Recorded, StoredChunk,
+    Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, FileProgress, Recorded, StoredChunk,
 };
 use crate::store::new_reservation_id;
 use crate::store::{
@@ -254,6 +255,40 @@ impl ChunkedFiles for EmbeddedStore {
             Ok(Ok(recorded))
         })
         .await?
+    }
+
+    async fn files_of(&self, token: &ReplaceToken, now: u64) -> Result<Vec<FileProgress>, StoreError> {
+        let token = token.clone();
+        self.read(move |txn| {
+            let files = txn.open_table(CHUNKED_FILES).map_err(store_error)?;
+            let chunks = txn.open_table(FILE_CHUNKS).map_err(store_error)?;
+            let mut found = Vec::new();
+            for entry in
+                files.range((token.as_str(), "")..=(token.as_str(), "\u{10ffff}")).map_err(store_error)?
+            {
+                let (key, bytes) = entry.map_err(store_error)?;
+                let record: FileRecord = decode(bytes.value())?;
+                if !matches!(record.stage, StoredStage::Receiving) || record.abandoned(now) {
+                    continue;
+                }
+                let identifier = key.value().1.to_owned();
+                let mut bytes_received = 0;
+                let range = (token.as_str(), identifier.as_str(), 0)
+                    ..=(token.as_str(), identifier.as_str(), u64::MAX);
+                for chunk in chunks.range(range).map_err(store_error)? {
+                    bytes_received += decode::<ChunkReceipt>(chunk.map_err(store_error)?.1.value())?.size;
+                }
+                found.push(FileProgress {
+                    identifier,
+                    chunks_received: record.chunks_stored,
+                    total_chunks: record.chunk_count(),
+                    bytes_received,
+                    total_size: record.terms.object.total_size,
+                });
+            }
+            Ok(found)
+        })
+        .await
     }
 
     async fn arriving(&self, id: &FileId, number: u64, until: u64) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
 //! The embedded store's [`DeliveryQueue`]: one record per delivery and
 //! indexes by due time, by age (pending ones), by token and by settling
-//! time (for the purge), all changed in one transaction per step.
+//! time (for the purge), all changed in one transaction per step; and the
+//! outcomes of each token's redeems.
 
 use async_trait::async_trait;
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -8,11 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use super::EmbeddedStore;
 use super::tables::{
-    DELIVERIES, DELIVERIES_DUE, DELIVERIES_PENDING, DELIVERIES_SETTLED, META, TOKEN_DELIVERIES, decode,
-    encode, store_error,
+    DELIVERIES, DELIVERIES_DUE, DELIVERIES_PENDING, DELIVERIES_SETTLED, META, TOKEN_DELIVERIES, TOKEN_EVENTS,
+    decode, encode, store_error,
 };
-use crate::delivery::queue::{Delivery, DeliveryQueue, DeliveryState, QueueStats, Settled};
-use crate::domain::ReplaceToken;
+use crate::delivery::event::Event;
+use crate::delivery::queue::{Delivery, DeliveryQueue, DeliveryState, EVENTS_KEPT, QueueStats, Settled};
+use crate::domain::{ReplaceToken, unix_micros};
 use crate::store::StoreError;
 
 /// The `META` counter of dead deliveries kept.
@@ -142,8 +144,7 @@ impl DeliveryQueue for EmbeddedStore {
             let index = txn.open_table(TOKEN_DELIVERIES).map_err(store_error)?;
             let records = txn.open_table(DELIVERIES).map_err(store_error)?;
             let mut found = Vec::new();
-            let range = (token.as_str(), 0u64, "")..=(token.as_str(), u64::MAX, "\u{10ffff}");
-            for entry in index.range(range).map_err(store_error)? {
+            for entry in index.range(token_range(&token)).map_err(store_error)? {
                 let (key, _) = entry.map_err(store_error)?;
                 if let Some(bytes) = records.get(key.value().2).map_err(store_error)? {
                     let record: Record = decode(bytes.value())?;
@@ -151,6 +152,43 @@ impl DeliveryQueue for EmbeddedStore {
                 }
             }
             Ok(found)
+        })
+        .await
+    }
+
+    async fn record_event(&self, token: &ReplaceToken, event: &Event) -> Result<(), StoreError> {
+        let (token, event) = (token.clone(), event.clone());
+        self.write(move |txn| {
+            let mut events = txn.open_table(TOKEN_EVENTS).map_err(store_error)?;
+            // Ordered by when it was recorded, to the microsecond.
+            let key = (token.as_str(), unix_micros(), event.event_id.as_str());
+            events.insert(key, encode(&event).as_slice()).map_err(store_error)?;
+            // The oldest go past the cap.
+            let range = token_range(&token);
+            let kept = events.range(range.clone()).map_err(store_error)?.count();
+            if kept > EVENTS_KEPT {
+                let oldest: Vec<(u64, String)> = events
+                    .range(range)
+                    .map_err(store_error)?
+                    .take(kept - EVENTS_KEPT)
+                    .map(|entry| entry.map(|(key, _)| (key.value().1, key.value().2.to_owned())))
+                    .collect::<Result<_, _>>()
+                    .map_err(store_error)?;
+                for (at, id) in oldest {
+                    events.remove((token.as_str(), at, id.as_str())).map_err(store_error)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events_of(&self, token: &ReplaceToken) -> Result<Vec<Event>, StoreError> {
+        let token = token.clone();
+        self.read(move |txn| {
+            let events = txn.open_table(TOKEN_EVENTS).map_err(store_error)?;
+            let range = events.range(token_range(&token)).map_err(store_error)?;
+            range.map(|entry| decode(entry.map_err(store_error)?.1.value())).collect()
         })
         .await
     }
@@ -169,6 +207,20 @@ impl DeliveryQueue for EmbeddedStore {
         })
         .await
     }
+}
+
+/// Every key of `token`'s rows in a (token, time, id) table.
+fn token_range(token: &ReplaceToken) -> std::ops::RangeInclusive<(&str, u64, &str)> {
+    (token.as_str(), 0u64, "")..=(token.as_str(), u64::MAX, "\u{10ffff}")
+}
+
+/// Removes the outcomes kept of `token` (purged).
+pub fn delete_events(txn: &WriteTransaction, token: &str) -> Result<(), StoreError> {
+    let mut events = txn.open_table(TOKEN_EVENTS).map_err(store_error)?;
+    events
+        .retain_in((token, 0u64, "")..=(token, u64::MAX, "\u{10ffff}"), |_, _| false)
+        .map_err(store_error)?;
+    Ok(())
 }
 
 /// Removes deliveries settled before `before`; returns how many.

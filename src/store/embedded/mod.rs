@@ -383,6 +383,7 @@ impl StateStore for EmbeddedStore {
                 .map_err(store_error)?;
             for token in &purged_tokens {
                 delete_files(txn, token)?;
+                deliveries::delete_events(txn, token)?;
             }
             chunked::purge_files(txn, now, EXPIRED_TOKEN_RETENTION_SECS)?;
             let deliveries =

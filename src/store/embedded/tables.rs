@@ -45,6 +45,8 @@ pub const DELIVERIES_DUE: TableDefinition<(u64, &str), ()> = TableDefinition::ne
 pub const DELIVERIES_PENDING: TableDefinition<(u64, &str), ()> = TableDefinition::new("deliveries_pending");
 /// (token, created at, id) of every delivery kept.
 pub const TOKEN_DELIVERIES: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("token_deliveries");
+/// (token, recorded at (µs), event id) → the event: the outcomes of its redeems.
+pub const TOKEN_EVENTS: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("token_events");
 /// (settled at, id) of delivered and dead deliveries, for the purge.
 pub const DELIVERIES_SETTLED: TableDefinition<(u64, &str), ()> = TableDefinition::new("deliveries_settled");
 pub const NEXT_PHOTO_ID: &str = "next_photo_id";
@@ -200,6 +202,7 @@ pub fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(DELIVERIES_PENDING).map_err(store_error)?;
     txn.open_table(TOKEN_DELIVERIES).map_err(store_error)?;
     txn.open_table(DELIVERIES_SETTLED).map_err(store_error)?;
+    txn.open_table(TOKEN_EVENTS).map_err(store_error)?;
     txn.commit().map_err(store_error)
 }
 

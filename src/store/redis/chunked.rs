@@ -6,11 +6,11 @@
 use async_trait::async_trait;
 
 use super::{ChunkedCommit, RedisStore, Resend, decode, encode, store_error};
-use crate::domain::unix_now;
+use crate::domain::{ReplaceToken, unix_now};
 use crate::storage::chunked::{ChunkReceipt, PartReceipt, Sizing};
 use crate::store::chunked::{
-    Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, ReadyFile, Recorded, Stage,
-    StoredChunk,
+    Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, FileProgress, ReadyFile, Recorded,
+    Stage, StoredChunk,
 };
 use crate::store::{
     CommitError, EXPIRED_TOKEN_RETENTION_SECS, PhotoRecord, RecordedVersion, Reservation, ReserveError,
@@ -149,6 +149,7 @@ impl ChunkedFiles for RedisStore {
             encode(terms),
             terms.object.key.clone(),
             number.to_string(),
+            id.identifier.clone(),
         ];
         let answer = self.chunked_step(id, "begin", now, &args).await?;
         match answer.first().map(String::as_str) {
@@ -250,6 +251,36 @@ impl ChunkedFiles for RedisStore {
             stage.to_owned(),
         ];
         self.chunked_step(id, "cancel", now, &args).await.map(drop)
+    }
+
+    async fn files_of(&self, token: &ReplaceToken, now: u64) -> Result<Vec<FileProgress>, StoreError> {
+        let [hash, leases] = self.keys.token(token);
+        let files = format!("{hash}:files");
+        let identifiers: Vec<String> =
+            self.bounded(Resend::IfDropped, redis::cmd("SMEMBERS").arg(&files)).await?;
+        let mut args = vec!["progress".to_owned(), now.to_string(), self.keys.prefix.clone()];
+        for identifier in &identifiers {
+            args.extend([self.keys.chunked_file(token, identifier), identifier.clone()]);
+        }
+        let found: Vec<String> =
+            self.run(&self.scripts.chunked, &[String::new(), hash, leases], &args).await?;
+        found
+            .chunks(5)
+            .map(|entry| {
+                let [identifier, n, sizing, terms, bytes] = entry else {
+                    return Err(store_error(format!("unexpected file progress {entry:?}")));
+                };
+                let number = |text: &str| text.parse::<u64>().map_err(store_error);
+                let terms: ChunkedTerms = decode(terms)?;
+                Ok(FileProgress {
+                    identifier: identifier.clone(),
+                    chunks_received: number(n)?,
+                    total_chunks: terms.object.chunk_count(Sizing::parse(sizing)),
+                    bytes_received: number(bytes)?,
+                    total_size: terms.object.total_size,
+                })
+            })
+            .collect()
     }
 
     async fn is_live(&self, object_key: &str, _now: u64) -> Result<bool, StoreError> {

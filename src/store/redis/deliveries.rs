@@ -4,8 +4,9 @@
 use async_trait::async_trait;
 
 use super::{RedisStore, decode, encode, store_error};
-use crate::delivery::queue::{Delivery, DeliveryQueue, DeliveryState, QueueStats, Settled};
-use crate::domain::{ReplaceToken, unix_now};
+use crate::delivery::event::Event;
+use crate::delivery::queue::{Delivery, DeliveryQueue, DeliveryState, EVENTS_KEPT, QueueStats, Settled};
+use crate::domain::{ReplaceToken, unix_micros, unix_now};
 use crate::store::{EXPIRED_TOKEN_RETENTION_SECS, StoreError};
 
 impl RedisStore {
@@ -96,6 +97,27 @@ impl DeliveryQueue for RedisStore {
                 Ok((decode(record)?, state))
             })
             .collect()
+    }
+
+    async fn record_event(&self, token: &ReplaceToken, event: &Event) -> Result<(), StoreError> {
+        let [hash, _] = self.keys.token(token);
+        let args = [
+            token.as_str().to_owned(),
+            hash,
+            encode(event),
+            // Ordered by when it was recorded, to the microsecond.
+            unix_micros().to_string(),
+            EVENTS_KEPT.to_string(),
+            EXPIRED_TOKEN_RETENTION_SECS.to_string(),
+        ];
+        let _: i64 = self.delivery_step("event", unix_now(), &args).await?;
+        Ok(())
+    }
+
+    async fn events_of(&self, token: &ReplaceToken) -> Result<Vec<Event>, StoreError> {
+        let events: Vec<String> =
+            self.delivery_step("events", unix_now(), &[token.as_str().to_owned()]).await?;
+        events.iter().map(|e| decode(e)).collect()
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {

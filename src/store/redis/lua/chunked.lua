@@ -197,7 +197,7 @@ if step == 'file' then
 elseif step == 'begin' then
   -- ARGV[4] lease end, ARGV[5] reservation id, ARGV[6] retention,
   -- ARGV[7] the redeem's kind of token, ARGV[8] terms JSON, ARGV[9] object key.
-  -- ARGV[10] the chunk's number.
+  -- ARGV[10] the chunk's number, ARGV[11] the file's identifier.
   local lease_end, retention = tonumber(ARGV[4]), tonumber(ARGV[6])
   local file = read_file()
   if file and abandoned(file) and ARGV[10] ~= '1' then
@@ -233,6 +233,10 @@ elseif step == 'begin' then
     'deadline', lease_end, 'sizing', '', 'media', '', 'n', 0, 'parts', 0)
   redis.call('EXPIREAT', KEYS[1], lease_end + (lease_end - now) + retention)
   redis.call('SET', prefix .. 'ck:' .. ARGV[9], '1', 'EXAT', lease_end)
+  -- The token's files, for its status.
+  local files = KEYS[2] .. ':files'
+  redis.call('SADD', files, ARGV[11])
+  keep_until(files, token_end)
   return view('began', read_file(), nil)
 
 elseif step == 'chunk' then
@@ -328,6 +332,28 @@ elseif step == 'arrive' then
     keep_until(ARRIVALS, tonumber(ARGV[5]))
   end
   return {'ok'}
+
+elseif step == 'progress' then
+  -- The files of the token of KEYS[2] being received: {identifier, n,
+  -- sizing, terms, bytes stored} each. ARGV[4..] file hash key then
+  -- identifier, per file of KEYS[2]':files'.
+  local found = {}
+  for i = 4, #ARGV, 2 do
+    local values = redis.call('HMGET', ARGV[i], 'stage', 'deadline', 'n', 'sizing', 'terms')
+    if values[1] == 'receiving' and tonumber(values[2]) > now then
+      local bytes = 0
+      local all = redis.call('HGETALL', ARGV[i])
+      for j = 1, #all, 2 do
+        if string.sub(all[j], 1, 2) == 'c:' then
+          bytes = bytes + cjson.decode(all[j + 1]).size
+        end
+      end
+      for _, value in ipairs({ARGV[i + 1], values[3], values[4], values[5], tostring(bytes)}) do
+        table.insert(found, value)
+      end
+    end
+  end
+  return found
 
 elseif step == 'release' then
   -- ARGV[4] the work: a part's number, or 0 for the file's completion.

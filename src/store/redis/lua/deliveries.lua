@@ -4,6 +4,8 @@
 -- in the sorted sets <prefix>dq:due (by due time) and <prefix>dq:pending
 -- (by creation); every one is in <prefix>td:<token> (by creation) for the
 -- token's status; dead ones in <prefix>dq:dead (by when), for the count.
+-- The outcomes of a token's redeems are <prefix>te:<token> (event JSON by
+-- when), expiring with the token.
 -- ARGV[1] the step, ARGV[2] now, ARGV[3] the key prefix; then the step's.
 local step = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -92,6 +94,25 @@ elseif step == 'list' then
     end
   end
   return found
+
+elseif step == 'event' then
+  -- ARGV[4] the token, ARGV[5] its hash's key, ARGV[6] the event JSON,
+  -- ARGV[7] when it was recorded (µs), ARGV[8] how many are kept, ARGV[9] the
+  -- retention of a token's keys when its hash has no expiry to follow.
+  local events = prefix .. 'te:' .. ARGV[4]
+  redis.call('ZADD', events, ARGV[7], ARGV[6])
+  redis.call('ZREMRANGEBYRANK', events, 0, -(tonumber(ARGV[8]) + 1))
+  local ttl = redis.call('TTL', ARGV[5])
+  if ttl > 0 then
+    keep_until(events, now + ttl)
+  else
+    keep_until(events, now + tonumber(ARGV[9]))
+  end
+  return 1
+
+elseif step == 'events' then
+  -- ARGV[4] the token. Returns the events' JSON, oldest first.
+  return redis.call('ZRANGE', prefix .. 'te:' .. ARGV[4], 0, -1)
 
 elseif step == 'stats' then
   -- ARGV[4] the retention. Returns {pending, oldest creation or '', dead}.
