@@ -90,6 +90,7 @@ fn upload_item(event: &Event, deliveries: &[(Delivery, DeliveryState)]) -> Item 
             match event.kind {
                 EventType::Succeeded => "succeeded",
                 EventType::Failed => "failed",
+                EventType::Abandoned => "abandoned",
             }
             .to_owned(),
         ),

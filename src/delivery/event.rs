@@ -13,6 +13,9 @@ pub enum EventType {
     Succeeded,
     #[serde(rename = "upload.failed")]
     Failed,
+    /// A file sent in chunks that no chunk came to for its idle time.
+    #[serde(rename = "upload.abandoned")]
+    Abandoned,
 }
 
 /// The version an upload made.
@@ -77,6 +80,12 @@ impl Event {
             }),
             ..Event::of(grant, EventType::Succeeded, now)
         }
+    }
+
+    /// A file of `grant`'s, sent in chunks, abandoned: `error_message`
+    /// says which and how far it came.
+    pub fn abandoned(grant: &TokenGrant, error_message: String, now: u64) -> Event {
+        Event { error_message: Some(error_message), ..Event::of(grant, EventType::Abandoned, now) }
     }
 
     /// `grant`'s upload failed, the site being told `error_message`.

@@ -1,6 +1,7 @@
 //! Making deliveries: the first attempt by the request whose outcome it
 //! tells ([`first_attempt`]), the retries by every instance from the queue
-//! ([`run`]), each attempt signed and bounded by `callback.timeout_secs`.
+//! ([`run`]), each attempt signed and bounded by `callback.timeout_secs`;
+//! and the outcomes no request sees: chunked files abandoned.
 //!
 //! An attempt that fails for a passing reason (no connection, a timeout, a
 //! `5xx`, `408`, `429`) is retried after a growing, jittered delay
@@ -200,12 +201,45 @@ async fn settle(ctx: &Context, delivery: &Delivery, settled: &Settled) {
     }
 }
 
+/// How often abandoned chunked files are looked for, for their events.
+const ABANDONED_POLL: Duration = Duration::from_secs(5);
+
+/// Records the outcome of every chunked file abandoned since the last look
+/// (each file is taken by one instance).
+async fn tell_abandoned(ctx: &Context) {
+    let now = unix_now();
+    match ctx.chunked.take_abandoned(now, BATCH * 4).await {
+        Ok(files) => {
+            for file in files {
+                let idle = ctx.config.limits.chunked_idle_timeout_secs;
+                let message = format!(
+                    "The file {:?} was abandoned: no chunk came for {idle} seconds ({} chunks, of {} bytes, had arrived).",
+                    file.identifier, file.chunks_received, file.total_size
+                );
+                tracing::info!(token = ?file.grant.token, identifier = %file.identifier, "chunked file abandoned");
+                let token = file.grant.token.clone();
+                record_outcome(ctx, &token, Event::abandoned(&file.grant, message, now)).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::causes::chain(&e), "looking for abandoned chunked files failed")
+        }
+    }
+}
+
 /// Runs forever: takes due deliveries from the queue and attempts them,
-/// and keeps the queue's gauges current.
+/// keeps the queue's gauges current, and tells of abandoned files.
 pub async fn run(ctx: Arc<Context>) {
     let mut ticks = tokio::time::interval(POLL);
+    let mut abandoned = tokio::time::interval(ABANDONED_POLL);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = abandoned.tick() => {
+                tell_abandoned(&ctx).await;
+                continue;
+            }
+        }
         match ctx.deliveries.take_due(unix_now(), lease_secs(&ctx), BATCH).await {
             Ok(due) => {
                 let attempts = due.into_iter().map(|delivery| {

@@ -94,6 +94,15 @@ pub struct FileProgress {
     pub total_size: u64,
 }
 
+/// A file abandoned (see [`ChunkedFiles::take_abandoned`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbandonedFile {
+    pub grant: super::TokenGrant,
+    pub identifier: String,
+    pub chunks_received: u64,
+    pub total_size: u64,
+}
+
 /// What [`ChunkedFiles::begin`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Begun {
@@ -244,6 +253,11 @@ pub trait ChunkedFiles: Send + Sync {
     /// The files of `token` being received at `now` (not abandoned), for
     /// its status.
     async fn files_of(&self, token: &ReplaceToken, now: u64) -> Result<Vec<FileProgress>, StoreError>;
+
+    /// Files whose lease ran out by `now` (abandoned: no chunk for their
+    /// idle time), at most `max`, each returned once whichever instance
+    /// asks: for their `upload.abandoned` event.
+    async fn take_abandoned(&self, now: u64, max: usize) -> Result<Vec<AbandonedFile>, StoreError>;
 
     /// Whether a file being received (not abandoned at `now`) gathers its
     /// bytes under `object_key`.

@@ -186,3 +186,30 @@ async fn a_webhook_that_fails_is_retried_with_the_same_event() {
     assert!(events.iter().all(|e| e["event_id"] == events[0]["event_id"]), "one event, sent three times");
     f.wait_for_metric(r#"upload_receiver_deliveries_total{channel="webhook",result="delivered"}"#, 1.0).await;
 }
+
+#[tokio::test]
+async fn a_chunked_file_abandoned_is_an_upload_abandoned_event() {
+    let site = Site::start().await;
+    let f = PhotoApp::with(|c| {
+        c.callback.allowed_hosts = vec!["127.0.0.1".into()];
+        c.webhook.url = Some(site.url("/hook"));
+        c.webhook.secret = Some(Secret::new(WEBHOOK_SECRET));
+        c.limits.chunked_idle_timeout_secs = 1;
+    })
+    .await;
+    let token = f.token(&[]).await;
+    let bytes = crate::chunk_client::content(3 * crate::chunk_client::MIB);
+    let first = crate::chunk_client::send_chunk(&f, &token, &bytes, 1, crate::chunk_client::MIB).await;
+    assert_eq!(first.text().await.unwrap(), "ok");
+    // No chunk for a second: abandoned, told once (looked for every 5 s).
+    let calls = requests_reach(&site, 1, 15).await;
+    let event = signed_event(&site, &calls[0]);
+    assert_eq!((&event["type"], &event["token"]), (&"upload.abandoned".into(), &token.as_str().into()));
+    let message = event["error_message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{}-clipmp4", bytes.len())) && message.contains("1 chunks"),
+        "{message}"
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(site.requests().len(), 1, "told once");
+}

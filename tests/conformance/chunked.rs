@@ -415,7 +415,7 @@ async fn a_cancelled_file_gives_its_slot_back_and_stays_cancelled_case(s: &Store
 
 async fn an_abandoned_file_frees_its_slot_and_its_object_case(s: &Store) {
     let now = unix_now();
-    let token = replace_token(s, 1).await;
+    let token = replace_token(s, 2).await;
     let id = file_of(&token, "left");
     let Begun::Began(file) =
         s.chunked().begin(&id, TokenKind::Replace, &terms(3 << 20, 1 << 20, 1), 1, now, 2).await.unwrap()
@@ -435,6 +435,14 @@ async fn an_abandoned_file_frees_its_slot_and_its_object_case(s: &Store) {
         Recorded::Gone
     );
     assert_eq!(s.token_status(&token, later).await.unwrap().unwrap().uploads_in_flight, 0);
+    // Taken once for its event, whoever asks first; files still received are not.
+    let other = file_of(&token, "other");
+    let _ = s.chunked().begin(&other, TokenKind::Replace, &terms(3 << 20, 1 << 20, 1), 1, later, 60).await;
+    let abandoned = s.chunked().take_abandoned(later, 10).await.unwrap();
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+    assert_eq!((abandoned[0].identifier.as_str(), abandoned[0].chunks_received), ("left", 1));
+    assert_eq!((abandoned[0].grant.token.clone(), abandoned[0].total_size), (token.clone(), 3 << 20));
+    assert!(s.chunked().take_abandoned(later + 1, 10).await.unwrap().is_empty(), "once");
     // Its later chunks are told so; its chunk 1 begins it anew, with a new slot.
     let two = s.chunked().begin(&id, TokenKind::Replace, &terms(3 << 20, 1 << 20, 1), 2, later, 2).await;
     assert!(matches!(two, Ok(Begun::Abandoned)), "{two:?}");

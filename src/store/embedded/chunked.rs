@@ -39,6 +39,9 @@ pub struct FileRecord {
     #[serde(default)]
     pub idle_secs: u64,
     pub stage: StoredStage,
+    /// Its abandonment was taken for its event (see `take_abandoned`).
+    #[serde(default)]
+    pub abandonment_taken: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

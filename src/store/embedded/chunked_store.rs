@@ -15,12 +15,13 @@ use super::chunked::{
 };
 use super::tables::{
     CHUNKED_FILES, FILE_CHUNKS, LIVE_OBJECTS, LiveReservation, TOKENS, TokenState, commit_reserved, decode,
-    encode, store_error, update_token,
+    encode, get_token_state, store_error, update_token,
 };
 use crate::domain::ReplaceToken;
 use crate::storage::chunked::{ChunkReceipt, PartReceipt};
 use crate::store::chunked::{
-    Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, FileProgress, Recorded, StoredChunk,
+    AbandonedFile, Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, FileProgress,
+    Recorded, StoredChunk,
 };
 use crate::store::new_reservation_id;
 use crate::store::{
@@ -106,6 +107,7 @@ impl ChunkedFiles for EmbeddedStore {
                 deadline,
                 idle_secs: lease_secs,
                 stage: StoredStage::Receiving,
+                abandonment_taken: false,
             };
             put_record(txn, &id, &record)?;
             txn.open_table(LIVE_OBJECTS)
@@ -287,6 +289,45 @@ impl ChunkedFiles for EmbeddedStore {
                 });
             }
             Ok(found)
+        })
+        .await
+    }
+
+    async fn take_abandoned(&self, now: u64, max: usize) -> Result<Vec<AbandonedFile>, StoreError> {
+        self.write(move |txn| {
+            let found: Vec<((String, String), FileRecord)> = {
+                let files = txn.open_table(CHUNKED_FILES).map_err(store_error)?;
+                let mut found = Vec::new();
+                for entry in files.iter().map_err(store_error)? {
+                    let (key, bytes) = entry.map_err(store_error)?;
+                    let record: FileRecord = decode(bytes.value())?;
+                    if record.abandoned(now) && !record.abandonment_taken {
+                        let (token, identifier) = key.value();
+                        found.push(((token.to_owned(), identifier.to_owned()), record));
+                        if found.len() == max {
+                            break;
+                        }
+                    }
+                }
+                found
+            };
+            let tokens = txn.open_table(TOKENS).map_err(store_error)?;
+            let mut taken = Vec::new();
+            for ((token, identifier), mut record) in found {
+                record.abandonment_taken = true;
+                let Ok(token) = token.parse::<ReplaceToken>() else { continue };
+                let id = FileId { token, identifier };
+                put_record(txn, &id, &record)?;
+                if let Some(state) = get_token_state(&tokens, &id.token)? {
+                    taken.push(AbandonedFile {
+                        grant: state.grant,
+                        identifier: id.identifier,
+                        chunks_received: record.chunks_stored,
+                        total_size: record.terms.object.total_size,
+                    });
+                }
+            }
+            Ok(taken)
         })
         .await
     }

@@ -9,8 +9,8 @@ use super::{ChunkedCommit, RedisStore, Resend, decode, encode, store_error};
 use crate::domain::{ReplaceToken, unix_now};
 use crate::storage::chunked::{ChunkReceipt, PartReceipt, Sizing};
 use crate::store::chunked::{
-    Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, FileProgress, ReadyFile, Recorded,
-    Stage, StoredChunk,
+    AbandonedFile, Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, FileProgress,
+    ReadyFile, Recorded, Stage, StoredChunk,
 };
 use crate::store::{
     CommitError, EXPIRED_TOKEN_RETENTION_SECS, PhotoRecord, RecordedVersion, Reservation, ReserveError,
@@ -150,6 +150,7 @@ impl ChunkedFiles for RedisStore {
             terms.object.key.clone(),
             number.to_string(),
             id.identifier.clone(),
+            id.token.as_str().to_owned(),
         ];
         let answer = self.chunked_step(id, "begin", now, &args).await?;
         match answer.first().map(String::as_str) {
@@ -278,6 +279,26 @@ impl ChunkedFiles for RedisStore {
                     total_chunks: terms.object.chunk_count(Sizing::parse(sizing)),
                     bytes_received: number(bytes)?,
                     total_size: terms.object.total_size,
+                })
+            })
+            .collect()
+    }
+
+    async fn take_abandoned(&self, now: u64, max: usize) -> Result<Vec<AbandonedFile>, StoreError> {
+        let args = ["abandoned".to_owned(), now.to_string(), self.keys.prefix.clone(), max.to_string()];
+        let found: Vec<String> =
+            self.run(&self.scripts.chunked, &[String::new(), String::new(), String::new()], &args).await?;
+        found
+            .chunks(4)
+            .map(|entry| {
+                let [grant, identifier, n, terms] = entry else {
+                    return Err(store_error(format!("unexpected abandoned file {entry:?}")));
+                };
+                Ok(AbandonedFile {
+                    grant: decode(grant)?,
+                    identifier: identifier.clone(),
+                    chunks_received: n.parse().map_err(store_error)?,
+                    total_size: decode::<ChunkedTerms>(terms)?.object.total_size,
                 })
             })
             .collect()

@@ -16,6 +16,10 @@
 local step = ARGV[1]
 local now = tonumber(ARGV[2])
 local prefix = ARGV[3]
+-- Chunks requests are bringing right now: chunk number -> until when.
+local ARRIVALS = KEYS[1] .. ':a'
+-- Every file's hash key by its deadline, to find the abandoned ones.
+local DEADLINES = prefix .. 'cf:deadlines'
 local FIELDS = {'terms', 'rid', 'sizing', 'media', 'n', 'deadline', 'stage', 'message', 'record', 'version', 'okey'}
 
 local function read_file()
@@ -72,6 +76,7 @@ local function renew(file, lease_end, retention)
   keep_until(KEYS[3], token_end)
   local deadline = math.max(tonumber(file.deadline), until_)
   redis.call('HSET', KEYS[1], 'deadline', deadline)
+  redis.call('ZADD', DEADLINES, deadline, KEYS[1])
   -- Kept one more idle time once abandoned, to tell its later chunks so.
   redis.call('EXPIREAT', KEYS[1], deadline + (lease_end - now) + retention)
   redis.call('SET', prefix .. 'ck:' .. file.okey, '1', 'EXAT', deadline)
@@ -131,8 +136,6 @@ local function claim(work, claim_until)
   return true
 end
 
--- Chunks requests are bringing right now: chunk number -> until when.
-local ARRIVALS = KEYS[1] .. ':a'
 
 -- A stored chunk's answer: 'arriving' when every chunk still missing is
 -- being received right now (expired hints are dropped on the way).
@@ -197,7 +200,8 @@ if step == 'file' then
 elseif step == 'begin' then
   -- ARGV[4] lease end, ARGV[5] reservation id, ARGV[6] retention,
   -- ARGV[7] the redeem's kind of token, ARGV[8] terms JSON, ARGV[9] object key.
-  -- ARGV[10] the chunk's number, ARGV[11] the file's identifier.
+  -- ARGV[10] the chunk's number, ARGV[11] the file's identifier, ARGV[12]
+  -- its token.
   local lease_end, retention = tonumber(ARGV[4]), tonumber(ARGV[6])
   local file = read_file()
   if file and abandoned(file) and ARGV[10] ~= '1' then
@@ -230,7 +234,8 @@ elseif step == 'begin' then
   keep_until(KEYS[2], token_end)
   keep_until(KEYS[3], token_end)
   redis.call('HSET', KEYS[1], 'terms', ARGV[8], 'rid', ARGV[5], 'okey', ARGV[9], 'stage', 'receiving',
-    'deadline', lease_end, 'sizing', '', 'media', '', 'n', 0, 'parts', 0)
+    'deadline', lease_end, 'sizing', '', 'media', '', 'n', 0, 'parts', 0, 'ident', ARGV[11], 'token', ARGV[12])
+  redis.call('ZADD', DEADLINES, lease_end, KEYS[1])
   redis.call('EXPIREAT', KEYS[1], lease_end + (lease_end - now) + retention)
   redis.call('SET', prefix .. 'ck:' .. ARGV[9], '1', 'EXAT', lease_end)
   -- The token's files, for its status.
@@ -350,6 +355,25 @@ elseif step == 'progress' then
       end
       for _, value in ipairs({ARGV[i + 1], values[3], values[4], values[5], tostring(bytes)}) do
         table.insert(found, value)
+      end
+    end
+  end
+  return found
+
+elseif step == 'abandoned' then
+  -- ARGV[4] how many at most. Files whose lease ran out, each answered
+  -- once: {grant, identifier, chunks stored, terms} each.
+  local files = redis.call('ZRANGEBYSCORE', DEADLINES, '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+  local found = {}
+  for _, key in ipairs(files) do
+    redis.call('ZREM', DEADLINES, key)
+    local v = redis.call('HMGET', key, 'stage', 'deadline', 'token', 'ident', 'n', 'terms')
+    if v[1] == 'receiving' and tonumber(v[2]) <= now and v[3] then
+      local grant = redis.call('HGET', prefix .. 't:' .. v[3], 'grant')
+      if grant then
+        for _, value in ipairs({grant, v[4] or '', v[5], v[6]}) do
+          table.insert(found, value)
+        end
       end
     end
   end
