@@ -194,14 +194,16 @@ async fn a_chunked_file_abandoned_is_an_upload_abandoned_event() {
         c.callback.allowed_hosts = vec!["127.0.0.1".into()];
         c.webhook.url = Some(site.url("/hook"));
         c.webhook.secret = Some(Secret::new(WEBHOOK_SECRET));
-        c.limits.chunked_idle_timeout_secs = 1;
+        // Longer than storing one small chunk takes, even on a slow S3.
+        c.limits.chunked_idle_timeout_secs = 3;
     })
     .await;
     let token = f.token(&[]).await;
-    let bytes = crate::chunk_client::content(3 * crate::chunk_client::MIB);
-    let first = crate::chunk_client::send_chunk(&f, &token, &bytes, 1, crate::chunk_client::MIB).await;
+    const CHUNK: usize = 256 * 1024;
+    let bytes = crate::chunk_client::content(3 * CHUNK);
+    let first = crate::chunk_client::send_chunk(&f, &token, &bytes, 1, CHUNK).await;
     assert_eq!(first.text().await.unwrap(), "ok");
-    // No chunk for a second: abandoned, told once (looked for every 5 s).
+    // No chunk for 3 s: abandoned, told once (looked for every 5 s).
     let calls = requests_reach(&site, 1, 15).await;
     let event = signed_event(&site, &calls[0]);
     assert_eq!((&event["type"], &event["token"]), (&"upload.abandoned".into(), &token.as_str().into()));
