@@ -10,6 +10,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
+use crate::delivery::outbox::Outbox;
 use crate::domain::{PhotoId, ReplaceToken};
 use crate::storage::{ByteStream, ObjectKey, ObjectStore, StorageError, StoredObject};
 use crate::store::{
@@ -289,8 +290,9 @@ impl StateStore for MeasuredState {
         version: VersionFile,
         now: u64,
         file: Option<&str>,
+        outbox: &Outbox,
     ) -> Result<RecordedVersion, CommitError> {
-        let call = self.inner.commit_version(reservation, version, now, file);
+        let call = self.inner.commit_version(reservation, version, now, file, outbox);
         let result = self.timed("commit_version", call, |e| matches!(e, CommitError::Store(_))).await;
         self.slot(
             "commit",

@@ -65,10 +65,17 @@ impl Event {
         }
     }
 
-    /// `grant`'s upload made `recorded`.
-    pub fn succeeded(grant: &TokenGrant, recorded: &RecordedVersion, now: u64) -> Event {
+    /// `grant`'s upload, about to be committed: [`Event::succeeded_as`]
+    /// completes it once it is.
+    pub fn success_of(grant: &TokenGrant, now: u64) -> Event {
+        Event::of(grant, EventType::Succeeded, now)
+    }
+
+    /// This event, of an upload that made `recorded`.
+    pub fn succeeded_as(&self, recorded: &RecordedVersion) -> Event {
         let file = &recorded.version.file;
         Event {
+            kind: EventType::Succeeded,
             photo_id: Some(recorded.photo_id.to_string()),
             tree_id: Some(recorded.tree_id.clone()),
             version: Some(EventVersion {
@@ -78,7 +85,8 @@ impl Event {
                 content_type: file.content_type.clone(),
                 checksum: file.checksum(),
             }),
-            ..Event::of(grant, EventType::Succeeded, now)
+            error_message: None,
+            ..self.clone()
         }
     }
 

@@ -35,7 +35,7 @@ pub fn new_delivery_id() -> String {
 }
 
 /// How long a taken delivery is held: its attempt, and a margin.
-fn lease_secs(ctx: &Context) -> u64 {
+pub fn lease_secs(ctx: &Context) -> u64 {
     ctx.config.callback.timeout_secs + 5
 }
 
@@ -75,19 +75,12 @@ pub struct Attempted {
     pub result: Result<StatusCode, CallbackError>,
 }
 
-/// Queues `delivery` (held while this attempt runs), makes its first
-/// attempt and records how it ended. When the queue cannot be reached the
-/// attempt is still made, once.
-pub async fn first_attempt(ctx: &Context, delivery: Delivery) -> Attempted {
-    let queued = ctx.deliveries.enqueue(&delivery, unix_now() + lease_secs(ctx)).await;
-    if let Err(e) = &queued {
-        tracing::warn!(error = %crate::causes::chain(e), delivery = %delivery.id, "a delivery could not be queued: it is attempted once");
-    }
-    let (attempted, settled) = attempt(ctx, delivery.clone()).await;
-    if queued.is_ok() {
-        settle(ctx, &attempted.0, &settled).await;
-    }
-    attempted.1
+/// Makes the first attempt at `delivery`, queued and held for it (until
+/// [`lease_secs`] from now), and records how it ended.
+pub async fn attempt_held(ctx: &Context, delivery: Delivery) -> Attempted {
+    let ((delivery, attempted), settled) = attempt(ctx, delivery).await;
+    settle(ctx, &delivery, &settled).await;
+    attempted
 }
 
 /// Makes one attempt at `delivery`: the delivery as attempted (its count

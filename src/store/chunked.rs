@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{CommitError, RecordedVersion, Reservation, ReserveError, StoreError, TokenKind, VersionFile};
+use crate::delivery::outbox::Outbox;
 use crate::domain::ReplaceToken;
 use crate::storage::chunked::{ChunkReceipt, ChunkedObject, PartReceipt, Sizing};
 
@@ -223,7 +224,7 @@ pub trait ChunkedFiles: Send + Sync {
     /// Commits the file's slot with its version (as
     /// [`super::StateStore::commit_version`], the identifier naming the
     /// file's own metadata) and keeps the outcome with the file for
-    /// `keep_secs`, for chunks sent again.
+    /// `keep_secs`, for chunks sent again; `outbox` as a commit's.
     async fn complete(
         &self,
         id: &FileId,
@@ -231,6 +232,7 @@ pub trait ChunkedFiles: Send + Sync {
         version: VersionFile,
         now: u64,
         keep_secs: u64,
+        outbox: &Outbox,
     ) -> Result<RecordedVersion, CommitError>;
 
     /// Notes that a request brings chunk `number` until `until` (its claim

@@ -25,7 +25,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::causes::BoxError;
+pub use crate::delivery::outbox::Outbox;
 pub use crate::domain::TokenKind;
+
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken};
 
 /// A failure of the backend itself (I/O, corruption, unreachable server),
@@ -470,13 +472,15 @@ pub trait StateStore: Send + Sync + 'static {
     /// first version of a new photo with the token's current metadata and,
     /// when `file` (a Resumable.js identifier) has metadata of its own,
     /// that on top. Fails with `LeaseLost` (recording nothing) when the
-    /// reservation is no longer live.
+    /// reservation is no longer live. `outbox` (its event and deliveries,
+    /// completed by the version) is written in the same atomic step.
     async fn commit_version(
         &self,
         reservation: &Reservation,
         version: VersionFile,
         now: u64,
         file: Option<&str>,
+        outbox: &Outbox,
     ) -> Result<RecordedVersion, CommitError>;
 
     /// Changes the metadata of an upload token that has not expired at

@@ -11,7 +11,7 @@ use upload_receiver::store::chunked::{
 };
 use upload_receiver::store::embedded::EmbeddedStore;
 use upload_receiver::store::redis::RedisStore;
-use upload_receiver::store::{CommitError, ReserveError, StateStore, TokenKind};
+use upload_receiver::store::{CommitError, Outbox, ReserveError, StateStore, TokenKind};
 
 use crate::servers;
 use crate::state::{new_photo, new_token, version};
@@ -229,14 +229,18 @@ async fn chunks_in_any_order_complete_the_file_once_case(s: &Store) {
         Recorded::FileReady(_)
     ));
 
-    let recorded =
-        chunks.complete(&id, &file.reservation, version("media/whole-c"), later, LEASE).await.unwrap();
+    let recorded = chunks
+        .complete(&id, &file.reservation, version("media/whole-c"), later, LEASE, &Outbox::default())
+        .await
+        .unwrap();
     assert_eq!(recorded.version.number, 2);
     // Every later chunk, and a second completion, get the same outcome.
     let replay = chunks.record_chunk(&id, &chunk(2, 1 << 20), later, LEASE, CLAIM).await.unwrap();
     assert_eq!(replay, Recorded::Completed(recorded.clone()));
     assert_eq!(chunks.file(&id, 2, later).await.unwrap().unwrap().stage, Stage::Completed(recorded.clone()));
-    let twice = chunks.complete(&id, &file.reservation, version("media/whole-c"), later, LEASE).await;
+    let twice = chunks
+        .complete(&id, &file.reservation, version("media/whole-c"), later, LEASE, &Outbox::default())
+        .await;
     assert!(matches!(twice, Err(CommitError::LeaseLost)), "{twice:?}");
     let status = s.token_status(&token, later).await.unwrap().unwrap();
     assert_eq!((status.uploads_used, status.uploads_in_flight), (1, 0));

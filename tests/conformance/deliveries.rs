@@ -11,11 +11,13 @@ use upload_receiver::delivery::event::{Event, EventType};
 use upload_receiver::delivery::queue::{
     Channel, Delivery, DeliveryQueue, DeliveryState, EVENTS_KEPT, Payload, QueueStats, Settled,
 };
-use upload_receiver::domain::ReplaceToken;
+use upload_receiver::domain::{ReplaceToken, unix_now};
 use upload_receiver::store::embedded::EmbeddedStore;
 use upload_receiver::store::redis::RedisStore;
+use upload_receiver::store::{CommitError, Outbox, StateStore, TokenKind, new_reservation_id};
 
 use crate::servers;
+use crate::state::{new_photo, new_token, version};
 
 const NOW: u64 = 1_900_000_000;
 const LEASE: u64 = 15;
@@ -51,7 +53,14 @@ macro_rules! conformance {
             use super::*;
 
             async fn store() -> (Arc<dyn DeliveryQueue>, Option<tempfile::TempDir>) {
-                $make
+                let (both, dir) = $make;
+                (both.queue, dir)
+            }
+
+            #[tokio::test]
+            async fn a_commit_writes_its_outbox_with_its_version_and_a_refused_one_nothing() {
+                let (both, _dir) = $make;
+                a_commit_writes_its_outbox_with_its_version_and_a_refused_one_nothing_case(&both).await;
             }
 
             #[tokio::test]
@@ -81,15 +90,28 @@ macro_rules! conformance {
     };
 }
 
+/// One store seen as both a state store and a delivery queue.
+struct Both {
+    state: Arc<dyn StateStore>,
+    queue: Arc<dyn DeliveryQueue>,
+}
+
+impl Both {
+    fn of<S: StateStore + DeliveryQueue + 'static>(store: S) -> Both {
+        let store = Arc::new(store);
+        Both { state: store.clone(), queue: store }
+    }
+}
+
 conformance!(embedded, {
     let dir = tempfile::tempdir().unwrap();
-    (Arc::new(EmbeddedStore::open(dir.path()).unwrap()), Some(dir))
+    (Both::of(EmbeddedStore::open(dir.path()).unwrap()), Some(dir))
 });
 
 conformance!(redis, {
     let store =
         RedisStore::new(&servers::redis_url(), &servers::unique_prefix(), Duration::from_secs(2)).unwrap();
-    (Arc::new(store), None)
+    (Both::of(store), None::<tempfile::TempDir>)
 });
 
 async fn a_due_delivery_is_leased_to_one_taker_then_retried_then_settled_once_case(q: &dyn DeliveryQueue) {
@@ -207,4 +229,55 @@ async fn outcomes_are_kept_per_token_in_order_up_to_the_cap_case(q: &dyn Deliver
     let kept = q.events_of(&many).await.unwrap();
     assert_eq!(kept.len(), EVENTS_KEPT);
     assert_eq!(kept[0], event(&many, 5));
+}
+
+async fn a_commit_writes_its_outbox_with_its_version_and_a_refused_one_nothing_case(both: &Both) {
+    let (state, queue) = (&*both.state, &*both.queue);
+    let now = unix_now();
+    let photo = new_photo(state).await;
+    let token = new_token(state, photo, 2, now + 600).await;
+    let reservation =
+        state.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
+    // As the redeem builds it: what only the commit knows is left out.
+    let event = Event::success_of(&reservation.grant, now);
+    let mut webhook = delivery(&token, 1);
+    webhook.channel = Channel::Webhook;
+    webhook.payload = Payload::Webhook { url: "https://hooks.example.com/e".into(), event: event.clone() };
+    let mut callback = delivery(&token, 2);
+    if let Payload::Callback { data, .. } = &mut callback.payload {
+        data.outcome =
+            Outcome::Stored { photo_id: String::new(), tree_id: String::new(), token: String::new() };
+    }
+    let outbox =
+        Outbox { event: Some(event.clone()), deliveries: vec![(webhook, now), (callback, now + 100)] };
+    let recorded =
+        state.commit_version(&reservation, version("media/boxed"), now, None, &outbox).await.unwrap();
+
+    // Written with the commit, completed by its version.
+    let events = queue.events_of(&token).await.unwrap();
+    assert_eq!(events, [event.succeeded_as(&recorded)]);
+    assert_eq!(events[0].version.as_ref().map(|v| v.number), Some(2));
+    assert_eq!(events[0].photo_id, Some(photo.to_string()));
+    let due = queue.take_due(now, LEASE, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "the webhook is due, the callback held: {due:?}");
+    let Payload::Webhook { event: sent, .. } = &due[0].payload else { panic!("{due:?}") };
+    assert_eq!(sent, &events[0]);
+    let listed = queue.deliveries_of(&token).await.unwrap();
+    let callback = listed.iter().find(|(d, _)| d.channel == Channel::Callback).expect("the callback");
+    let Payload::Callback { data, .. } = &callback.0.payload else { panic!() };
+    let stored = Outcome::Stored {
+        photo_id: photo.to_string(),
+        tree_id: recorded.tree_id.clone(),
+        token: recorded.token.as_str().to_owned(),
+    };
+    assert_eq!((&data.outcome, &callback.1), (&stored, &DeliveryState::Pending { due: now + 100 }));
+
+    // A commit refused (its slot gone) writes none of its outbox.
+    let mut again = outbox.clone();
+    again.event = Some(Event::success_of(&reservation.grant, now));
+    again.deliveries.iter_mut().for_each(|(d, _)| d.id.push_str("-again"));
+    let refused = state.commit_version(&reservation, version("media/again"), now, None, &again).await;
+    assert!(matches!(refused, Err(CommitError::LeaseLost)), "{refused:?}");
+    assert_eq!(queue.events_of(&token).await.unwrap().len(), 1);
+    assert_eq!(queue.deliveries_of(&token).await.unwrap().len(), 2);
 }

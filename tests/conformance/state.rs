@@ -7,8 +7,8 @@ use upload_receiver::domain::{PhotoId, ReplaceToken, unix_now};
 use upload_receiver::store::embedded::EmbeddedStore;
 use upload_receiver::store::redis::RedisStore;
 use upload_receiver::store::{
-    CommitError, MetadataUpdate, NewPhoto, NonceKey, PhotoMetadata, ReserveError, StateStore, TokenGrant,
-    TokenKind, TokenPurpose, TokenUpdate, UploadTerms, VersionFile, new_reservation_id,
+    CommitError, MetadataUpdate, NewPhoto, NonceKey, Outbox, PhotoMetadata, ReserveError, StateStore,
+    TokenGrant, TokenKind, TokenPurpose, TokenUpdate, UploadTerms, VersionFile, new_reservation_id,
 };
 
 use crate::servers;
@@ -206,7 +206,7 @@ async fn tokens_are_stored_with_their_terms_case(s: &dyn StateStore) {
 
     // Live leases are in flight; committed ones are used; run-out ones neither.
     let committed = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
-    s.commit_version(&committed, version("media/used"), now, None).await.unwrap();
+    s.commit_version(&committed, version("media/used"), now, None, &Outbox::default()).await.unwrap();
     let _live = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
     let _short = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 10).await.unwrap();
     let status = s.token_status(&token, now).await.unwrap().unwrap();
@@ -282,9 +282,9 @@ async fn reservations_refuse_unknown_expired_and_used_up_tokens_case(s: &dyn Sta
         ),
         "live leases count"
     );
-    let photo_after = s.commit_version(&a, version("media/a"), now, None).await.unwrap();
+    let photo_after = s.commit_version(&a, version("media/a"), now, None, &Outbox::default()).await.unwrap();
     assert_eq!(photo_after.version.number, 2);
-    s.commit_version(&b, version("media/b"), now, None).await.unwrap();
+    s.commit_version(&b, version("media/b"), now, None, &Outbox::default()).await.unwrap();
     assert!(matches!(
         s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await,
         Err(ReserveError::UsedUp)
@@ -294,7 +294,7 @@ async fn reservations_refuse_unknown_expired_and_used_up_tokens_case(s: &dyn Sta
         s.photo(photo).await.unwrap().unwrap().versions.iter().map(|v| v.file.object_key.clone()).collect();
     assert_eq!(versions, ["media/first", "media/a", "media/b"]);
     assert!(matches!(
-        s.commit_version(&a, version("media/again"), now, None).await,
+        s.commit_version(&a, version("media/again"), now, None, &Outbox::default()).await,
         Err(CommitError::LeaseLost)
     ));
 }
@@ -314,8 +314,11 @@ async fn a_refund_frees_one_slot_once_case(s: &dyn StateStore) {
         ),
         "a second refund frees nothing"
     );
-    assert!(matches!(s.commit_version(&a, version("media/a"), now, None).await, Err(CommitError::LeaseLost)));
-    s.commit_version(&b, version("media/b"), now, None).await.unwrap();
+    assert!(matches!(
+        s.commit_version(&a, version("media/a"), now, None, &Outbox::default()).await,
+        Err(CommitError::LeaseLost)
+    ));
+    s.commit_version(&b, version("media/b"), now, None, &Outbox::default()).await.unwrap();
     assert_eq!(s.photo(photo).await.unwrap().unwrap().versions.len(), 2);
 }
 
@@ -327,11 +330,11 @@ async fn leases_that_ran_out_free_their_slot_and_cannot_commit_case(s: &dyn Stat
     let later = now + 11;
     let fresh = s.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), later, 10).await.unwrap();
     assert!(matches!(
-        s.commit_version(&stale, version("media/stale"), later, None).await,
+        s.commit_version(&stale, version("media/stale"), later, None, &Outbox::default()).await,
         Err(CommitError::LeaseLost)
     ));
     assert!(!s.renew_reservation(&stale, later, 10).await.unwrap());
-    s.commit_version(&fresh, version("media/fresh"), later, None).await.unwrap();
+    s.commit_version(&fresh, version("media/fresh"), later, None, &Outbox::default()).await.unwrap();
     let photo = s.photo(photo).await.unwrap().unwrap();
     assert_eq!(photo.current_version().file.object_key, "media/fresh");
     assert_eq!(photo.versions.len(), 2, "the stale upload recorded nothing");
@@ -351,7 +354,9 @@ async fn a_renewed_lease_outlives_its_first_end_case(s: &dyn StateStore) {
         ),
         "still held"
     );
-    s.commit_version(&reservation, version("media/renewed"), now + 12, None).await.unwrap();
+    s.commit_version(&reservation, version("media/renewed"), now + 12, None, &Outbox::default())
+        .await
+        .unwrap();
 }
 
 async fn concurrent_reservations_never_exceed_max_uploads_case(s: Arc<dyn StateStore>) {
@@ -369,7 +374,9 @@ async fn concurrent_reservations_never_exceed_max_uploads_case(s: Arc<dyn StateS
     assert_eq!(granted.len(), 3);
     let commits = granted.iter().enumerate().map(|(i, r)| {
         let (s, r) = (Arc::clone(&s), r.clone());
-        tokio::spawn(async move { s.commit_version(&r, version(&format!("media/c{i}")), now, None).await })
+        tokio::spawn(async move {
+            s.commit_version(&r, version(&format!("media/c{i}")), now, None, &Outbox::default()).await
+        })
     });
     for commit in futures_util::future::join_all(commits).await {
         commit.unwrap().unwrap();
@@ -443,7 +450,8 @@ async fn upload_tokens_create_photos_with_their_metadata_case(s: &dyn StateStore
     let reservation =
         s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await.unwrap();
     assert_eq!(reservation.grant.photo_id(), None);
-    let recorded = s.commit_version(&reservation, version("media/new"), now, None).await.unwrap();
+    let recorded =
+        s.commit_version(&reservation, version("media/new"), now, None, &Outbox::default()).await.unwrap();
     assert!(recorded.photo_id > photo, "a new photo with the next id");
     assert_eq!((recorded.tree_id.as_str(), recorded.version.number), ("9", 1));
     let created = s.photo(recorded.photo_id).await.unwrap().unwrap();
@@ -456,11 +464,12 @@ async fn upload_tokens_create_photos_with_their_metadata_case(s: &dyn StateStore
     let status = s.token_status(&token, now).await.unwrap().unwrap();
     assert_eq!((status.uploads_used, status.uploads_in_flight), (1, 0));
     assert!(matches!(
-        s.commit_version(&reservation, version("media/again"), now, None).await,
+        s.commit_version(&reservation, version("media/again"), now, None, &Outbox::default()).await,
         Err(CommitError::LeaseLost)
     ));
     let second = s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await.unwrap();
-    let other = s.commit_version(&second, version("media/other"), now, None).await.unwrap();
+    let other =
+        s.commit_version(&second, version("media/other"), now, None, &Outbox::default()).await.unwrap();
     assert_ne!(other.photo_id, recorded.photo_id);
     assert_ne!(other.token, recorded.token, "each photo has its own secret");
     assert!(matches!(
@@ -475,7 +484,10 @@ async fn updates_reach_the_photos_made_and_the_files_to_come_case(s: &dyn StateS
     let commit = async |file: Option<&str>| {
         let reservation =
             s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await.unwrap();
-        s.commit_version(&reservation, version("media/u"), now, file).await.unwrap().photo_id
+        s.commit_version(&reservation, version("media/u"), now, file, &Outbox::default())
+            .await
+            .unwrap()
+            .photo_id
     };
     let meta = async |id| s.photo(id).await.unwrap().unwrap().record.metadata;
     let first = commit(Some("file-1")).await;
@@ -539,7 +551,10 @@ async fn the_latest_change_wins_and_reaches_every_photo_of_a_file_case(s: &dyn S
     let commit = async |file: &str| {
         let reservation =
             s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await.unwrap();
-        s.commit_version(&reservation, version("media/l"), now, Some(file)).await.unwrap().photo_id
+        s.commit_version(&reservation, version("media/l"), now, Some(file), &Outbox::default())
+            .await
+            .unwrap()
+            .photo_id
     };
     let meta = async |id| s.photo(id).await.unwrap().unwrap().record.metadata;
     let own =
@@ -573,10 +588,16 @@ async fn concurrent_upload_commits_make_distinct_photos_case(s: Arc<dyn StateSto
             let reservation =
                 s.reserve_slot(&token, TokenKind::Upload, &new_reservation_id(), now, 60).await.ok()?;
             Some(
-                s.commit_version(&reservation, version(&format!("media/p{i}")), now, None)
-                    .await
-                    .unwrap()
-                    .photo_id,
+                s.commit_version(
+                    &reservation,
+                    version(&format!("media/p{i}")),
+                    now,
+                    None,
+                    &Outbox::default(),
+                )
+                .await
+                .unwrap()
+                .photo_id,
             )
         })
     });
@@ -633,7 +654,10 @@ mod redis_specific {
             ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw_connection().await).await.unwrap();
         let reservation =
             store.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
-        store.commit_version(&reservation, version("media/after-flush"), now, None).await.unwrap();
+        store
+            .commit_version(&reservation, version("media/after-flush"), now, None, &Outbox::default())
+            .await
+            .unwrap();
         assert_eq!(store.token_status(&token, now).await.unwrap().unwrap().uploads_used, 1);
         assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);
     }
@@ -735,7 +759,10 @@ async fn a_redis_redeem_costs_one_call_to_reserve_and_one_to_commit() {
     let reservation =
         store.reserve_slot(&token, TokenKind::Replace, &new_reservation_id(), now, 60).await.unwrap();
     assert_eq!(calls(), ["EVALSHA"], "one script call reserves the slot");
-    store.commit_version(&reservation, version("media/one-call"), now, None).await.unwrap();
+    store
+        .commit_version(&reservation, version("media/one-call"), now, None, &Outbox::default())
+        .await
+        .unwrap();
     assert_eq!(calls(), ["EVALSHA"], "one script call commits slot and version together");
     assert_eq!(store.token_status(&token, now).await.unwrap().unwrap().uploads_used, 1);
     assert_eq!(store.photo(photo).await.unwrap().unwrap().versions.len(), 2);

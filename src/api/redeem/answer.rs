@@ -9,6 +9,7 @@ use super::error::{Failure, RedeemError, Refusal, SiteReturn};
 use crate::callback::{self, Outcome, ReturnData};
 use crate::context::Context;
 use crate::delivery::event::Event;
+use crate::delivery::outbox::{Outbox, filled};
 use crate::delivery::queue::{Channel, Delivery, Payload};
 use crate::delivery::worker::{self, new_delivery_id};
 use crate::domain::unix_now;
@@ -19,9 +20,65 @@ use crate::store::{RecordedVersion, TokenGrant, TokenKind};
 pub struct Redeemed {
     pub site: SiteReturn,
     pub recorded: RecordedVersion,
-    /// Committed before, by another request (a chunk of a complete file
-    /// sent again): the same answer, and no second callback.
-    pub replayed: bool,
+    /// What its commit queued (see [`outbox_for`]); `None`: committed
+    /// before, by another request (a chunk of a complete file sent again):
+    /// the same answer, and no second callback.
+    pub outbox: Option<Outbox>,
+}
+
+/// What a commit of `site`'s redeem writes with its version: the success
+/// event, the webhook's delivery of it (if one is configured, due at once)
+/// and the background callback (in background mode, held for the first
+/// attempt this request makes after the commit).
+pub fn outbox_for(ctx: &Context, kind: TokenKind, site: &SiteReturn, now: u64) -> Outbox {
+    let grant = &site.grant;
+    let event = Event::success_of(grant, now);
+    let delivery = |channel, payload| Delivery {
+        id: new_delivery_id(),
+        channel,
+        token: grant.token.clone(),
+        event_id: Some(event.event_id.clone()),
+        payload,
+        created_at: now,
+        retry_until: now + ctx.config.callback.retry_for_secs,
+        attempts: 0,
+        last_error: None,
+    };
+    let mut deliveries = Vec::new();
+    if let Some(url) = ctx.config.webhook.url.clone() {
+        deliveries.push((delivery(Channel::Webhook, Payload::Webhook { url, event: event.clone() }), now));
+    }
+    let return_url = grant.return_url.as_deref().and_then(|u| url::Url::parse(u).ok());
+    if let Some(return_url) = return_url.filter(|_| grant.background_return) {
+        // The outcome's own parts come with the commit.
+        let placeholder =
+            Outcome::Stored { photo_id: String::new(), tree_id: String::new(), token: String::new() };
+        let data = return_data(ctx, kind, site, placeholder);
+        let callback =
+            delivery(Channel::Callback, Payload::Callback { return_url: return_url.to_string(), data });
+        deliveries.push((callback, now + worker::lease_secs(ctx)));
+    }
+    Outbox { event: Some(event), deliveries }
+}
+
+/// The return data of `site`'s redeem with `outcome`.
+fn return_data(ctx: &Context, kind: TokenKind, site: &SiteReturn, outcome: Outcome) -> ReturnData {
+    ReturnData {
+        domain: ctx.config.site.domain.clone(),
+        token: (kind.field().to_owned(), site.grant.token.to_string()),
+        outcome,
+        extras: site.extras.clone(),
+    }
+}
+
+/// How the site hears of an outcome by background callback.
+enum Told {
+    /// Already (an outcome answered again): not again.
+    Already,
+    /// By the delivery the commit queued (held for this first attempt).
+    Queued(Option<Box<Delivery>>),
+    /// By a delivery still to queue, of event `event_id` (a failure).
+    ToQueue { event_id: String },
 }
 
 /// How a redeem that was not refused ended.
@@ -33,24 +90,29 @@ pub enum Received {
 
 /// Logs how the redeem ended and answers it.
 pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, RedeemError>) -> Response<Body> {
-    // `event`: the outcome's, for a redeem that ended now (not told again).
-    let (site, outcome, client_gone, event) = match ended {
+    let (site, outcome, client_gone, told) = match ended {
         Ok(Received::ChunkStored) => return text(StatusCode::OK, "ok".into()),
         Ok(Received::File(redeemed)) => {
-            let Redeemed { site, recorded, replayed } = *redeemed;
-            let done = match (replayed, kind) {
+            let Redeemed { site, recorded, outbox } = *redeemed;
+            let done = match (outbox.is_none(), kind) {
                 (true, _) => "chunked upload answered again",
                 (false, TokenKind::Upload) => "photo uploaded",
                 (false, TokenKind::Replace) => "photo replaced",
             };
             tracing::info!(photo_id = %recorded.photo_id, version = recorded.version.number, size = recorded.version.file.size, "{done}");
-            let event = (!replayed).then(|| Event::succeeded(&site.grant, &recorded, unix_now()));
+            let told = match outbox {
+                None => Told::Already,
+                Some(outbox) => {
+                    let callback = outbox.deliveries.iter().find(|(d, _)| d.channel == Channel::Callback);
+                    Told::Queued(callback.map(|(d, _)| Box::new(filled(d, &recorded))))
+                }
+            };
             let outcome = Outcome::Stored {
                 photo_id: recorded.photo_id.to_string(),
                 tree_id: recorded.tree_id,
                 token: recorded.token.as_str().to_owned(),
             };
-            (site, outcome, false, event)
+            (site, outcome, false, told)
         }
         Err(error) => {
             error.log();
@@ -66,36 +128,33 @@ pub async fn answer(ctx: &Context, kind: TokenKind, ended: Result<Received, Rede
                 RedeemError::Failed { site, cause } => {
                     let (client_gone, told) = (cause.client_gone(), matches!(cause, Failure::Told(_)));
                     let error_message = cause.error_message();
-                    let event = (!told).then(|| Event::failed(&site.grant, &error_message, unix_now()));
-                    (site, Outcome::Failed { error_message }, client_gone, event)
+                    let told = match told {
+                        true => Told::Already,
+                        false => {
+                            let event = Event::failed(&site.grant, &error_message, unix_now());
+                            Told::ToQueue {
+                                event_id: worker::record_outcome(ctx, &site.grant.token, event).await,
+                            }
+                        }
+                    };
+                    (site, Outcome::Failed { error_message }, client_gone, told)
                 }
             }
         }
     };
-    let SiteReturn { grant, extras, by_script } = site;
-    let data = ReturnData {
-        domain: ctx.config.site.domain.clone(),
-        token: (kind.field().to_owned(), grant.token.to_string()),
-        outcome,
-        extras,
-    };
-    let event_id = match event {
-        Some(event) => Some(worker::record_outcome(ctx, &grant.token, event).await),
-        None => None,
-    };
-    deliver(ctx, &grant, by_script, &data, client_gone, event_id).await
+    let data = return_data(ctx, kind, &site, outcome);
+    deliver(ctx, &site.grant, site.by_script, &data, client_gone, told).await
 }
 
 /// Tells the site and the client how it went; `by_script`: see
-/// [`SiteReturn`]; `event_id`: the outcome's, `None` when the site was
-/// told already.
+/// [`SiteReturn`].
 async fn deliver(
     ctx: &Context,
     grant: &TokenGrant,
     by_script: bool,
     data: &ReturnData,
     client_gone: bool,
-    event_id: Option<String>,
+    told: Told,
 ) -> Response<Body> {
     let return_url = grant.return_url.as_deref().and_then(|u| url::Url::parse(u).ok());
     let Some(return_url) = return_url else {
@@ -115,29 +174,39 @@ async fn deliver(
         return callback::browser_answer(&return_url, data);
     }
     let callback_url = callback::callback_url(&return_url, data);
-    let Some(event_id) = event_id else {
-        return text(StatusCode::OK, callback::background_answer(data, &callback_url));
-    };
-    if client_gone {
+    let delivery = match told {
+        Told::Already => return text(StatusCode::OK, callback::background_answer(data, &callback_url)),
         // Nobody is waiting for this answer: do not call the site about an
         // upload that was abandoned.
-        return text(StatusCode::BAD_REQUEST, callback::background_answer(data, ""));
-    }
+        Told::ToQueue { .. } if client_gone => {
+            return text(StatusCode::BAD_REQUEST, callback::background_answer(data, ""));
+        }
+        Told::Queued(delivery) => delivery.map(|d| *d),
+        Told::ToQueue { event_id } => {
+            let now = unix_now();
+            let delivery = Delivery {
+                id: new_delivery_id(),
+                channel: Channel::Callback,
+                token: grant.token.clone(),
+                event_id: Some(event_id),
+                payload: Payload::Callback { return_url: return_url.to_string(), data: data.clone() },
+                created_at: now,
+                retry_until: now + ctx.config.callback.retry_for_secs,
+                attempts: 0,
+                last_error: None,
+            };
+            if let Err(e) = ctx.deliveries.enqueue(&delivery, now + worker::lease_secs(ctx)).await {
+                tracing::warn!(error = %crate::causes::chain(&e), "a callback could not be queued: it is attempted once");
+            }
+            Some(delivery)
+        }
+    };
     // The site is told by a delivery kept until it answers; the client is
     // told the outcome whatever the first attempt did.
-    let now = unix_now();
-    let delivery = Delivery {
-        id: new_delivery_id(),
-        channel: Channel::Callback,
-        token: grant.token.clone(),
-        event_id: Some(event_id),
-        payload: Payload::Callback { return_url: return_url.to_string(), data: data.clone() },
-        created_at: now,
-        retry_until: now + ctx.config.callback.retry_for_secs,
-        attempts: 0,
-        last_error: None,
+    let Some(delivery) = delivery else {
+        return text(StatusCode::OK, callback::background_answer(data, &callback_url));
     };
-    let attempted = worker::first_attempt(ctx, delivery).await;
+    let attempted = worker::attempt_held(ctx, delivery).await;
     if let Err(e) = &attempted.result {
         tracing::info!(url = %attempted.url, error = %e, "the outcome is told to the client; its callback is kept for retries");
     }

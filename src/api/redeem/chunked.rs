@@ -26,6 +26,7 @@ use super::chunk::Chunk;
 use super::error::{Failure, Refusal};
 use crate::context::Context;
 use crate::delivery::event::Event;
+use crate::delivery::outbox::Outbox;
 use crate::delivery::worker;
 use crate::domain::{ReplaceToken, unix_now};
 use crate::storage::chunked::{ChunkReceipt, ChunkedObjects, Sizing, combine_crc64};
@@ -51,6 +52,9 @@ pub struct ChunkRequest {
     pub token: String,
     pub chunk: Chunk,
     pub client: IpAddr,
+    /// Its parameters (the site is given back its own).
+    pub query: Vec<(String, String)>,
+    pub fields: Vec<(String, String)>,
 }
 
 /// How a chunk that was not refused ended.
@@ -60,15 +64,16 @@ pub enum ChunkEnd {
     File(Box<Finished>),
 }
 
-/// A complete file: by this chunk, or before it (`replayed`).
+/// A complete file: by this chunk (with what its commit queued), or
+/// before it (`outbox` is `None`).
 pub struct Finished {
     pub grant: TokenGrant,
     pub recorded: RecordedVersion,
-    pub replayed: bool,
+    pub outbox: Option<Outbox>,
 }
 
-fn finished(grant: TokenGrant, recorded: RecordedVersion, replayed: bool) -> ChunkEnd {
-    ChunkEnd::File(Box::new(Finished { grant, recorded, replayed }))
+fn finished(grant: TokenGrant, recorded: RecordedVersion, outbox: Option<Outbox>) -> ChunkEnd {
+    ChunkEnd::File(Box::new(Finished { grant, recorded, outbox }))
 }
 
 /// Why a chunk did not end well.
@@ -112,7 +117,7 @@ pub async fn test(ctx: &Context, kind: TokenKind, token: &str, chunk: &Chunk) ->
     };
     match file.stage {
         Stage::Completed(recorded) => {
-            Tested::Completed(Box::new(Finished { grant: file.reservation.grant, recorded, replayed: true }))
+            Tested::Completed(Box::new(Finished { grant: file.reservation.grant, recorded, outbox: None }))
         }
         Stage::Cancelled(why) => Tested::Ended(cancelled(file.reservation.grant, why)),
         // Another file under the same identifier (a visitor chose a
@@ -169,7 +174,7 @@ pub async fn receive(
     let grant = file.reservation.grant.clone();
     match &file.stage {
         Stage::Completed(recorded) => {
-            return Ok(finished(grant, recorded.clone(), true));
+            return Ok(finished(grant, recorded.clone(), None));
         }
         Stage::Cancelled(why) => return Err(cancelled(grant, why.clone())),
         Stage::Receiving => {}
@@ -221,7 +226,7 @@ pub async fn receive(
         matches!(recorded, Recorded::Stored { duplicate: true } | Recorded::Arriving { duplicate: true });
     let counted = if duplicate { "duplicate" } else { "stored" };
     ctx.metrics.chunks.with_label_values(&[counted]).inc();
-    settle(ctx, objects, &id, &file, &stored, recorded).await
+    settle(ctx, objects, request, &id, &file, &stored, recorded).await
 }
 
 /// Step 3: the chunk's bytes, which must be exactly its announced size.
@@ -430,6 +435,7 @@ async fn release(ctx: &Context, id: &FileId, part: Option<u64>) {
 async fn settle(
     ctx: &Context,
     objects: &dyn ChunkedObjects,
+    request: &ChunkRequest,
     id: &FileId,
     file: &ChunkedFile,
     stored: &StoredChunk,
@@ -455,7 +461,7 @@ async fn settle(
                     .await
                     .map_err(Refusal::Unavailable)?
             }
-            Recorded::FileReady(ready) => return complete(ctx, objects, id, file, ready).await,
+            Recorded::FileReady(ready) => return complete(ctx, objects, request, id, file, ready).await,
             Recorded::Busy if waiting_since.elapsed() < BUSY_WAIT => {
                 tokio::time::sleep(BUSY_POLL).await;
                 // This chunk is stored: recording it again finds the work
@@ -472,7 +478,7 @@ async fn settle(
             }
             Recorded::Cancelled(why) => return Err(cancelled(grant.clone(), why)),
             Recorded::Completed(recorded) => {
-                return Ok(finished(grant.clone(), recorded, true));
+                return Ok(finished(grant.clone(), recorded, None));
             }
             Recorded::Gone => {
                 return Err(Refusal::FileAbandoned(ctx.config.limits.chunked_idle_timeout_secs).into());
@@ -497,7 +503,7 @@ async fn outcome_soon(
         tokio::time::sleep(ARRIVAL_POLL).await;
         match ctx.chunked.file(id, number, unix_now()).await {
             Ok(Some(ChunkedFile { stage: Stage::Completed(recorded), .. })) => {
-                return Ok(finished(grant.clone(), recorded, true));
+                return Ok(finished(grant.clone(), recorded, None));
             }
             Ok(Some(ChunkedFile { stage: Stage::Cancelled(why), .. })) => {
                 return Err(cancelled(grant.clone(), why));
@@ -513,6 +519,7 @@ async fn outcome_soon(
 async fn complete(
     ctx: &Context,
     objects: &dyn ChunkedObjects,
+    request: &ChunkRequest,
     id: &FileId,
     file: &ChunkedFile,
     ready: ReadyFile,
@@ -540,10 +547,12 @@ async fn complete(
         created_at: now,
     };
     let keep = ctx.config.limits.chunked_idle_timeout_secs;
-    match ctx.chunked.complete(id, &file.reservation, version, now, keep).await {
+    let site = super::site_return(request.kind.field(), &grant, &request.query, &request.fields, true);
+    let outbox = super::answer::outbox_for(ctx, request.kind, &site, now);
+    match ctx.chunked.complete(id, &file.reservation, version, now, keep, &outbox).await {
         Ok(recorded) => {
             ctx.metrics.chunked_files.with_label_values(&["completed"]).inc();
-            Ok(finished(grant, recorded, false))
+            Ok(finished(grant, recorded, Some(outbox)))
         }
         // Perhaps applied before its answer was lost: the retry tells.
         Err(CommitError::Store(e)) => {
@@ -555,7 +564,7 @@ async fn complete(
             // Only a file known not to be may lose its object.
             match ctx.chunked.file(id, 1, unix_now()).await {
                 Ok(Some(ChunkedFile { stage: Stage::Completed(recorded), .. })) => {
-                    return Ok(finished(grant, recorded, true));
+                    return Ok(finished(grant, recorded, None));
                 }
                 Ok(_) => {}
                 Err(e) => return Err(Refusal::Unavailable(e).into()),

@@ -80,7 +80,7 @@ async fn test_chunk(ctx: &Context, request: &Request<Incoming>, kind: TokenKind)
         Tested::Missing => return empty(StatusCode::NO_CONTENT),
         Tested::Completed(file) => {
             let site = site_return(kind.field(), &file.grant, &query, &[], true);
-            Ok(Received::File(Box::new(Redeemed { site, recorded: file.recorded, replayed: true })))
+            Ok(Received::File(Box::new(Redeemed { site, recorded: file.recorded, outbox: None })))
         }
         Tested::Ended(error) => Err(chunk_error(kind.field(), error, &query, &[])),
     };
@@ -135,8 +135,8 @@ async fn redeem(
             let _receiving = ctx.try_begin_upload().ok_or(Refusal::Busy)?;
             let token = the_token(field, &query, &[])?.ok_or(Refusal::MissingToken)?.to_owned();
             let bytes: ByteStream = Box::pin(body_stream(body, ctx.body_idle_timeout()));
-            let request = ChunkRequest { kind, token, chunk, client };
-            return receive_chunk(ctx, &request, bytes, &query, &[]).await;
+            let request = ChunkRequest { kind, token, chunk, client, query, fields: Vec::new() };
+            return receive_chunk(ctx, &request, bytes).await;
         }
         Err(e) => return Err(Refusal::BadContentType(e.client_message()).into()),
     };
@@ -157,8 +157,9 @@ async fn redeem(
     if let Some(chunk) = checked_chunk(ctx, &query, form.fields())? {
         let file = file.ok_or_else(|| Refusal::BadChunk("the request has no file part".into()))?;
         let (bytes, _) = file.into_stream().await.map_err(Refusal::Unreadable)?;
-        let request = ChunkRequest { kind, token, chunk, client };
-        return receive_chunk(ctx, &request, bytes, &query, form.fields()).await;
+        let fields = form.fields().to_vec();
+        let request = ChunkRequest { kind, token, chunk, client, query, fields };
+        return receive_chunk(ctx, &request, bytes).await;
     }
     // The file's identifier, whose metadata `update-upload-token` may have set apart.
     let identifier = query.iter().chain(form.fields()).find(|(name, _)| name == FILE_IDENTIFIER_FIELD);
@@ -187,10 +188,11 @@ async fn redeem(
 
     // 5. The commit.
     let site = site_return(field, lease.grant(), &query, form.fields(), false);
-    match lease.commit(stored.version(unix_now()), identifier.as_deref()).await {
+    let outbox = answer::outbox_for(ctx, kind, &site, unix_now());
+    match lease.commit(stored.version(unix_now()), identifier.as_deref(), &outbox).await {
         Ok(recorded) => {
             stored.keep();
-            Ok(Received::File(Box::new(Redeemed { site, recorded, replayed: false })))
+            Ok(Received::File(Box::new(Redeemed { site, recorded, outbox: Some(outbox) })))
         }
         Err(failed) => {
             if failed.maybe_recorded {
@@ -230,15 +232,13 @@ async fn receive_chunk(
     ctx: &Context,
     request: &ChunkRequest,
     bytes: ByteStream,
-    query: &[(String, String)],
-    fields: &[(String, String)],
 ) -> Result<Received, RedeemError> {
-    let field = request.kind.field();
+    let (field, query, fields) = (request.kind.field(), &request.query, &request.fields);
     match chunked::receive(ctx, request, bytes).await {
         Ok(ChunkEnd::Stored) => Ok(Received::ChunkStored),
         Ok(ChunkEnd::File(file)) => {
             let site = site_return(field, &file.grant, query, fields, true);
-            Ok(Received::File(Box::new(Redeemed { site, recorded: file.recorded, replayed: file.replayed })))
+            Ok(Received::File(Box::new(Redeemed { site, recorded: file.recorded, outbox: file.outbox })))
         }
         Err(error) => Err(chunk_error(field, error, query, fields)),
     }
@@ -267,7 +267,7 @@ fn chunk_error(
 /// rather than allowed to stand in for it. A chunk's request (`by_script`)
 /// leaves out the library's own parameters, which differ from chunk to
 /// chunk.
-fn site_return(
+pub(super) fn site_return(
     field: &str,
     grant: &TokenGrant,
     query: &[(String, String)],

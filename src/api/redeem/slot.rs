@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::delivery::outbox::Outbox;
 use crate::domain::{ReplaceToken, unix_now};
 use crate::store::{
     CommitError, RecordedVersion, Reservation, ReserveError, StateStore, TokenGrant, TokenKind, VersionFile,
@@ -77,7 +78,7 @@ impl SlotLease {
 
     /// Consumes the slot and records `version` (a replace token's new
     /// current version, an upload token's new photo), both or neither;
-    /// `file` names a Resumable.js file. When the photo is gone or the store
+    /// `file` names a Resumable.js file; `outbox` is written with it. When the photo is gone or the store
     /// fails before recording, the slot is given back; a lost lease has gone
     /// back already. A store error may also mean the reply was lost after
     /// the commit: the lease tells (a live lease was not committed).
@@ -85,12 +86,14 @@ impl SlotLease {
         mut self,
         version: VersionFile,
         file: Option<&str>,
+        outbox: &Outbox,
     ) -> Result<RecordedVersion, CommitFailed> {
         self.settled = true;
-        let error = match self.state.commit_version(&self.reservation, version, unix_now(), file).await {
-            Ok(recorded) => return Ok(recorded),
-            Err(error) => error,
-        };
+        let error =
+            match self.state.commit_version(&self.reservation, version, unix_now(), file, outbox).await {
+                Ok(recorded) => return Ok(recorded),
+                Err(error) => error,
+            };
         let maybe_recorded = match &error {
             CommitError::LeaseLost => false,
             CommitError::NoSuchPhoto => {

@@ -17,6 +17,7 @@ use super::tables::{
     CHUNKED_FILES, FILE_CHUNKS, LIVE_OBJECTS, LiveReservation, TOKENS, TokenState, commit_reserved, decode,
     encode, get_token_state, store_error, update_token,
 };
+use crate::delivery::outbox::Outbox;
 use crate::domain::ReplaceToken;
 use crate::storage::chunked::{ChunkReceipt, PartReceipt};
 use crate::store::chunked::{
@@ -230,8 +231,9 @@ impl ChunkedFiles for EmbeddedStore {
         version: VersionFile,
         now: u64,
         keep_secs: u64,
+        outbox: &Outbox,
     ) -> Result<RecordedVersion, CommitError> {
-        let (id, reservation) = (id.clone(), reservation.id.clone());
+        let (id, reservation, outbox) = (id.clone(), reservation.id.clone(), outbox.clone());
         self.write(move |txn| {
             let Some(mut record) = get_record(&txn.open_table(CHUNKED_FILES).map_err(store_error)?, &id)?
             else {
@@ -245,6 +247,7 @@ impl ChunkedFiles for EmbeddedStore {
                     Ok(recorded) => recorded,
                     Err(e) => return Ok(Err(e)),
                 };
+            super::deliveries::write_outbox(txn, &outbox, &recorded)?;
             record.deadline = now + keep_secs;
             keep_token(txn, &id, record.deadline)?;
             record.stage = StoredStage::Completed(recorded.clone());

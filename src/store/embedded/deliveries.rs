@@ -13,9 +13,10 @@ use super::tables::{
     decode, encode, store_error,
 };
 use crate::delivery::event::Event;
+use crate::delivery::outbox::{Outbox, filled};
 use crate::delivery::queue::{Delivery, DeliveryQueue, DeliveryState, EVENTS_KEPT, QueueStats, Settled};
 use crate::domain::{ReplaceToken, unix_micros};
-use crate::store::StoreError;
+use crate::store::{RecordedVersion, StoreError};
 
 /// The `META` counter of dead deliveries kept.
 const DEAD: &str = "deliveries_dead";
@@ -52,23 +53,7 @@ fn set_due(txn: &WriteTransaction, id: &str, from: Option<u64>, to: u64) -> Resu
 impl DeliveryQueue for EmbeddedStore {
     async fn enqueue(&self, delivery: &Delivery, due: u64) -> Result<(), StoreError> {
         let delivery = delivery.clone();
-        self.write(move |txn| {
-            if get(txn, &delivery.id)?.is_some() {
-                return Ok(());
-            }
-            let (id, created) = (delivery.id.as_str(), delivery.created_at);
-            set_due(txn, id, None, due)?;
-            txn.open_table(DELIVERIES_PENDING)
-                .map_err(store_error)?
-                .insert((created, id), ())
-                .map_err(store_error)?;
-            txn.open_table(TOKEN_DELIVERIES)
-                .map_err(store_error)?
-                .insert((delivery.token.as_str(), created, id), ())
-                .map_err(store_error)?;
-            put(txn, &Record { state: DeliveryState::Pending { due }, delivery: delivery.clone() })
-        })
-        .await
+        self.write(move |txn| enqueue_in(txn, &delivery, due)).await
     }
 
     async fn take_due(&self, now: u64, lease_secs: u64, max: usize) -> Result<Vec<Delivery>, StoreError> {
@@ -158,29 +143,7 @@ impl DeliveryQueue for EmbeddedStore {
 
     async fn record_event(&self, token: &ReplaceToken, event: &Event) -> Result<(), StoreError> {
         let (token, event) = (token.clone(), event.clone());
-        self.write(move |txn| {
-            let mut events = txn.open_table(TOKEN_EVENTS).map_err(store_error)?;
-            // Ordered by when it was recorded, to the microsecond.
-            let key = (token.as_str(), unix_micros(), event.event_id.as_str());
-            events.insert(key, encode(&event).as_slice()).map_err(store_error)?;
-            // The oldest go past the cap.
-            let range = token_range(&token);
-            let kept = events.range(range.clone()).map_err(store_error)?.count();
-            if kept > EVENTS_KEPT {
-                let oldest: Vec<(u64, String)> = events
-                    .range(range)
-                    .map_err(store_error)?
-                    .take(kept - EVENTS_KEPT)
-                    .map(|entry| entry.map(|(key, _)| (key.value().1, key.value().2.to_owned())))
-                    .collect::<Result<_, _>>()
-                    .map_err(store_error)?;
-                for (at, id) in oldest {
-                    events.remove((token.as_str(), at, id.as_str())).map_err(store_error)?;
-                }
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |txn| record_event_in(txn, &token, &event)).await
     }
 
     async fn events_of(&self, token: &ReplaceToken) -> Result<Vec<Event>, StoreError> {
@@ -207,6 +170,65 @@ impl DeliveryQueue for EmbeddedStore {
         })
         .await
     }
+}
+
+/// Queues `delivery` in `txn` (see [`DeliveryQueue::enqueue`]).
+fn enqueue_in(txn: &WriteTransaction, delivery: &Delivery, due: u64) -> Result<(), StoreError> {
+    if get(txn, &delivery.id)?.is_some() {
+        return Ok(());
+    }
+    let (id, created) = (delivery.id.as_str(), delivery.created_at);
+    set_due(txn, id, None, due)?;
+    txn.open_table(DELIVERIES_PENDING)
+        .map_err(store_error)?
+        .insert((created, id), ())
+        .map_err(store_error)?;
+    txn.open_table(TOKEN_DELIVERIES)
+        .map_err(store_error)?
+        .insert((delivery.token.as_str(), created, id), ())
+        .map_err(store_error)?;
+    put(txn, &Record { state: DeliveryState::Pending { due }, delivery: delivery.clone() })
+}
+
+/// Keeps `event` of `token` in `txn` (see [`DeliveryQueue::record_event`]),
+/// the oldest going past the cap.
+fn record_event_in(txn: &WriteTransaction, token: &ReplaceToken, event: &Event) -> Result<(), StoreError> {
+    let mut events = txn.open_table(TOKEN_EVENTS).map_err(store_error)?;
+    // Ordered by when it was recorded, to the microsecond.
+    let key = (token.as_str(), unix_micros(), event.event_id.as_str());
+    events.insert(key, encode(event).as_slice()).map_err(store_error)?;
+    let range = token_range(token);
+    let kept = events.range(range.clone()).map_err(store_error)?.count();
+    if kept > EVENTS_KEPT {
+        let oldest: Vec<(u64, String)> = events
+            .range(range)
+            .map_err(store_error)?
+            .take(kept - EVENTS_KEPT)
+            .map(|entry| entry.map(|(key, _)| (key.value().1, key.value().2.to_owned())))
+            .collect::<Result<_, _>>()
+            .map_err(store_error)?;
+        for (at, id) in oldest {
+            events.remove((token.as_str(), at, id.as_str())).map_err(store_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a commit's outbox in its transaction, completed by `recorded`.
+pub fn write_outbox(
+    txn: &WriteTransaction,
+    outbox: &Outbox,
+    recorded: &RecordedVersion,
+) -> Result<(), StoreError> {
+    if let Some(event) = &outbox.event {
+        let event = event.succeeded_as(recorded);
+        let token = event.token.parse::<ReplaceToken>().map_err(|_| store_error("an event of no token"))?;
+        record_event_in(txn, &token, &event)?;
+    }
+    for (delivery, due) in &outbox.deliveries {
+        enqueue_in(txn, &filled(delivery, recorded), *due)?;
+    }
+    Ok(())
 }
 
 /// Every key of `token`'s rows in a (token, time, id) table.

@@ -45,6 +45,7 @@ use super::{
     RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenKind, TokenStatus,
     TokenUpdate, VersionFile,
 };
+use crate::delivery::outbox::Outbox;
 use crate::domain::{PhotoId, ReplaceToken, unix_now};
 use tables::{
     LiveReservation, META, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version, commit_reserved,
@@ -260,11 +261,19 @@ impl StateStore for EmbeddedStore {
         version: VersionFile,
         now: u64,
         file: Option<&str>,
+        outbox: &Outbox,
     ) -> Result<RecordedVersion, CommitError> {
         let token = reservation.grant.token.clone();
         let id = reservation.id.clone();
-        let file = file.map(str::to_owned);
-        self.write(move |txn| commit_reserved(txn, &token, &id, version, now, file.as_deref())).await?
+        let (file, outbox) = (file.map(str::to_owned), outbox.clone());
+        self.write(move |txn| {
+            let committed = commit_reserved(txn, &token, &id, version, now, file.as_deref())?;
+            if let Ok(recorded) = &committed {
+                deliveries::write_outbox(txn, &outbox, recorded)?;
+            }
+            Ok(committed)
+        })
+        .await?
     }
 
     async fn update_upload_token(

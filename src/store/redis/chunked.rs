@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 
 use super::{ChunkedCommit, RedisStore, Resend, decode, encode, store_error};
+use crate::delivery::outbox::Outbox;
 use crate::domain::{ReplaceToken, unix_now};
 use crate::storage::chunked::{ChunkReceipt, PartReceipt, Sizing};
 use crate::store::chunked::{
@@ -217,12 +218,13 @@ impl ChunkedFiles for RedisStore {
         version: VersionFile,
         now: u64,
         keep_secs: u64,
+        outbox: &Outbox,
     ) -> Result<RecordedVersion, CommitError> {
         let chunked = ChunkedCommit {
             file_key: self.keys.chunked_file(&id.token, &id.identifier),
             keep_until: now + keep_secs,
         };
-        self.commit_reserved(reservation, version, now, Some(&id.identifier), Some(&chunked)).await
+        self.commit_reserved(reservation, version, now, Some(&id.identifier), Some(&chunked), outbox).await
     }
 
     async fn release_claim(&self, id: &FileId, part: Option<u64>) -> Result<(), StoreError> {

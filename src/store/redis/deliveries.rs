@@ -5,6 +5,7 @@ use async_trait::async_trait;
 
 use super::{RedisStore, decode, encode, store_error};
 use crate::delivery::event::Event;
+use crate::delivery::outbox::{KeptWithCommit, filled};
 use crate::delivery::queue::{Delivery, DeliveryQueue, DeliveryState, EVENTS_KEPT, QueueStats, Settled};
 use crate::domain::{ReplaceToken, unix_micros, unix_now};
 use crate::store::{EXPIRED_TOKEN_RETENTION_SECS, StoreError};
@@ -43,7 +44,7 @@ impl DeliveryQueue for RedisStore {
     async fn take_due(&self, now: u64, lease_secs: u64, max: usize) -> Result<Vec<Delivery>, StoreError> {
         let args = [(now + lease_secs).to_string(), max.to_string()];
         let records: Vec<String> = self.delivery_step("take", now, &args).await?;
-        records.iter().map(|r| decode(r)).collect()
+        records.iter().map(|r| delivery_of(r)).collect()
     }
 
     async fn settle(&self, delivery: &Delivery, settled: &Settled, now: u64) -> Result<(), StoreError> {
@@ -94,7 +95,7 @@ impl DeliveryQueue for RedisStore {
                     ("", Err(_)) => return Err(store_error("a pending delivery without a due time")),
                     (settled, _) => decode(settled)?,
                 };
-                Ok((decode(record)?, state))
+                Ok((delivery_of(record)?, state))
             })
             .collect()
     }
@@ -117,7 +118,7 @@ impl DeliveryQueue for RedisStore {
     async fn events_of(&self, token: &ReplaceToken) -> Result<Vec<Event>, StoreError> {
         let events: Vec<String> =
             self.delivery_step("events", unix_now(), &[token.as_str().to_owned()]).await?;
-        events.iter().map(|e| decode(e)).collect()
+        events.iter().map(|e| event_of(e)).collect()
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
@@ -126,5 +127,28 @@ impl DeliveryQueue for RedisStore {
             self.delivery_step("stats", unix_now(), &args).await?;
         let oldest = oldest.parse::<f64>().ok().map(|created| created as u64);
         Ok(QueueStats { pending, oldest_pending: oldest, dead })
+    }
+}
+
+/// A delivery as kept: queued on its own, or by a commit with its version
+/// (see `lua/outbox.lua`), completed by it.
+fn delivery_of(json: &str) -> Result<Delivery, StoreError> {
+    match serde_json::from_str::<KeptWithCommit<Delivery>>(json) {
+        Ok(kept) => {
+            let (delivery, recorded) = kept.recorded();
+            Ok(filled(&delivery, &recorded))
+        }
+        Err(_) => decode(json),
+    }
+}
+
+/// An event as kept, completed as [`delivery_of`] does.
+fn event_of(json: &str) -> Result<Event, StoreError> {
+    match serde_json::from_str::<KeptWithCommit<Event>>(json) {
+        Ok(kept) => {
+            let (event, recorded) = kept.recorded();
+            Ok(event.succeeded_as(&recorded))
+        }
+        Err(_) => decode(json),
     }
 }

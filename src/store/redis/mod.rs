@@ -35,7 +35,9 @@ use super::{
     PhotoVersion, Purged, RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant,
     TokenKind, TokenPurpose, TokenStatus, TokenUpdate, VersionFile,
 };
-use crate::domain::{PhotoId, PhotoSecret, ReplaceToken};
+use crate::delivery::outbox::Outbox;
+use crate::delivery::queue::EVENTS_KEPT;
+use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, unix_micros};
 
 /// The scripts, compiled once (their SHA-1 is computed here).
 /// Whether a call may be sent again (see [`RedisStore::bounded`]).
@@ -81,6 +83,9 @@ impl Call for redis::ScriptInvocation<'_> {
     }
 }
 
+/// The outbox writer the commit scripts begin with.
+const OUTBOX_LUA: &str = include_str!("lua/outbox.lua");
+
 struct Scripts {
     issue_token: Script,
     reserve_slot: Script,
@@ -103,9 +108,9 @@ impl Scripts {
             renew_reservation: Script::new(include_str!("lua/renew_reservation.lua")),
             refund_slot: Script::new(include_str!("lua/refund_slot.lua")),
             withdraw_slot: Script::new(include_str!("lua/withdraw_slot.lua")),
-            append_version: Script::new(include_str!("lua/append_version.lua")),
+            append_version: Script::new(&[OUTBOX_LUA, include_str!("lua/append_version.lua")].concat()),
             create_photo: Script::new(include_str!("lua/create_photo.lua")),
-            create_from_token: Script::new(include_str!("lua/create_from_token.lua")),
+            create_from_token: Script::new(&[OUTBOX_LUA, include_str!("lua/create_from_token.lua")].concat()),
             update_upload_token: Script::new(include_str!("lua/update_upload_token.lua")),
             chunked: Script::new(include_str!("lua/chunked.lua")),
             deliveries: Script::new(include_str!("lua/deliveries.lua")),
@@ -299,12 +304,16 @@ impl RedisStore {
     async fn create_from_token(
         &self,
         reservation: &Reservation,
-        tree_id: &str,
         version: &VersionFile,
         now: u64,
         file: Option<&str>,
         chunked: Option<&ChunkedCommit>,
+        outbox: String,
     ) -> Result<RecordedVersion, CommitError> {
+        let TokenPurpose::Upload { upload } = &reservation.grant.purpose else {
+            return Err(store_error("a replace token creates no photo").into());
+        };
+        let tree_id = &upload.tree_id;
         // The record's id and metadata are the script's to fill in.
         let record = serde_json::json!({
             "tree_id": tree_id,
@@ -321,10 +330,14 @@ impl RedisStore {
             file.unwrap_or_default().to_owned(),
             self.keys.prefix.clone(),
         ];
-        if let Some(chunked) = chunked {
-            keys.push(chunked.file_key.clone());
-            args.extend([chunked.keep_until.to_string(), EXPIRED_TOKEN_RETENTION_SECS.to_string()]);
+        match chunked {
+            Some(chunked) => {
+                keys.push(chunked.file_key.clone());
+                args.extend([chunked.keep_until.to_string(), EXPIRED_TOKEN_RETENTION_SECS.to_string()]);
+            }
+            None => args.extend([String::new(), String::new()]),
         }
+        args.push(outbox);
         let answer: Vec<String> = self.run_once(&self.scripts.create_from_token, &keys, &args).await?;
         match answer.as_slice() {
             [status, record, version] if status == "ok" => {
@@ -344,22 +357,30 @@ impl RedisStore {
         &self,
         photo_id: PhotoId,
         version: &VersionFile,
-        commit: Option<(u64, &Reservation)>,
+        commit: Option<(u64, &Reservation, String)>,
         chunked: Option<&ChunkedCommit>,
     ) -> Result<Result<RecordedVersion, CommitError>, StoreError> {
         let mut keys = self.keys.photo(photo_id).to_vec();
         let mut args = vec![encode(version)];
-        if let Some((now, reservation)) = commit {
+        if let Some((now, reservation, _)) = &commit {
             keys.extend(self.keys.token(&reservation.grant.token));
             args.extend([now.to_string(), reservation.id.clone()]);
         }
-        if let Some(chunked) = chunked {
-            keys.push(chunked.file_key.clone());
-            args.extend([
-                chunked.keep_until.to_string(),
-                EXPIRED_TOKEN_RETENTION_SECS.to_string(),
-                self.keys.prefix.clone(),
-            ]);
+        match chunked {
+            Some(chunked) => {
+                keys.push(chunked.file_key.clone());
+                args.extend([
+                    chunked.keep_until.to_string(),
+                    EXPIRED_TOKEN_RETENTION_SECS.to_string(),
+                    self.keys.prefix.clone(),
+                ]);
+            }
+            // (A plain append has no arguments past its version.)
+            None if commit.is_some() => args.extend([String::new(), String::new(), String::new()]),
+            None => {}
+        }
+        if let Some((_, _, outbox)) = commit {
+            args.push(outbox);
         }
         let answer: Vec<String> = self.run_once(&self.scripts.append_version, &keys, &args).await?;
         match answer.split_first() {
@@ -392,15 +413,40 @@ impl RedisStore {
         now: u64,
         file: Option<&str>,
         chunked: Option<&ChunkedCommit>,
+        outbox: &Outbox,
     ) -> Result<RecordedVersion, CommitError> {
+        let outbox = self.outbox_argument(&reservation.grant, outbox);
         match &reservation.grant.purpose {
             TokenPurpose::Replace { photo_id } => {
-                self.append(*photo_id, &version, Some((now, reservation)), chunked).await?
+                self.append(*photo_id, &version, Some((now, reservation, outbox)), chunked).await?
             }
-            TokenPurpose::Upload { upload } => {
-                self.create_from_token(reservation, &upload.tree_id, &version, now, file, chunked).await
+            TokenPurpose::Upload { .. } => {
+                self.create_from_token(reservation, &version, now, file, chunked, outbox).await
             }
         }
+    }
+
+    /// The commit scripts' outbox argument (see `lua/outbox.lua`).
+    fn outbox_argument(&self, grant: &TokenGrant, outbox: &Outbox) -> String {
+        if outbox.is_empty() {
+            return String::new();
+        }
+        let token = grant.token.as_str();
+        let mut entries = Vec::new();
+        if let Some(event) = &outbox.event {
+            entries.push(serde_json::json!({
+                "kind": "event", "json": encode(event), "order": unix_micros(), "kept": EVENTS_KEPT,
+                "keep_until": grant.valid_until + EXPIRED_TOKEN_RETENTION_SECS, "token": token,
+            }));
+        }
+        for (delivery, due) in &outbox.deliveries {
+            entries.push(serde_json::json!({
+                "kind": "delivery", "id": delivery.id, "json": encode(delivery), "due": due,
+                "created": delivery.created_at,
+                "keep_until": (*due).max(delivery.retry_until) + EXPIRED_TOKEN_RETENTION_SECS, "token": token,
+            }));
+        }
+        serde_json::json!({ "prefix": self.keys.prefix, "entries": entries }).to_string()
     }
 }
 
@@ -552,8 +598,9 @@ impl StateStore for RedisStore {
         version: VersionFile,
         now: u64,
         file: Option<&str>,
+        outbox: &Outbox,
     ) -> Result<RecordedVersion, CommitError> {
-        self.commit_reserved(reservation, version, now, file, None).await
+        self.commit_reserved(reservation, version, now, file, None, outbox).await
     }
 
     async fn update_upload_token(

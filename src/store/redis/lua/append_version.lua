@@ -7,9 +7,11 @@
 -- ARGV[1] version JSON without its number (an object);
 -- for a commit also ARGV[2] now, ARGV[3] reservation id;
 -- for the commit of a chunked file also KEYS[5] its hash, ARGV[4] the end
--- of its keeping, ARGV[5] the retention after it, ARGV[6] the key prefix.
+-- of its keeping, ARGV[5] the retention after it, ARGV[6] the key prefix
+-- ('' each for another commit); ARGV[7] the commit's outbox, or ''.
 -- Returns {'ok', meta, the new version's JSON} or {'lease_lost'} / {'no_photo'}:
 -- O(1) whatever the number of versions before it.
+local outbox = read_outbox(ARGV[7])
 if ARGV[3] then
   local lease = redis.call('ZSCORE', KEYS[4], ARGV[3])
   if not lease or tonumber(lease) <= tonumber(ARGV[2]) then
@@ -32,5 +34,8 @@ if KEYS[5] then
   redis.call('HSET', KEYS[5], 'stage', 'completed', 'record', meta, 'version', version, 'deadline', ARGV[4])
   redis.call('EXPIREAT', KEYS[5], tonumber(ARGV[4]) + tonumber(ARGV[5]))
   if okey then redis.call('DEL', ARGV[6] .. 'ck:' .. okey) end
+end
+if ARGV[3] then
+  write_outbox(outbox, tonumber(ARGV[2]), meta, version)
 end
 return {'ok', meta, version}

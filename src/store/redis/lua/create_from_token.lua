@@ -10,9 +10,11 @@
 -- number (an object), ARGV[5] the file's Resumable.js identifier or '',
 -- ARGV[6] the key prefix (the photo's keys follow from its new id);
 -- for the commit of a chunked file also KEYS[4] its hash, ARGV[7] the end
--- of its keeping, ARGV[8] the retention after it.
+-- of its keeping, ARGV[8] the retention after it ('' each for another
+-- commit); ARGV[9] the commit's outbox, or ''.
 -- Returns {'ok', photo record JSON, version JSON}, {'lease_lost'} or
 -- {'corrupt'} (no metadata: nothing written).
+local outbox = read_outbox(ARGV[9])
 local lease = redis.call('ZSCORE', KEYS[2], ARGV[2])
 if not lease or tonumber(lease) <= tonumber(ARGV[1]) then
   return {'lease_lost'}
@@ -60,4 +62,5 @@ if KEYS[4] then
   redis.call('EXPIREAT', KEYS[4], tonumber(ARGV[7]) + tonumber(ARGV[8]))
   if okey then redis.call('DEL', ARGV[6] .. 'ck:' .. okey) end
 end
+write_outbox(outbox, tonumber(ARGV[1]), encoded, version)
 return {'ok', encoded, version}
