@@ -25,9 +25,11 @@
 //! - [`storage`]: the [`storage::ObjectStore`] seam, its local-files and S3
 //!   implementations (and an in-memory double for tests).
 //! - `upload`: the streaming multipart pipeline into an object store.
-//! - [`callback`]: return data, redirects, POST forms, background callbacks.
+//! - [`return_data`]: what a site is told, as data; [`callback`]: the
+//!   redirects, POST forms and background callbacks that tell it.
 //! - [`delivery`]: what the receiver sends sites on its own: the signature
-//!   of its requests.
+//!   of its requests, and the worker making and retrying them from the
+//!   state store's queue (`store::deliveries`).
 //! - `metrics`: Prometheus metrics and the decorators measuring the stores.
 //! - [`domain`]: newtypes parsed at the edge (photo ids, tokens, permissions).
 //! - [`tasks`]: the clean-up tasks an application owns; `causes`: error
@@ -50,6 +52,7 @@ mod envelope;
 mod error;
 mod http;
 mod metrics;
+pub mod return_data;
 mod server;
 pub mod storage;
 pub mod store;

@@ -10,9 +10,9 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::delivery::outbox::Outbox;
 use crate::domain::{PhotoId, ReplaceToken};
 use crate::storage::{ByteStream, ObjectKey, ObjectStore, StorageError, StoredObject};
+use crate::store::deliveries::Outbox;
 use crate::store::{
     CommitError, MetadataUpdate, NewPhoto, NonceKey, Photo, Purged, RecordedVersion, Reservation,
     ReserveError, StateStore, StoreError, TokenGrant, TokenKind, TokenStatus, TokenUpdate, VersionFile,

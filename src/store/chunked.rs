@@ -20,9 +20,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{CommitError, RecordedVersion, Reservation, ReserveError, StoreError, TokenKind, VersionFile};
-use crate::delivery::outbox::Outbox;
 use crate::domain::ReplaceToken;
 use crate::storage::chunked::{ChunkReceipt, ChunkedObject, PartReceipt, Sizing};
+use crate::store::deliveries::Outbox;
 
 /// A chunked file: a token's uploads under one identifier.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -16,7 +16,11 @@
 //! `committed + live reservations <= max_uploads`, whatever the concurrency.
 
 pub mod chunked;
+pub mod deliveries;
+pub mod delivery_queue;
 pub mod embedded;
+pub mod events;
+pub mod outbox;
 pub mod redis;
 
 use std::fmt;
@@ -25,8 +29,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::causes::BoxError;
-pub use crate::delivery::outbox::Outbox;
 pub use crate::domain::TokenKind;
+pub use deliveries::Outbox;
 
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken};
 

@@ -5,6 +5,7 @@
 
 use http::{Response, StatusCode};
 
+use super::chunk::is_protocol_parameter;
 use super::error::{Failure, RedeemError, Refusal, SiteReturn};
 use crate::callback::{self, Outcome, ReturnData};
 use crate::context::Context;
@@ -14,7 +15,7 @@ use crate::delivery::queue::{Channel, Delivery, Payload};
 use crate::delivery::worker::{self, new_delivery_id};
 use crate::domain::unix_now;
 use crate::http::{Body, text};
-use crate::store::{RecordedVersion, TokenGrant, TokenKind};
+use crate::store::{RecordedVersion, TokenGrant, TokenKind, TokenPurpose};
 
 /// A committed redeem.
 pub struct Redeemed {
@@ -211,4 +212,32 @@ async fn deliver(
         tracing::info!(url = %attempted.url, error = %e, "the outcome is told to the client; its callback is kept for retries");
     }
     text(StatusCode::OK, callback::background_answer(data, &callback_url))
+}
+
+/// Whom to tell: the token's terms, and the extra parameters repeated to
+/// the site: an upload token's own first, then the request's (query, then
+/// fields; one given both ways with the same value, once). The site set
+/// the token's, so a visitor's parameter of the same name is dropped
+/// rather than allowed to stand in for it. A chunk's request (`by_script`)
+/// leaves out the library's own parameters, which differ from chunk to
+/// chunk.
+pub fn site_return(
+    field: &str,
+    grant: &TokenGrant,
+    query: &[(String, String)],
+    fields: &[(String, String)],
+    by_script: bool,
+) -> SiteReturn {
+    let own: &[(String, String)] = match &grant.purpose {
+        TokenPurpose::Upload { upload } => &upload.extras,
+        TokenPurpose::Replace { .. } => &[],
+    };
+    // A parameter sent both ways with the same value is repeated once.
+    let from_form = fields.iter().filter(|pair| !query.contains(pair));
+    let from_request = query
+        .iter()
+        .chain(from_form)
+        .filter(|(name, _)| name != field && !own.iter().any(|(set, _)| set == name))
+        .filter(|(name, _)| !(by_script && is_protocol_parameter(name)));
+    SiteReturn { grant: grant.clone(), extras: own.iter().chain(from_request).cloned().collect(), by_script }
 }

@@ -547,7 +547,8 @@ async fn complete(
         created_at: now,
     };
     let keep = ctx.config.limits.chunked_idle_timeout_secs;
-    let site = super::site_return(request.kind.field(), &grant, &request.query, &request.fields, true);
+    let site =
+        super::answer::site_return(request.kind.field(), &grant, &request.query, &request.fields, true);
     let outbox = super::answer::outbox_for(ctx, request.kind, &site, now);
     match ctx.chunked.complete(id, &file.reservation, version, now, keep, &outbox).await {
         Ok(recorded) => {

@@ -33,13 +33,13 @@ use crate::http::{
     Body, BodyKind, body_kind, body_stream, client_address, empty, method_not_allowed, query_params, text,
 };
 use crate::storage::ByteStream;
-use crate::store::{ReserveError, TokenGrant, TokenKind, TokenPurpose};
+use crate::store::{ReserveError, TokenKind};
 use crate::upload::{FilePart, Form, StoredFile};
 use answer::{Received, Redeemed};
 use budget::reserve_refusal;
-use chunk::{Chunk, ChunkParams, chunk_params, is_protocol_parameter};
+use chunk::{Chunk, ChunkParams, chunk_params};
 use chunked::{ChunkEnd, ChunkError, ChunkRequest, Tested};
-use error::{Failure, RedeemError, Refusal, SiteReturn};
+use error::{Failure, RedeemError, Refusal};
 use slot::SlotLease;
 
 /// The field naming the file of a Resumable.js upload, whose metadata
@@ -79,7 +79,7 @@ async fn test_chunk(ctx: &Context, request: &Request<Incoming>, kind: TokenKind)
         Tested::Stored => return text(StatusCode::OK, "ok".into()),
         Tested::Missing => return empty(StatusCode::NO_CONTENT),
         Tested::Completed(file) => {
-            let site = site_return(kind.field(), &file.grant, &query, &[], true);
+            let site = answer::site_return(kind.field(), &file.grant, &query, &[], true);
             Ok(Received::File(Box::new(Redeemed { site, recorded: file.recorded, outbox: None })))
         }
         Tested::Ended(error) => Err(chunk_error(kind.field(), error, &query, &[])),
@@ -174,7 +174,7 @@ async fn redeem(
     let stored = match store(ctx, &mut form, file).await {
         Ok(stored) => stored,
         Err(cause) => {
-            let site = site_return(field, lease.grant(), &query, form.fields(), false);
+            let site = answer::site_return(field, lease.grant(), &query, form.fields(), false);
             lease.refund().await;
             return Err(RedeemError::after_slot(site, cause));
         }
@@ -187,7 +187,7 @@ async fn redeem(
     }
 
     // 5. The commit.
-    let site = site_return(field, lease.grant(), &query, form.fields(), false);
+    let site = answer::site_return(field, lease.grant(), &query, form.fields(), false);
     let outbox = answer::outbox_for(ctx, kind, &site, unix_now());
     match lease.commit(stored.version(unix_now()), identifier.as_deref(), &outbox).await {
         Ok(recorded) => {
@@ -237,7 +237,7 @@ async fn receive_chunk(
     match chunked::receive(ctx, request, bytes).await {
         Ok(ChunkEnd::Stored) => Ok(Received::ChunkStored),
         Ok(ChunkEnd::File(file)) => {
-            let site = site_return(field, &file.grant, query, fields, true);
+            let site = answer::site_return(field, &file.grant, query, fields, true);
             Ok(Received::File(Box::new(Redeemed { site, recorded: file.recorded, outbox: file.outbox })))
         }
         Err(error) => Err(chunk_error(field, error, query, fields)),
@@ -255,37 +255,9 @@ fn chunk_error(
     match error {
         ChunkError::Refused(refusal) => refusal.into(),
         ChunkError::Failed { grant, cause } => {
-            RedeemError::after_slot(site_return(field, &grant, query, fields, true), cause)
+            RedeemError::after_slot(answer::site_return(field, &grant, query, fields, true), cause)
         }
     }
-}
-
-/// Whom to tell: the token's terms, and the extra parameters repeated to
-/// the site: an upload token's own first, then the request's (query, then
-/// fields; one given both ways with the same value, once). The site set
-/// the token's, so a visitor's parameter of the same name is dropped
-/// rather than allowed to stand in for it. A chunk's request (`by_script`)
-/// leaves out the library's own parameters, which differ from chunk to
-/// chunk.
-pub(super) fn site_return(
-    field: &str,
-    grant: &TokenGrant,
-    query: &[(String, String)],
-    fields: &[(String, String)],
-    by_script: bool,
-) -> SiteReturn {
-    let own: &[(String, String)] = match &grant.purpose {
-        TokenPurpose::Upload { upload } => &upload.extras,
-        TokenPurpose::Replace { .. } => &[],
-    };
-    // A parameter sent both ways with the same value is repeated once.
-    let from_form = fields.iter().filter(|pair| !query.contains(pair));
-    let from_request = query
-        .iter()
-        .chain(from_form)
-        .filter(|(name, _)| name != field && !own.iter().any(|(set, _)| set == name))
-        .filter(|(name, _)| !(by_script && is_protocol_parameter(name)));
-    SiteReturn { grant: grant.clone(), extras: own.iter().chain(from_request).cloned().collect(), by_script }
 }
 
 /// Step 3: a slot of `token`. An unknown or expired token counts against

@@ -17,13 +17,13 @@ use super::tables::{
     CHUNKED_FILES, FILE_CHUNKS, LIVE_OBJECTS, LiveReservation, TOKENS, TokenState, commit_reserved, decode,
     encode, get_token_state, store_error, update_token,
 };
-use crate::delivery::outbox::Outbox;
 use crate::domain::ReplaceToken;
 use crate::storage::chunked::{ChunkReceipt, PartReceipt};
 use crate::store::chunked::{
     AbandonedFile, Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, FileProgress,
     Recorded, StoredChunk,
 };
+use crate::store::deliveries::Outbox;
 use crate::store::new_reservation_id;
 use crate::store::{
     CommitError, RecordedVersion, Reservation, ReserveError, StoreError, TokenKind, VersionFile,

@@ -31,6 +31,7 @@
 mod chunked;
 mod chunked_store;
 mod deliveries;
+mod deliveries_store;
 mod tables;
 mod writer;
 
@@ -45,8 +46,8 @@ use super::{
     RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant, TokenKind, TokenStatus,
     TokenUpdate, VersionFile,
 };
-use crate::delivery::outbox::Outbox;
 use crate::domain::{PhotoId, ReplaceToken, unix_now};
+use crate::store::deliveries::Outbox;
 use tables::{
     LiveReservation, META, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version, commit_reserved,
     create_photo, create_tables, delete_files, encode, get_file, get_token_state, put_file, read_photo,

@@ -6,13 +6,13 @@
 use async_trait::async_trait;
 
 use super::{ChunkedCommit, RedisStore, Resend, decode, encode, store_error};
-use crate::delivery::outbox::Outbox;
 use crate::domain::{ReplaceToken, unix_now};
 use crate::storage::chunked::{ChunkReceipt, PartReceipt, Sizing};
 use crate::store::chunked::{
     AbandonedFile, Begun, Cancellation, ChunkedFile, ChunkedFiles, ChunkedTerms, FileId, FileProgress,
     ReadyFile, Recorded, Stage, StoredChunk,
 };
+use crate::store::deliveries::Outbox;
 use crate::store::{
     CommitError, EXPIRED_TOKEN_RETENTION_SECS, PhotoRecord, RecordedVersion, Reservation, ReserveError,
     StoreError, TokenKind, VersionFile, new_reservation_id,

@@ -4,10 +4,11 @@
 use async_trait::async_trait;
 
 use super::{RedisStore, decode, encode, store_error};
-use crate::delivery::event::Event;
-use crate::delivery::outbox::{KeptWithCommit, filled};
-use crate::delivery::queue::{Delivery, DeliveryQueue, DeliveryState, EVENTS_KEPT, QueueStats, Settled};
 use crate::domain::{ReplaceToken, unix_micros, unix_now};
+use crate::store::deliveries::{Delivery, DeliveryState, EVENTS_KEPT, QueueStats, Settled};
+use crate::store::delivery_queue::DeliveryQueue;
+use crate::store::events::Event;
+use crate::store::outbox::{KeptWithCommit, filled};
 use crate::store::{EXPIRED_TOKEN_RETENTION_SECS, StoreError};
 
 impl RedisStore {

@@ -35,9 +35,9 @@ use super::{
     PhotoVersion, Purged, RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant,
     TokenKind, TokenPurpose, TokenStatus, TokenUpdate, VersionFile,
 };
-use crate::delivery::outbox::Outbox;
-use crate::delivery::queue::EVENTS_KEPT;
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, unix_micros};
+use crate::store::deliveries::EVENTS_KEPT;
+use crate::store::deliveries::Outbox;
 
 /// The scripts, compiled once (their SHA-1 is computed here).
 /// Whether a call may be sent again (see [`RedisStore::bounded`]).
@@ -83,7 +83,9 @@ impl Call for redis::ScriptInvocation<'_> {
     }
 }
 
-/// The outbox writer the commit scripts begin with.
+/// What scripts that extend expiries begin with (`keep_until`).
+const EXPIRY_LUA: &str = include_str!("lua/expiry.lua");
+/// The outbox writer the commit scripts begin with (after `EXPIRY_LUA`).
 const OUTBOX_LUA: &str = include_str!("lua/outbox.lua");
 
 struct Scripts {
@@ -108,12 +110,16 @@ impl Scripts {
             renew_reservation: Script::new(include_str!("lua/renew_reservation.lua")),
             refund_slot: Script::new(include_str!("lua/refund_slot.lua")),
             withdraw_slot: Script::new(include_str!("lua/withdraw_slot.lua")),
-            append_version: Script::new(&[OUTBOX_LUA, include_str!("lua/append_version.lua")].concat()),
+            append_version: Script::new(
+                &[EXPIRY_LUA, OUTBOX_LUA, include_str!("lua/append_version.lua")].concat(),
+            ),
             create_photo: Script::new(include_str!("lua/create_photo.lua")),
-            create_from_token: Script::new(&[OUTBOX_LUA, include_str!("lua/create_from_token.lua")].concat()),
+            create_from_token: Script::new(
+                &[EXPIRY_LUA, OUTBOX_LUA, include_str!("lua/create_from_token.lua")].concat(),
+            ),
             update_upload_token: Script::new(include_str!("lua/update_upload_token.lua")),
-            chunked: Script::new(include_str!("lua/chunked.lua")),
-            deliveries: Script::new(include_str!("lua/deliveries.lua")),
+            chunked: Script::new(&[EXPIRY_LUA, include_str!("lua/chunked.lua")].concat()),
+            deliveries: Script::new(&[EXPIRY_LUA, include_str!("lua/deliveries.lua")].concat()),
         }
     }
 }

@@ -53,15 +53,6 @@ local function view(status, file, number)
     file.message, file.record, file.version, tostring(has)}
 end
 
--- Moves `key`'s expiry to `at` unless it expires later already (a key
--- without an expiry, one just created, gets one).
-local function keep_until(key, at)
-  local ttl = redis.call('TTL', key)
-  if ttl == -1 or (ttl >= 0 and now + ttl < at) then
-    redis.call('EXPIREAT', key, at)
-  end
-end
-
 -- Extends the file's lease to `lease_end`; false when it is no longer live.
 local function renew(file, lease_end, retention)
   local lease = redis.call('ZSCORE', KEYS[3], file.rid)
@@ -72,8 +63,8 @@ local function renew(file, lease_end, retention)
   redis.call('ZADD', KEYS[3], 'XX', until_, file.rid)
   local valid_until = tonumber(redis.call('HGET', KEYS[2], 'until') or 0)
   local token_end = math.max(valid_until, until_) + retention
-  keep_until(KEYS[2], token_end)
-  keep_until(KEYS[3], token_end)
+  keep_until(KEYS[2], token_end, now)
+  keep_until(KEYS[3], token_end, now)
   local deadline = math.max(tonumber(file.deadline), until_)
   redis.call('HSET', KEYS[1], 'deadline', deadline)
   redis.call('ZADD', DEADLINES, deadline, KEYS[1])
@@ -231,8 +222,8 @@ elseif step == 'begin' then
   end
   redis.call('ZADD', KEYS[3], lease_end, ARGV[5])
   local token_end = math.max(tonumber(token[1]), lease_end) + retention
-  keep_until(KEYS[2], token_end)
-  keep_until(KEYS[3], token_end)
+  keep_until(KEYS[2], token_end, now)
+  keep_until(KEYS[3], token_end, now)
   redis.call('HSET', KEYS[1], 'terms', ARGV[8], 'rid', ARGV[5], 'okey', ARGV[9], 'stage', 'receiving',
     'deadline', lease_end, 'sizing', '', 'media', '', 'n', 0, 'parts', 0, 'ident', ARGV[11], 'token', ARGV[12])
   redis.call('ZADD', DEADLINES, lease_end, KEYS[1])
@@ -241,7 +232,7 @@ elseif step == 'begin' then
   -- The token's files, for its status.
   local files = KEYS[2] .. ':files'
   redis.call('SADD', files, ARGV[11])
-  keep_until(files, token_end)
+  keep_until(files, token_end, now)
   return view('began', read_file(), nil)
 
 elseif step == 'chunk' then
@@ -334,7 +325,7 @@ elseif step == 'arrive' then
   local file = receiving()
   if file then
     redis.call('HSET', ARRIVALS, ARGV[4], ARGV[5])
-    keep_until(ARRIVALS, tonumber(ARGV[5]))
+    keep_until(ARRIVALS, tonumber(ARGV[5]), now)
   end
   return {'ok'}
 

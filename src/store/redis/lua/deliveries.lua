@@ -16,13 +16,6 @@ local function delivery_key(id)
   return prefix .. 'd:' .. id
 end
 
--- Moves `key`'s expiry to `at` unless it expires later already.
-local function keep_until(key, at)
-  local ttl = redis.call('TTL', key)
-  if ttl == -1 or (ttl >= 0 and now + ttl < at) then
-    redis.call('EXPIREAT', key, at)
-  end
-end
 
 if step == 'enqueue' then
   -- ARGV[4] id, ARGV[5] record JSON, ARGV[6] due, ARGV[7] created at,
@@ -37,7 +30,7 @@ if step == 'enqueue' then
   redis.call('ZADD', PENDING, ARGV[7], ARGV[4])
   local of_token = prefix .. 'td:' .. ARGV[8]
   redis.call('ZADD', of_token, ARGV[7], ARGV[4])
-  keep_until(of_token, tonumber(ARGV[9]))
+  keep_until(of_token, tonumber(ARGV[9]), now)
   return 1
 
 elseif step == 'take' then
@@ -104,9 +97,9 @@ elseif step == 'event' then
   redis.call('ZREMRANGEBYRANK', events, 0, -(tonumber(ARGV[8]) + 1))
   local ttl = redis.call('TTL', ARGV[5])
   if ttl > 0 then
-    keep_until(events, now + ttl)
+    keep_until(events, now + ttl, now)
   else
-    keep_until(events, now + tonumber(ARGV[9]))
+    keep_until(events, now + tonumber(ARGV[9]), now)
   end
   return 1
 

@@ -1,4 +1,5 @@
--- Put before the commit scripts (append_version.lua, create_from_token.lua):
+-- Put before the commit scripts (append_version.lua, create_from_token.lua),
+-- after expiry.lua:
 -- a commit's outbox (see delivery/outbox.rs), written in the commit's own
 -- script. The outbox is one JSON argument, {prefix, entries}; each entry a
 -- delivery {kind 'delivery', id, json, due, created, keep_until, token} or
@@ -14,12 +15,6 @@ local function read_outbox(argument)
   return cjson.decode(argument)
 end
 
-local function outbox_keep_until(key, at, now)
-  local ttl = redis.call('TTL', key)
-  if ttl == -1 or ttl == -2 or now + ttl < at then
-    redis.call('EXPIREAT', key, at)
-  end
-end
 
 -- Writes `outbox`'s entries, each with the commit's `record` and `version`.
 local function write_outbox(outbox, now, record, version)
@@ -43,7 +38,7 @@ local function write_outbox(outbox, now, record, version)
       redis.call('ZADD', of_token, entry.order, kept)
       redis.call('ZREMRANGEBYRANK', of_token, 0, -(entry.kept + 1))
     end
-    outbox_keep_until(of_token, entry.keep_until, now)
+    keep_until(of_token, entry.keep_until, now)
   end
 end
 

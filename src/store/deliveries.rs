@@ -1,4 +1,5 @@
-//! The [`DeliveryQueue`] seam: requests to sites (background callbacks,
+//! The delivery queue's data (its seam is `delivery_queue.rs`'s
+//! `DeliveryQueue`): requests to sites (background callbacks,
 //! webhook events) kept in the state store until a site answers them, so that they survive
 //! a failed attempt, a restart and the death of the instance making them.
 //!
@@ -11,13 +12,11 @@
 //! once. Settled deliveries are kept for the token's status for as long as
 //! an expired token is kept.
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::event::Event;
-use crate::callback::ReturnData;
+use super::events::Event;
 use crate::domain::ReplaceToken;
-use crate::store::StoreError;
+use crate::return_data::ReturnData;
 
 /// How a site is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,36 +101,21 @@ pub struct QueueStats {
     pub dead: u64,
 }
 
-#[async_trait]
-pub trait DeliveryQueue: Send + Sync {
-    /// Keeps `delivery` pending, due at `due`. Its first attempt is usually
-    /// made at once by the request that queued it, which holds it until
-    /// `due` so no other instance makes it meanwhile.
-    async fn enqueue(&self, delivery: &Delivery, due: u64) -> Result<(), StoreError>;
-
-    /// Leases up to `max` deliveries due at `now` (oldest due first) until
-    /// `now + lease_secs`, and returns them.
-    async fn take_due(&self, now: u64, lease_secs: u64, max: usize) -> Result<Vec<Delivery>, StoreError>;
-
-    /// Records how an attempt at `delivery` (as taken, its `attempts`
-    /// counting this one) ended at `now`. A delivery no longer pending is
-    /// left as it is.
-    async fn settle(&self, delivery: &Delivery, settled: &Settled, now: u64) -> Result<(), StoreError>;
-
-    /// The deliveries about `token`'s redeems, oldest first, with their state.
-    async fn deliveries_of(&self, token: &ReplaceToken)
-    -> Result<Vec<(Delivery, DeliveryState)>, StoreError>;
-
-    async fn stats(&self) -> Result<QueueStats, StoreError>;
-
-    /// Keeps `event`, an outcome of a redeem of `token`, for the token's
-    /// status (the latest [`EVENTS_KEPT`] per token, as long as the token).
-    async fn record_event(&self, token: &ReplaceToken, event: &Event) -> Result<(), StoreError>;
-
-    /// The outcomes kept of `token`'s redeems, oldest first.
-    async fn events_of(&self, token: &ReplaceToken) -> Result<Vec<Event>, StoreError>;
-}
-
 /// How many outcomes are kept per token: its uploads, and its failures up
 /// to this many in all.
 pub const EVENTS_KEPT: usize = 1000;
+
+/// A commit's event and deliveries, before the commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outbox {
+    /// The success event (its version still to fill in).
+    pub event: Option<Event>,
+    /// Deliveries, each with the time it is due.
+    pub deliveries: Vec<(Delivery, u64)>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.event.is_none() && self.deliveries.is_empty()
+    }
+}
