@@ -68,7 +68,8 @@ impl Drop for Site {
 
 impl Site {
     /// Starts the site on a free loopback port. `/form` serves the
-    /// configured page; `/silent` accepts and never answers; `/fail-twice`
+    /// configured page; `/silent` accepts and never answers, `/silent-once`
+    /// only the first time; `/fail-twice`
     /// answers its first two requests `503`; any other path answers `200`
     /// with a small page echoing the parameters.
     pub async fn start() -> Site {
@@ -141,7 +142,7 @@ async fn respond(
         log.push(recorded.clone());
         earlier
     };
-    if path == "/silent" {
+    if path == "/silent" || (path == "/silent-once" && earlier == 0) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     if path == "/fail-twice" && earlier < 2 {

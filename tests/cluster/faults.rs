@@ -282,11 +282,12 @@ async fn an_s3_complete_answered_200_with_an_error_is_a_failure() {
 /// The real binary as a second instance on the same Redis prefix and bucket
 /// as `config`, in a data directory of its own; killed when dropped.
 /// Returns it with its address.
-fn second_instance(config: &Config) -> (processes::Owned, String) {
+pub fn second_instance(config: &Config, extra_env: &[(&str, &str)]) -> (processes::Owned, String) {
     use std::io::BufRead;
     let data_dir = tempfile::tempdir().unwrap();
     let storage = &config.storage;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upload-receiver"))
+        .envs(extra_env.iter().copied())
         .env("UPLOAD_RECEIVER__SERVER__LISTEN", "127.0.0.1:0")
         .env("UPLOAD_RECEIVER__DATA_DIR", data_dir.path())
         .env("UPLOAD_RECEIVER__STATE__REDIS_URL", config.state.redis_url.as_deref().unwrap())
@@ -341,7 +342,7 @@ async fn one_of_two_instances_killed_mid_upload_leaves_the_other_unaffected_and_
     let bucket = config.storage.bucket.clone().unwrap();
     let endpoint = config.storage.endpoint.clone().unwrap();
     let survivor = spawn_app_from(config.clone()).await;
-    let (mut doomed, doomed_address) = second_instance(&config);
+    let (mut doomed, doomed_address) = second_instance(&config, &[]);
     let survivor = PhotoApp::on(survivor).await;
     let mut tokens = Vec::new();
     for _ in 0..2 {

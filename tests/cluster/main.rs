@@ -20,6 +20,7 @@ mod servers;
 mod site;
 
 mod chunked;
+mod deliveries;
 mod faults;
 mod load_balanced;
 mod processes;
