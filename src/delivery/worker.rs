@@ -24,8 +24,8 @@ use crate::domain::{ReplaceToken, random_bytes, unix_now};
 
 /// How often the queue is asked for due deliveries.
 const POLL: Duration = Duration::from_secs(1);
-/// Deliveries taken at a time.
-const BATCH: usize = 16;
+/// Deliveries taken, and attempted together, at a time.
+const BATCH: usize = 32;
 /// The longest delay between two attempts.
 const MAX_RETRY_SECS: u64 = 3600;
 
@@ -233,18 +233,29 @@ pub async fn run(ctx: Arc<Context>) {
                 continue;
             }
         }
-        match ctx.deliveries.take_due(unix_now(), lease_secs(&ctx), BATCH).await {
-            Ok(due) => {
-                let attempts = due.into_iter().map(|delivery| {
-                    let ctx = Arc::clone(&ctx);
-                    async move {
-                        let ((delivery, _), settled) = attempt(&ctx, delivery).await;
-                        settle(&ctx, &delivery, &settled).await;
+        // Batch after batch while they come full (a backlog after an outage
+        // drains at once), then wait for the next tick.
+        loop {
+            match ctx.deliveries.take_due(unix_now(), lease_secs(&ctx), BATCH).await {
+                Ok(due) => {
+                    let full = due.len() == BATCH;
+                    let attempts = due.into_iter().map(|delivery| {
+                        let ctx = Arc::clone(&ctx);
+                        async move {
+                            let ((delivery, _), settled) = attempt(&ctx, delivery).await;
+                            settle(&ctx, &delivery, &settled).await;
+                        }
+                    });
+                    join_all(attempts).await;
+                    if !full {
+                        break;
                     }
-                });
-                join_all(attempts).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::causes::chain(&e), "taking due deliveries failed");
+                    break;
+                }
             }
-            Err(e) => tracing::warn!(error = %crate::causes::chain(&e), "taking due deliveries failed"),
         }
         if let Ok(stats) = ctx.deliveries.stats().await {
             let metrics = &ctx.metrics;

@@ -146,15 +146,23 @@ async fn every_outcome_in_every_mode_is_posted_to_the_webhook_as_signed_json() {
     assert_eq!(f.redeem(&token, &picture, &[]).await.status(), 303);
     let plain = f.token(&[]).await;
     assert_eq!(f.redeem(&plain, b"not a picture", &[]).await.status(), 400);
+    // Background mode: the callback and the webhook both.
+    let background = f.token(&[("return_url", &site.url("/cb")), ("background_return_p", "1")]).await;
+    let answer = f.redeem(&background, &[JPEG_SIGNATURE, b"third"].concat(), &[]).await.text().await.unwrap();
+    assert!(answer.starts_with("ok "), "{answer}");
 
-    let calls = requests_reach(&site, 2, 10).await;
+    let calls = requests_reach(&site, 4, 10).await;
     let hooks = calls.iter().filter(|c| c.target == "/hook");
     let mut events: Vec<serde_json::Value> = hooks.map(|c| signed_event(&site, c)).collect();
-    assert_eq!(events.len(), 2, "{calls:?}");
+    assert_eq!(events.len(), 3, "{calls:?}");
+    let in_background = events.iter().position(|e| e["token"] == background.as_str()).expect("its event");
+    let in_background = events.remove(in_background);
+    assert_eq!(in_background["type"], "upload.succeeded");
+    assert_eq!(in_background["version"]["number"], 3, "{in_background}");
     events.sort_by_key(|e| e["type"].as_str().unwrap().to_owned());
     let (failed, succeeded) = (&events[0], &events[1]);
     let photo = f.photo().await;
-    let version = photo.current_version();
+    let version = &photo.versions[1];
     assert_eq!(succeeded["type"], "upload.succeeded");
     assert_eq!(succeeded["token_kind"], "replace");
     assert_eq!(succeeded["token"], token.as_str());

@@ -143,6 +143,16 @@ async fn callbacks_are_signed_with_the_first_secret_and_the_readme_snippets_veri
             );
         }
     }
+    // A signature made long ago (replayed) is refused, however right.
+    let call = &calls[0];
+    let url = requested_url(&site, call);
+    let old = verifier.sign(unix_now() - 3600, &call.method, &url, call.body.as_bytes()).unwrap();
+    for language in ["python", "javascript"] {
+        assert!(
+            !snippet_verifies(language, NEW_SECRET, &old, &call.method, &url, call.body.as_bytes()),
+            "{language}: stale"
+        );
+    }
     // The GET's signed URL is the callback_url of the answer.
     assert!(short.trim_end().ends_with(&requested_url(&site, &calls[0])), "{short}");
 }
