@@ -61,6 +61,9 @@ enum Case {
     Chunked,
     /// The same on local files only (no s3s-fs needed).
     ChunkedFs,
+    /// Background callbacks queued during a site's outage, delivered after
+    /// it, on the embedded store and on Redis.
+    Deliveries,
     /// Internal: run the receiver with the configuration in the environment.
     #[command(hide = true)]
     ServeReceiver,
@@ -113,6 +116,9 @@ async fn run(case: &Case, cli: &Cli) -> anyhow::Result<()> {
     }
     if matches!(case, Case::All | Case::Chunked | Case::ChunkedFs) {
         rows.extend(cases::chunked(cli, *case != Case::ChunkedFs).await?);
+    }
+    if matches!(case, Case::All | Case::Deliveries) {
+        rows.extend(cases::deliveries(cli).await?);
     }
     report::print_table(&rows);
     report::write_json(&rows, &cli.json)?;

@@ -2,6 +2,7 @@
 //! and the large redeem that cases 1 and 2 (and 3, their memory) share.
 
 mod chunked;
+mod deliveries;
 mod small;
 mod tokens;
 mod upload_fs;
@@ -13,6 +14,7 @@ use std::time::Instant;
 use anyhow::bail;
 
 pub use chunked::chunked;
+pub use deliveries::deliveries;
 pub use small::small_uploads;
 pub use tokens::tokens;
 pub use upload_fs::upload_fs;
