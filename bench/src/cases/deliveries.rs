@@ -25,6 +25,8 @@ use crate::servers::{Redis, Server};
 const UPLOADS: usize = 400;
 /// Connections making them, and the baseline's requests at once.
 const PARALLEL: usize = 32;
+/// Uploads per token (the most a token may have).
+const PER_TOKEN: usize = 100;
 
 pub async fn deliveries(cli: &Cli) -> anyhow::Result<Vec<Row>> {
     let mut rows = deliveries_on(cli, "8. deliveries after an outage, embedded", &[]).await?;
@@ -86,25 +88,30 @@ async fn commit_during_outage(receiver: &Server, dir: &std::path::Path, site: &S
     let credential = credentials(dir)?;
     let return_url = format!("http://{}/cb", site.address);
     let query = format!(
-        "/api/photo/get-replace-token?photo_id={photo}&max_uploads={UPLOADS}&valid_minutes=60&background_return_p=1&return_url={}",
+        "/api/photo/get-replace-token?photo_id={photo}&max_uploads={PER_TOKEN}&valid_minutes=60&background_return_p=1&return_url={}",
         url::form_urlencoded::byte_serialize(return_url.as_bytes()).collect::<String>()
     );
     let mut connection = Connection::open(&receiver.address).await?;
-    let (_, answer) = connection.send(signed_get(&receiver.address, &credential, &query)).await?;
-    let text = String::from_utf8_lossy(&answer);
-    let token = text
-        .split("<replace_token>")
-        .nth(1)
-        .and_then(|rest| rest.split("</replace_token>").next())
-        .ok_or_else(|| anyhow::anyhow!("no token issued: {text}"))?
-        .to_owned();
+    let mut tokens = Vec::new();
+    for _ in 0..UPLOADS.div_ceil(PER_TOKEN) {
+        let (_, answer) = connection.send(signed_get(&receiver.address, &credential, &query)).await?;
+        let text = String::from_utf8_lossy(&answer);
+        let token = text
+            .split("<replace_token>")
+            .nth(1)
+            .and_then(|rest| rest.split("</replace_token>").next())
+            .ok_or_else(|| anyhow::anyhow!("no token issued: {text}"))?;
+        tokens.push(token.to_owned());
+    }
+    let tokens = Arc::new(tokens);
     let mut lanes = tokio::task::JoinSet::new();
     for lane in 0..PARALLEL {
-        let (address, token) = (receiver.address.clone(), token.clone());
+        let (address, tokens) = (receiver.address.clone(), Arc::clone(&tokens));
         lanes.spawn(async move {
             let mut connection = Connection::open(&address).await?;
-            for _ in (lane..UPLOADS).step_by(PARALLEL) {
-                let (status, body) = connection.send(redeem_request(&address, &token, 4096)).await?;
+            for upload in (lane..UPLOADS).step_by(PARALLEL) {
+                let token = &tokens[upload / PER_TOKEN];
+                let (status, body) = connection.send(redeem_request(&address, token, 4096)).await?;
                 anyhow::ensure!(
                     status == 200 && body.starts_with(b"ok "),
                     "answered {status}: {}",
