@@ -119,3 +119,7 @@ impl Outbox {
         self.event.is_none() && self.deliveries.is_empty()
     }
 }
+
+/// How long a delivered or dead delivery is kept (for the token's status
+/// and the count of dead ones).
+pub const SETTLED_RETENTION_SECS: u64 = 7 * 86_400;

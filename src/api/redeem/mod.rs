@@ -195,15 +195,17 @@ async fn redeem(
             Ok(Received::File(Box::new(Redeemed { site, recorded, outbox: Some(outbox) })))
         }
         Err(failed) => {
+            let failure = Failure::Commit(failed.error);
             if failed.maybe_recorded {
                 // A version may point at it: an orphan costs less than a
-                // dangling version.
-                tracing::warn!(error = %crate::causes::chain(&failed.error), "commit outcome unknown; the stored file is kept");
+                // dangling version. And its outbox may be written: the site
+                // hears no failure that its success would contradict.
+                tracing::warn!(error = ?failure, "commit outcome unknown; the stored file is kept");
                 stored.keep();
-            } else {
-                stored.discard().await;
+                return Err(RedeemError::after_slot(site, Failure::Told(failure.error_message())));
             }
-            Err(RedeemError::after_slot(site, Failure::Commit(failed.error)))
+            stored.discard().await;
+            Err(RedeemError::after_slot(site, failure))
         }
     }
 }

@@ -321,8 +321,17 @@ pub fn purge_files(txn: &WriteTransaction, now: u64, retention: u64) -> Result<u
 pub struct Arrivals(Mutex<HashMap<(String, String), BTreeMap<u64, u64>>>);
 
 impl Arrivals {
+    /// Notes chunk `number`'s arrival, dropping every hint that ran out
+    /// (of requests that failed, of files that ended), so the map holds
+    /// only what is in flight.
     pub fn mark(&self, id: &FileId, number: u64, until: u64) {
-        self.files().entry(owned_key(id)).or_default().insert(number, until);
+        let now = crate::domain::unix_now();
+        let mut files = self.files();
+        files.retain(|_, arriving| {
+            arriving.retain(|_, until| *until > now);
+            !arriving.is_empty()
+        });
+        files.entry(owned_key(id)).or_default().insert(number, until);
     }
 
     /// Clears chunk `number` (recorded), then answers a chunk's `Stored`

@@ -47,7 +47,7 @@ use super::{
     TokenUpdate, VersionFile,
 };
 use crate::domain::{PhotoId, ReplaceToken, unix_now};
-use crate::store::deliveries::Outbox;
+use crate::store::deliveries::{Outbox, SETTLED_RETENTION_SECS};
 use tables::{
     LiveReservation, META, NONCE_EXPIRY, NONCES, PHOTOS, TOKENS, TokenState, append_version, commit_reserved,
     create_photo, create_tables, delete_files, encode, get_file, get_token_state, put_file, read_photo,
@@ -396,8 +396,7 @@ impl StateStore for EmbeddedStore {
                 deliveries::delete_events(txn, token)?;
             }
             chunked::purge_files(txn, now, EXPIRED_TOKEN_RETENTION_SECS)?;
-            let deliveries =
-                deliveries::purge_settled(txn, now.saturating_sub(EXPIRED_TOKEN_RETENTION_SECS))?;
+            let deliveries = deliveries::purge_settled(txn, now.saturating_sub(SETTLED_RETENTION_SECS))?;
             Ok(Purged { nonces: nonces_purged, tokens: purged_tokens.len() as u64, deliveries })
         })
         .await

@@ -289,7 +289,8 @@ impl ChunkedFiles for RedisStore {
     async fn take_abandoned(&self, now: u64, max: usize) -> Result<Vec<AbandonedFile>, StoreError> {
         let args = ["abandoned".to_owned(), now.to_string(), self.keys.prefix.clone(), max.to_string()];
         let found: Vec<String> =
-            self.run(&self.scripts.chunked, &[String::new(), String::new(), String::new()], &args).await?;
+            // Never sent again: a first run that took the files would leave none.
+            self.run_once(&self.scripts.chunked, &[String::new(), String::new(), String::new()], &args).await?;
         found
             .chunks(4)
             .map(|entry| {

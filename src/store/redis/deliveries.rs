@@ -5,7 +5,9 @@ use async_trait::async_trait;
 
 use super::{RedisStore, decode, encode, store_error};
 use crate::domain::{ReplaceToken, unix_micros, unix_now};
-use crate::store::deliveries::{Delivery, DeliveryState, EVENTS_KEPT, QueueStats, Settled};
+use crate::store::deliveries::{
+    Delivery, DeliveryState, EVENTS_KEPT, QueueStats, SETTLED_RETENTION_SECS, Settled,
+};
 use crate::store::delivery_queue::DeliveryQueue;
 use crate::store::events::Event;
 use crate::store::outbox::{KeptWithCommit, filled};
@@ -29,7 +31,7 @@ impl DeliveryQueue for RedisStore {
     async fn enqueue(&self, delivery: &Delivery, due: u64) -> Result<(), StoreError> {
         // Kept while it may be retried, and as long as an expired token
         // after that; settling shortens it.
-        let keep_until = due.max(delivery.retry_until) + EXPIRED_TOKEN_RETENTION_SECS;
+        let keep_until = due.max(delivery.retry_until) + SETTLED_RETENTION_SECS;
         let args = [
             delivery.id.clone(),
             encode(delivery),
@@ -71,7 +73,7 @@ impl DeliveryQueue for RedisStore {
                 "settled".to_owned(),
                 encode(&state),
                 kind.to_owned(),
-                EXPIRED_TOKEN_RETENTION_SECS.to_string(),
+                SETTLED_RETENTION_SECS.to_string(),
             ]),
             (None, Settled::Retry { due, .. }) => args.extend(["retry".to_owned(), due.to_string()]),
             (None, _) => unreachable!("only a retry leaves a delivery pending"),
@@ -123,7 +125,7 @@ impl DeliveryQueue for RedisStore {
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
-        let args = [EXPIRED_TOKEN_RETENTION_SECS.to_string()];
+        let args = [SETTLED_RETENTION_SECS.to_string()];
         let (pending, oldest, dead): (u64, String, u64) =
             self.delivery_step("stats", unix_now(), &args).await?;
         let oldest = oldest.parse::<f64>().ok().map(|created| created as u64);

@@ -37,7 +37,7 @@ use super::{
 };
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, unix_micros};
 use crate::store::deliveries::EVENTS_KEPT;
-use crate::store::deliveries::Outbox;
+use crate::store::deliveries::{Outbox, SETTLED_RETENTION_SECS};
 
 /// The scripts, compiled once (their SHA-1 is computed here).
 /// Whether a call may be sent again (see [`RedisStore::bounded`]).
@@ -449,7 +449,7 @@ impl RedisStore {
             entries.push(serde_json::json!({
                 "kind": "delivery", "id": delivery.id, "json": encode(delivery), "due": due,
                 "created": delivery.created_at,
-                "keep_until": (*due).max(delivery.retry_until) + EXPIRED_TOKEN_RETENTION_SECS, "token": token,
+                "keep_until": (*due).max(delivery.retry_until) + SETTLED_RETENTION_SECS, "token": token,
             }));
         }
         serde_json::json!({ "prefix": self.keys.prefix, "entries": entries }).to_string()
@@ -644,8 +644,9 @@ impl StateStore for RedisStore {
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::EXAT(expires_at));
+        // Never sent again: a second SET NX would take the first for a replay.
         let set: Option<String> = self
-            .bounded(Resend::IfDropped, redis::cmd("SET").arg(self.keys.nonce(key)).arg(1).arg(options))
+            .bounded(Resend::Never, redis::cmd("SET").arg(self.keys.nonce(key)).arg(1).arg(options))
             .await?;
         Ok(set.is_some())
     }
@@ -662,7 +663,7 @@ impl StateStore for RedisStore {
         // Kept one minute past the window's end, for clock differences.
         let (count,): (u32,) = self
             .bounded(
-                Resend::IfDropped,
+                Resend::Never,
                 redis::pipe().atomic().incr(&key, 1).expire_at(&key, ((window + 2) * 60) as i64).ignore(),
             )
             .await?;
