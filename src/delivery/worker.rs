@@ -200,22 +200,29 @@ const ABANDONED_POLL: Duration = Duration::from_secs(5);
 /// Records the outcome of every chunked file abandoned since the last look
 /// (each file is taken by one instance).
 async fn tell_abandoned(ctx: &Context) {
-    let now = unix_now();
-    match ctx.chunked.take_abandoned(now, BATCH * 4).await {
-        Ok(files) => {
-            for file in files {
-                let idle = ctx.config.limits.chunked_idle_timeout_secs;
-                let message = format!(
-                    "The file {:?} was abandoned: no chunk came for {idle} seconds ({} chunks, of {} bytes, had arrived).",
-                    file.identifier, file.chunks_received, file.total_size
-                );
-                tracing::info!(token = ?file.grant.token, identifier = %file.identifier, "chunked file abandoned");
-                let token = file.grant.token.clone();
-                record_outcome(ctx, &token, Event::abandoned(&file.grant, message, now)).await;
+    let max = BATCH * 4;
+    loop {
+        let now = unix_now();
+        let files = match ctx.chunked.take_abandoned(now, max).await {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!(error = %crate::causes::chain(&e), "looking for abandoned chunked files failed");
+                return;
             }
+        };
+        let full = files.len() == max;
+        for file in files {
+            let idle = ctx.config.limits.chunked_idle_timeout_secs;
+            let message = format!(
+                "The file {:?} was abandoned: no chunk came for {idle} seconds ({} chunks, of {} bytes, had arrived).",
+                file.identifier, file.chunks_received, file.total_size
+            );
+            tracing::info!(token = ?file.grant.token, identifier = %file.identifier, "chunked file abandoned");
+            let token = file.grant.token.clone();
+            record_outcome(ctx, &token, Event::abandoned(&file.grant, message, now)).await;
         }
-        Err(e) => {
-            tracing::warn!(error = %crate::causes::chain(&e), "looking for abandoned chunked files failed")
+        if !full {
+            return;
         }
     }
 }

@@ -34,6 +34,7 @@ if KEYS[5] then
   redis.call('HSET', KEYS[5], 'stage', 'completed', 'record', meta, 'version', version, 'deadline', ARGV[4])
   redis.call('EXPIREAT', KEYS[5], tonumber(ARGV[4]) + tonumber(ARGV[5]))
   if okey then redis.call('DEL', ARGV[6] .. 'ck:' .. okey) end
+  redis.call('ZREM', ARGV[6] .. 'cf:deadlines', KEYS[5])
 end
 if ARGV[3] then
   write_outbox(outbox, tonumber(ARGV[2]), meta, version)

@@ -384,6 +384,7 @@ elseif step == 'cancel' then
   end
   redis.call('ZREM', KEYS[3], file.rid)
   redis.call('DEL', prefix .. 'ck:' .. file.okey)
+  redis.call('ZREM', DEADLINES, KEYS[1])
   redis.call('HSET', KEYS[1], 'stage', ARGV[7], 'message', ARGV[6], 'deadline', ARGV[4])
   redis.call('EXPIREAT', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[5]))
   return {'ok'}

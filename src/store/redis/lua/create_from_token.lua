@@ -61,6 +61,7 @@ if KEYS[4] then
   redis.call('HSET', KEYS[4], 'stage', 'completed', 'record', encoded, 'version', version, 'deadline', ARGV[7])
   redis.call('EXPIREAT', KEYS[4], tonumber(ARGV[7]) + tonumber(ARGV[8]))
   if okey then redis.call('DEL', ARGV[6] .. 'ck:' .. okey) end
+  redis.call('ZREM', ARGV[6] .. 'cf:deadlines', KEYS[4])
 end
 write_outbox(outbox, tonumber(ARGV[1]), encoded, version)
 return {'ok', encoded, version}
