@@ -19,24 +19,23 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-
 use super::budget::reserve_refusal;
 use super::chunk::Chunk;
+use super::chunk_bytes::{drain, exactly, interrupted, storage_refusal, store_chunk};
 use super::error::{Failure, Refusal};
 use crate::context::Context;
 use crate::delivery::event::Event;
 use crate::delivery::outbox::Outbox;
 use crate::delivery::worker;
 use crate::domain::{ReplaceToken, unix_now};
-use crate::storage::chunked::{ChunkReceipt, ChunkedObjects, Sizing, combine_crc64};
-use crate::storage::{ByteStream, StorageError};
+use crate::storage::ByteStream;
+use crate::storage::chunked::{ChunkedObjects, Sizing, combine_crc64};
 use crate::store::chunked::{
     Begun, Cancellation, ChunkedFile, ChunkedTerms, FileId, ReadyFile, Recorded, Stage, StoredChunk,
 };
 use crate::store::{CommitError, RecordedVersion, ReserveError, TokenGrant, TokenKind, VersionFile};
 use crate::upload::media::{self, UNRECOGNISED};
-use crate::upload::{UploadError, clean_filename, storage_error};
+use crate::upload::{UploadError, clean_filename};
 
 /// How long a chunk waits for another request that is making its part or
 /// completing its file, before it is answered `503` (and sent again).
@@ -227,50 +226,6 @@ pub async fn receive(
     let counted = if duplicate { "duplicate" } else { "stored" };
     ctx.metrics.chunks.with_label_values(&[counted]).inc();
     settle(ctx, objects, request, &id, &file, &stored, recorded).await
-}
-
-/// Step 3: the chunk's bytes, which must be exactly its announced size.
-async fn store_chunk(
-    ctx: &Context,
-    objects: &dyn ChunkedObjects,
-    file: &ChunkedFile,
-    number: u64,
-    size: u64,
-    body: ByteStream,
-) -> Result<ChunkReceipt, Refusal> {
-    let receipt = match objects.put_chunk(&file.terms.object, number, size, exactly(body, size)).await {
-        Ok(receipt) if receipt.size == size => receipt,
-        Ok(receipt) => {
-            return Err(Refusal::BadChunk(format!(
-                "the chunk holds {} bytes, not the {size} it announced",
-                receipt.size
-            )));
-        }
-        Err(StorageError::Source(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(Refusal::BadChunk(e.to_string()));
-        }
-        Err(e) => return Err(storage_refusal(e)),
-    };
-    ctx.metrics.bytes_received.inc_by(receipt.size);
-    ctx.metrics.chunk_bytes.inc_by(receipt.size);
-    Ok(receipt)
-}
-
-/// Reads a body to its end, keeping nothing.
-async fn drain(mut body: ByteStream) -> Result<(), Refusal> {
-    while let Some(bytes) = body.next().await {
-        bytes.map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => Refusal::BadChunk(e.to_string()),
-            _ => interrupted(e.to_string()),
-        })?;
-    }
-    Ok(())
-}
-
-/// A chunk whose client stopped sending: a passing failure the libraries
-/// retry (nobody reads the answer when the client is gone).
-fn interrupted(why: String) -> Refusal {
-    Refusal::ChunkInterrupted(why)
 }
 
 /// Step 1 for a file not known yet: its token checked, its assembly
@@ -578,30 +533,4 @@ async fn complete(
             Err(ChunkError::Failed { grant, cause: failure })
         }
     }
-}
-
-/// A storage failure while a chunk is handled: the client's (it went away,
-/// a limit) or the store's (passing: `503`).
-fn storage_refusal(error: StorageError) -> Refusal {
-    match storage_error(error) {
-        UploadError::Storage(e) => Refusal::StorageUnavailable(e),
-        UploadError::Interrupted(why) => interrupted(why),
-        other => Refusal::Unreadable(other),
-    }
-}
-
-/// `body`, failing once it holds more than `size` bytes.
-fn exactly(body: ByteStream, size: u64) -> ByteStream {
-    let mut seen = 0u64;
-    Box::pin(body.map(move |bytes| {
-        let bytes = bytes?;
-        seen += bytes.len() as u64;
-        if seen > size {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("the chunk holds more than the {size} bytes it announced"),
-            ));
-        }
-        Ok(bytes)
-    }))
 }

@@ -17,6 +17,7 @@
 mod answer;
 mod budget;
 mod chunk;
+mod chunk_bytes;
 mod chunked;
 mod error;
 mod slot;

@@ -19,8 +19,11 @@
 //! A command that timed out is reported as an error, never sent again: a
 //! resend could apply it twice.
 
+mod calls;
 mod chunked;
 mod deliveries;
+mod keys;
+mod scripts;
 
 use std::time::Duration;
 
@@ -30,6 +33,10 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+use calls::{Call, Resend};
+use keys::Keys;
+use scripts::Scripts;
+
 use super::{
     CommitError, EXPIRED_TOKEN_RETENTION_SECS, MetadataUpdate, NewPhoto, NonceKey, Photo, PhotoRecord,
     PhotoVersion, Purged, RecordedVersion, Reservation, ReserveError, StateStore, StoreError, TokenGrant,
@@ -38,142 +45,6 @@ use super::{
 use crate::domain::{PhotoId, PhotoSecret, ReplaceToken, unix_micros};
 use crate::store::deliveries::EVENTS_KEPT;
 use crate::store::deliveries::{Outbox, SETTLED_RETENTION_SECS};
-
-/// The scripts, compiled once (their SHA-1 is computed here).
-/// Whether a call may be sent again (see [`RedisStore::bounded`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Resend {
-    /// When its connection was dropped before it could be answered.
-    IfDropped,
-    Never,
-}
-
-/// One Redis call: a command, a pipeline or a script.
-trait Call: Sync {
-    fn send<T: redis::FromRedisValue + Send>(
-        &self,
-        connection: &mut ConnectionManager,
-    ) -> impl std::future::Future<Output = redis::RedisResult<T>> + Send;
-}
-
-impl Call for redis::Cmd {
-    async fn send<T: redis::FromRedisValue + Send>(
-        &self,
-        connection: &mut ConnectionManager,
-    ) -> redis::RedisResult<T> {
-        self.query_async(connection).await
-    }
-}
-
-impl Call for redis::Pipeline {
-    async fn send<T: redis::FromRedisValue + Send>(
-        &self,
-        connection: &mut ConnectionManager,
-    ) -> redis::RedisResult<T> {
-        self.query_async(connection).await
-    }
-}
-
-impl Call for redis::ScriptInvocation<'_> {
-    async fn send<T: redis::FromRedisValue + Send>(
-        &self,
-        connection: &mut ConnectionManager,
-    ) -> redis::RedisResult<T> {
-        self.invoke_async(connection).await
-    }
-}
-
-/// What scripts that extend expiries begin with (`keep_until`).
-const EXPIRY_LUA: &str = include_str!("lua/expiry.lua");
-/// The outbox writer the commit scripts begin with (after `EXPIRY_LUA`).
-const OUTBOX_LUA: &str = include_str!("lua/outbox.lua");
-
-struct Scripts {
-    issue_token: Script,
-    reserve_slot: Script,
-    renew_reservation: Script,
-    refund_slot: Script,
-    withdraw_slot: Script,
-    append_version: Script,
-    create_photo: Script,
-    create_from_token: Script,
-    update_upload_token: Script,
-    chunked: Script,
-    deliveries: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Scripts {
-            issue_token: Script::new(include_str!("lua/issue_token.lua")),
-            reserve_slot: Script::new(include_str!("lua/reserve_slot.lua")),
-            renew_reservation: Script::new(include_str!("lua/renew_reservation.lua")),
-            refund_slot: Script::new(include_str!("lua/refund_slot.lua")),
-            withdraw_slot: Script::new(include_str!("lua/withdraw_slot.lua")),
-            append_version: Script::new(
-                &[EXPIRY_LUA, OUTBOX_LUA, include_str!("lua/append_version.lua")].concat(),
-            ),
-            create_photo: Script::new(include_str!("lua/create_photo.lua")),
-            create_from_token: Script::new(
-                &[EXPIRY_LUA, OUTBOX_LUA, include_str!("lua/create_from_token.lua")].concat(),
-            ),
-            update_upload_token: Script::new(include_str!("lua/update_upload_token.lua")),
-            chunked: Script::new(&[EXPIRY_LUA, include_str!("lua/chunked.lua")].concat()),
-            deliveries: Script::new(&[EXPIRY_LUA, include_str!("lua/deliveries.lua")].concat()),
-        }
-    }
-}
-
-/// Key names, all under the configured prefix.
-struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    /// The token's hash and its lease set.
-    fn token(&self, token: &ReplaceToken) -> [String; 2] {
-        let hash = format!("{}t:{}", self.prefix, token.as_str());
-        [hash.clone(), format!("{hash}:leases")]
-    }
-
-    /// The photo's meta record and its version list.
-    fn photo(&self, id: PhotoId) -> [String; 2] {
-        let meta = format!("{}p:{id}", self.prefix);
-        [meta.clone(), format!("{meta}:versions")]
-    }
-
-    /// A chunked file's hash: per token, the identifier hashed (it is the
-    /// client's and may be long or odd).
-    fn chunked_file(&self, token: &ReplaceToken, identifier: &str) -> String {
-        use sha2::Digest;
-        let identifier = hex::encode(sha2::Sha256::digest(identifier.as_bytes()));
-        format!("{}cf:{}:{identifier}", self.prefix, token.as_str())
-    }
-
-    /// Exists while the chunked file gathering under `object_key` is received.
-    fn live_object(&self, object_key: &str) -> String {
-        format!("{}ck:{object_key}", self.prefix)
-    }
-
-    /// Exists while reservation `id` is withdrawn (see `withdraw_slot.lua`).
-    fn withdrawn(&self, id: &str) -> String {
-        format!("{}rw:{id}", self.prefix)
-    }
-
-    fn photo_sequence(&self) -> String {
-        format!("{}photo_seq", self.prefix)
-    }
-
-    fn redeem_failures(&self, client: &str, window: u64) -> String {
-        format!("{}f:{client}:{window}", self.prefix)
-    }
-
-    fn nonce(&self, key: &NonceKey) -> String {
-        // Hashed: nonces are client-chosen and may be long or odd.
-        use sha2::Digest;
-        format!("{}n:{}", self.prefix, hex::encode(sha2::Sha256::digest(key.identity().as_bytes())))
-    }
-}
 
 /// The Redis state store.
 pub struct RedisStore {
