@@ -30,8 +30,31 @@ const BATCH: usize = 32;
 const MAX_RETRY_SECS: u64 = 3600;
 
 /// A new delivery's id.
-pub fn new_delivery_id() -> String {
+fn new_delivery_id() -> String {
     hex::encode(random_bytes::<16>())
+}
+
+/// A new delivery of `payload` about event `event_id` of `token`'s
+/// redeem, made at `now`, retried for `callback.retry_for_secs`.
+pub fn new_delivery(
+    ctx: &Context,
+    channel: Channel,
+    token: &ReplaceToken,
+    event_id: &str,
+    payload: Payload,
+    now: u64,
+) -> Delivery {
+    Delivery {
+        id: new_delivery_id(),
+        channel,
+        token: token.clone(),
+        event_id: Some(event_id.to_owned()),
+        payload,
+        created_at: now,
+        retry_until: now + ctx.config.callback.retry_for_secs,
+        attempts: 0,
+        last_error: None,
+    }
 }
 
 /// How long a taken delivery is held: its attempt, and a margin.
@@ -51,17 +74,8 @@ pub async fn record_outcome(ctx: &Context, token: &ReplaceToken, event: Event) -
     }
     let Some(url) = ctx.config.webhook.url.clone() else { return event_id };
     let now = unix_now();
-    let delivery = Delivery {
-        id: new_delivery_id(),
-        channel: Channel::Webhook,
-        token: token.clone(),
-        event_id: Some(event_id.clone()),
-        payload: Payload::Webhook { url, event },
-        created_at: now,
-        retry_until: now + ctx.config.callback.retry_for_secs,
-        attempts: 0,
-        last_error: None,
-    };
+    let delivery =
+        new_delivery(ctx, Channel::Webhook, token, &event_id, Payload::Webhook { url, event }, now);
     if let Err(e) = ctx.deliveries.enqueue(&delivery, now).await {
         tracing::warn!(error = %crate::causes::chain(&e), delivery = %delivery.id, "a webhook event could not be queued");
     }

@@ -12,7 +12,7 @@ use crate::context::Context;
 use crate::delivery::event::Event;
 use crate::delivery::outbox::{Outbox, filled};
 use crate::delivery::queue::{Channel, Delivery, Payload};
-use crate::delivery::worker::{self, new_delivery_id};
+use crate::delivery::worker;
 use crate::domain::unix_now;
 use crate::http::{Body, text};
 use crate::store::{RecordedVersion, TokenGrant, TokenKind, TokenPurpose};
@@ -34,17 +34,8 @@ pub struct Redeemed {
 pub fn outbox_for(ctx: &Context, kind: TokenKind, site: &SiteReturn, now: u64) -> Outbox {
     let grant = &site.grant;
     let event = Event::success_of(grant, now);
-    let delivery = |channel, payload| Delivery {
-        id: new_delivery_id(),
-        channel,
-        token: grant.token.clone(),
-        event_id: Some(event.event_id.clone()),
-        payload,
-        created_at: now,
-        retry_until: now + ctx.config.callback.retry_for_secs,
-        attempts: 0,
-        last_error: None,
-    };
+    let delivery =
+        |channel, payload| worker::new_delivery(ctx, channel, &grant.token, &event.event_id, payload, now);
     let mut deliveries = Vec::new();
     if let Some(url) = ctx.config.webhook.url.clone() {
         deliveries.push((delivery(Channel::Webhook, Payload::Webhook { url, event: event.clone() }), now));
@@ -185,17 +176,9 @@ async fn deliver(
         Told::Queued(delivery) => delivery.map(|d| *d),
         Told::ToQueue { event_id } => {
             let now = unix_now();
-            let delivery = Delivery {
-                id: new_delivery_id(),
-                channel: Channel::Callback,
-                token: grant.token.clone(),
-                event_id: Some(event_id),
-                payload: Payload::Callback { return_url: return_url.to_string(), data: data.clone() },
-                created_at: now,
-                retry_until: now + ctx.config.callback.retry_for_secs,
-                attempts: 0,
-                last_error: None,
-            };
+            let payload = Payload::Callback { return_url: return_url.to_string(), data: data.clone() };
+            let delivery =
+                worker::new_delivery(ctx, Channel::Callback, &grant.token, &event_id, payload, now);
             if let Err(e) = ctx.deliveries.enqueue(&delivery, now + worker::lease_secs(ctx)).await {
                 tracing::warn!(error = %crate::causes::chain(&e), "a callback could not be queued: it is attempted once");
             }
